@@ -1,0 +1,58 @@
+"""Top-level dispatch for ``mendicant-desktop``: headless modes first, the GUI only when asked for.
+
+Qt is imported lazily and only for the GUI paths, so ``--batch``/``--audit``/``--version`` work on a
+machine with no display and no Qt platform plugin.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from mendicant_desktop import __version__
+
+from . import ExitCode
+
+USAGE = """usage:
+  mendicant-desktop [IMAGE ...]                 open the window (with these images queued)
+  mendicant-desktop --batch PATH [PATH ...] --out FILE [options]   score files/folders headless
+  mendicant-desktop --audit LABELS.csv --images DIR --out REPORT.html [options]   fairness audit
+  mendicant-desktop --selftest [--screenshot PNG]   start the window, score a test image, exit
+  mendicant-desktop --version                    print the app and bundled model versions
+Run a mode with --help for its options."""
+
+
+def version_text() -> str:
+    from mendicant_desktop.core.bundle import ModelCard, default_model_card
+    from mendicant_desktop.core.errors import ModelVerificationError
+
+    try:
+        card = ModelCard.load(default_model_card())
+        model = f"model {card.name} {card.version} (sha256 {card.sha256[:12]})"
+    except ModelVerificationError as exc:
+        model = f"model: unavailable ({exc})"
+    return f"mendicant-desktop {__version__}\n{model}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--batch" in args:
+        from .batch import main as batch_main
+
+        return int(batch_main(args))
+    if "--audit" in args:
+        from .audit import main as audit_main
+
+        return int(audit_main(args))
+    if args[:1] == ["--version"] or args == ["-V"]:
+        print(version_text())
+        return int(ExitCode.OK)
+    if args[:1] in (["--help"], ["-h"]):
+        print(USAGE)
+        return int(ExitCode.OK)
+    try:
+        from mendicant_desktop.gui.app import main as gui_main
+    except ImportError as exc:
+        print(f"mendicant-desktop: the GUI is unavailable ({exc}); headless modes still work.", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    return int(gui_main(args))

@@ -1,0 +1,161 @@
+"""Batched inference with ONNX Runtime, probabilities, malignancy, risk band and Grad-CAM."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from .bundle import ModelBundle
+from .errors import MendicantError
+from .metadata import Metadata, encode_metadata
+from .preprocess import preprocess
+from .results import MALIGNANT_CLASSES, Prediction, risk_band
+from .saliency import CAM_METHODS, head_forward, probability_score_weights, score_gradients, softmax
+
+#: Grad-CAM target: a class name, "top" (the predicted class) or "malignancy" (mel+bcc+akiec).
+CamTarget = str
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def make_session(model_bytes: bytes, threads: int | None = None):
+    """An ORT CPU session: fixed intra-op threads, spinning off (shared clinic laptops, batteries)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or default_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+class Engine:
+    """Scores preprocessed or decoded images with a verified :class:`ModelBundle`. Thread-safe."""
+
+    def __init__(self, bundle: ModelBundle, threads: int | None = None, cam_method: str = "gradcam") -> None:
+        self.bundle = bundle
+        self.card = bundle.card
+        self.threads = int(threads or default_threads())
+        self._session = make_session(bundle.model_bytes, self.threads)
+        names = [o.name for o in self._session.get_outputs()]
+        if "probs" not in names or "features" not in names:
+            raise MendicantError(f"model outputs {names} lack 'probs' and 'features'")
+        if cam_method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {cam_method!r}; choose one of {sorted(CAM_METHODS)}")
+        self._cam = CAM_METHODS[cam_method]()
+        self._lock = threading.Lock()
+        self.class_names = bundle.card.class_names
+        self.input_size = bundle.card.input_size
+        self._mal_idx = [self.class_names.index(c) for c in MALIGNANT_CLASSES]
+
+    @classmethod
+    def from_default(cls, threads: int | None = None) -> Engine:
+        return cls(ModelBundle.load(), threads=threads)
+
+    def run(self, x: np.ndarray, meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw forward: x (N, H, W, 3) float32 0..255, meta (N, 10) -> probs (N, K), features (N, C, h, w)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        meta = np.ascontiguousarray(meta, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != (*self.input_size, 3):
+            raise ValueError(f"expected input (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {x.shape}")
+        if meta.shape != (x.shape[0], 10):
+            raise ValueError(f"expected metadata (N, 10), got {meta.shape}")
+        probs, feats = self._session.run(["probs", "features"], {"image": x, "meta": meta})
+        return probs, feats
+
+    def predict_preprocessed(
+        self,
+        x: np.ndarray,
+        metadata: Sequence[Metadata | None] | None = None,
+        *,
+        cam: bool = True,
+        cam_target: CamTarget = "top",
+        top_k: int = 3,
+        threshold: float | None = None,
+    ) -> list[Prediction]:
+        """Score a batch of model inputs (N, H, W, 3) float32; metadata per image (or None)."""
+        n = x.shape[0]
+        metas = list(metadata) if metadata is not None else [None] * n
+        if len(metas) != n:
+            raise ValueError(f"{n} images but {len(metas)} metadata entries")
+        meta = np.stack([encode_metadata(m) for m in metas]) if n else np.zeros((0, 10), np.float32)
+        probs, feats = self.run(x, meta)
+        cams: np.ndarray | None = None
+        targets: list[str | None] = [None] * n
+        if cam and n:
+            cams, targets = self._grad_cam(probs, feats, meta, cam_target)
+        thr = self.card.threshold if threshold is None else float(threshold)
+        out = []
+        for i in range(n):
+            p = probs[i].astype(np.float64)
+            order = np.argsort(-p)[: max(1, top_k)]
+            mal = float(p[self._mal_idx].sum())
+            out.append(
+                Prediction(
+                    class_names=self.class_names,
+                    probabilities=tuple(float(v) for v in p),
+                    malignancy=mal,
+                    threshold=thr,
+                    risk=risk_band(mal, thr),
+                    top_k=tuple((self.class_names[j], float(p[j])) for j in order),
+                    model_name=self.card.name,
+                    model_sha256=self.card.sha256,
+                    cam=None if cams is None else cams[i],
+                    cam_target=targets[i],
+                )
+            )
+        return out
+
+    def predict(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        metadata: Metadata | Sequence[Metadata | None] | None = None,
+        *,
+        batch_size: int = 8,
+        **kwargs,
+    ) -> list[Prediction]:
+        """Score decoded RGB uint8 images (one array or a sequence), batched."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+            if isinstance(metadata, Metadata):
+                metadata = [metadata]
+        imgs = list(images)
+        metas = list(metadata) if metadata is not None else [None] * len(imgs)
+        if isinstance(metadata, Metadata):
+            metas = [metadata] * len(imgs)
+        out: list[Prediction] = []
+        for s in range(0, len(imgs), batch_size):
+            x = np.stack([preprocess(im, self.input_size) for im in imgs[s : s + batch_size]])
+            out.extend(self.predict_preprocessed(x, metas[s : s + batch_size], **kwargs))
+        return out
+
+    def _grad_cam(
+        self, probs: np.ndarray, feats: np.ndarray, meta: np.ndarray, target: CamTarget
+    ) -> tuple[np.ndarray, list[str | None]]:
+        head = self.bundle.head
+        pooled = feats.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+        hp = head_forward(head, pooled, meta)
+        n, k = probs.shape
+        if target == "malignancy":
+            weights = probability_score_weights(softmax(hp.logits), self._mal_idx)
+            names: list[str | None] = ["malignancy"] * n
+        else:
+            if target == "top":
+                idx = probs.argmax(axis=1)
+            elif target in self.class_names:
+                idx = np.full(n, self.class_names.index(target))
+            else:
+                raise ValueError(f"unknown Grad-CAM target {target!r}")
+            weights = np.zeros((n, k), dtype=np.float32)
+            weights[np.arange(n), idx] = 1.0
+            names = [self.class_names[j] for j in idx]
+        grads = score_gradients(head, hp, weights.astype(np.float32))
+        return self._cam(feats, grads), names
