@@ -657,18 +657,18 @@ def load_reference(cache_dir: str | os.PathLike | None = None, *, download: bool
 def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference BatchNorm as ``y = x * scale + shift`` (float64 for exact folding)."""
     assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
-    var = bn.running_var.double()
-    mean = bn.running_mean.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
     scale = gamma / torch.sqrt(var + bn.eps)
     return scale, beta - mean * scale
 
 
 def _fold_into_conv(conv: nn.Conv2d, bn: nn.Module) -> None:
     scale, shift = _bn_affine(bn)
-    w = conv.weight.double() * scale.view(-1, 1, 1, 1)
-    b = conv.bias.double() * scale + shift if conv.bias is not None else shift
+    w = conv.weight.detach().double() * scale.view(-1, 1, 1, 1)
+    b = conv.bias.detach().double() * scale + shift if conv.bias is not None else shift
     conv.weight = nn.Parameter(w.float())
     conv.bias = nn.Parameter(b.float())
 
@@ -677,8 +677,12 @@ def _fold_affine_into_next_linear(
     linear: nn.Linear, scale: torch.Tensor, shift: torch.Tensor, cols: slice
 ) -> None:
     """``linear(concat(..., x*scale+shift, ...))`` with the affine on input columns ``cols`` folded in."""
-    w = linear.weight.double()
-    b = linear.bias.double() if linear.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    w = linear.weight.detach().double()
+    b = (
+        linear.bias.detach().double()
+        if linear.bias is not None
+        else torch.zeros(w.shape[0], dtype=torch.float64)
+    )
     b = b + w[:, cols] @ shift
     w = w.clone()
     w[:, cols] = w[:, cols] * scale[None, :]
@@ -711,9 +715,13 @@ def fold_batchnorm(
         conv = m.backbone.conv1.conv
         if conv.padding not in ((0, 0), "valid"):
             raise ValueError("input normalization can only be folded into an unpadded first conv")
-        scale, shift = (t.double() for t in m.normalization.scale_shift())
-        w = conv.weight.double()
-        b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        scale, shift = (t.detach().double() for t in m.normalization.scale_shift())
+        w = conv.weight.detach().double()
+        b = (
+            conv.bias.detach().double()
+            if conv.bias is not None
+            else torch.zeros(w.shape[0], dtype=torch.float64)
+        )
         b = b + (w * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
         conv.weight = nn.Parameter((w * scale.view(1, -1, 1, 1)).float())
         conv.bias = nn.Parameter(b.float())

@@ -39,6 +39,7 @@ __all__ = [
     "FST_GROUPS",
     "MIN_GROUP_N",
     "MIN_CLASS_N",
+    "METRICS",
     "AuditResult",
     "CalibrationCurve",
     "ConfusionCounts",
@@ -141,9 +142,7 @@ def parse_fst(value: Any) -> str:
         try:
             number = float(text)
         except ValueError:
-            raise ValueError(
-                f"Fitzpatrick skin type must be 1-6, I-VI or empty, got {value!r}"
-            ) from None
+            raise ValueError(f"Fitzpatrick skin type must be 1-6, I-VI or empty, got {value!r}") from None
         if math.isnan(number):
             return "unknown"
     else:

@@ -18,6 +18,8 @@ ITA_BANDS: tuple[tuple[float, str], ...] = ((55.0, "I"), (41.0, "II"), (28.0, "I
 FST_TYPES: tuple[str, ...] = ("I", "II", "III", "IV", "V", "VI")
 MIN_SKIN_FRACTION = 0.25
 BORDER = 0.15
+#: Above this share of near-black border pixels the image is a masked crop (PAD-style): no skin to use.
+MAX_BACKGROUND_FRACTION = 0.5
 _ANALYSIS_SIDE = 256
 
 
@@ -76,6 +78,16 @@ def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
     return s / (k * k)
 
 
+def _ring(shape: tuple[int, int]) -> np.ndarray:
+    """The border ring: the outer ``BORDER`` share of each side, where skin usually surrounds the lesion."""
+    h, w = shape
+    bh, bw = max(1, int(round(h * BORDER))), max(1, int(round(w * BORDER)))
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:bh, :] = ring[-bh:, :] = True
+    ring[:, :bw] = ring[:, -bw:] = True
+    return ring
+
+
 def _downsample(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     step = max(1, int(np.ceil(max(h, w) / _ANALYSIS_SIDE)))
@@ -101,25 +113,30 @@ def lesion_skin_masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return lab, empty, empty
     t = otsu_threshold(blurred[valid])
     lesion = valid & (blurred < t)
-    h, w = L.shape
-    bh, bw = max(1, int(round(h * BORDER))), max(1, int(round(w * BORDER)))
-    ring = np.zeros((h, w), dtype=bool)
-    ring[:bh, :] = ring[-bh:, :] = True
-    ring[:, :bw] = ring[:, -bw:] = True
+    ring = _ring(L.shape)
     specular = L > 97.0
     skin = ring & valid & ~lesion & ~specular & (lab[..., 2] > 0)
     return lab, lesion, skin
 
 
 def estimate_skin_tone(rgb: np.ndarray, min_skin_fraction: float = MIN_SKIN_FRACTION) -> SkinToneEstimate:
-    """Estimate FST from an RGB uint8 image. ``skin_fraction`` is the share of the border ring that is skin."""
+    """Estimate FST from an RGB uint8 image.
+
+    ``skin_fraction`` is the share of the border ring (outer 15% of each side) classified as skin.
+    """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("expected an RGB uint8 image (H, W, 3)")
     lab, _lesion, skin = lesion_skin_masks(rgb)
-    h, w = skin.shape
-    bh, bw = max(1, int(round(h * BORDER))), max(1, int(round(w * BORDER)))
-    ring_pixels = h * w - max(0, h - 2 * bh) * max(0, w - 2 * bw)
-    frac = float(skin.sum()) / max(1, ring_pixels)
+    ring = _ring(skin.shape)
+    frac = float(skin[ring].mean())
+    small = _downsample(rgb)
+    background = float(((lab[..., 0] < 12.0) | (small.max(axis=2) < 20))[ring].mean())
+    if background > MAX_BACKGROUND_FRACTION:
+        return SkinToneEstimate(
+            fst="unknown", ita=None, skin_fraction=frac,
+            reason=f"the image border is {background:.0%} black: a masked or background-removed crop shows "
+                   "no surrounding skin to estimate from",
+        )
     if frac < min_skin_fraction:
         return SkinToneEstimate(
             fst="unknown", ita=None, skin_fraction=frac,
