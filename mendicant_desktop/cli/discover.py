@@ -106,20 +106,21 @@ class _Walker:
         self.explicit[key] = True
         return True
 
+    def enter(self, st: os.stat_result) -> bool:
+        """Mark a folder as walked; False when it was already (a symlink loop or overlapping PATHs)."""
+        key = (st.st_dev, st.st_ino)
+        if key in self.seen_dirs:
+            return False
+        self.seen_dirs.add(key)
+        return True
+
     def walk(self, root: str) -> Iterator[InputItem]:
+        """Walk ``root`` (already entered) and the folders below it that were not walked before."""
         stack: list[str] = [root]
         while stack:
             folder = stack.pop()
             try:
                 st = os.stat(folder)
-            except OSError as exc:
-                yield InputItem(folder, f"cannot open folder: {_os_reason(exc)}")
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in self.seen_dirs:
-                continue  # a symlink loop, or a folder reached twice: never walk it again
-            self.seen_dirs.add(key)
-            try:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
@@ -139,6 +140,8 @@ class _Walker:
                         yield InputItem(path, f"{why}: {_os_reason(exc)}")
                     continue
                 if stat.S_ISDIR(est.st_mode):
+                    if not self.enter(est):
+                        continue  # never walk a folder twice, never follow a loop
                     if has_image_extension(name):
                         yield InputItem(path, "is a folder named like an image, not an image file "
                                               "(its contents are scored as inputs of their own)")
@@ -178,6 +181,8 @@ def iter_inputs(paths: Iterable[str | os.PathLike], *, include_hidden: bool = Fa
             yield InputItem(p, f"cannot read file: {_os_reason(exc)}")
             continue
         if stat.S_ISDIR(st.st_mode):
+            if not walker.enter(st):
+                continue
             if has_image_extension(p.rstrip("/" + os.sep)):
                 yield InputItem(p, "is a folder named like an image, not an image file "
                                    "(its contents are scored as inputs of their own)")

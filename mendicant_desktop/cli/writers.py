@@ -7,11 +7,12 @@ line; :func:`read_existing` drops such a tail before a resumed run appends to th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +78,9 @@ class RowWriter:
         self.fmt = fmt
         self.rows = 0
         new = not append or not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        self._fh = open(self.path, "a" if append else "w", encoding="utf-8", newline="")
+        self._fh = open(self.path, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115
         if new and fmt == "csv":
-            self._fh.write(format_line(dict(zip(self.columns, self.columns)), self.columns, fmt))
+            self._fh.write(format_line({c: c for c in self.columns}, self.columns, fmt))
             self._fh.flush()
 
     def write(self, row: dict[str, Any]) -> None:
@@ -91,10 +92,8 @@ class RowWriter:
         if self._fh.closed:
             return
         self._fh.flush()
-        try:
+        with contextlib.suppress(OSError):
             os.fsync(self._fh.fileno())
-        except OSError:
-            pass
         self._fh.close()
 
     def __enter__(self) -> RowWriter:
@@ -187,7 +186,7 @@ def _iter_rows(text: str, fmt: str, p: str, out: ExistingRows) -> Iterator[dict[
         out.columns = tuple(header)
         if tuple(header[: len(COLUMNS)]) != COLUMNS:
             raise OutputFileError(f"{p} has other columns than a --batch output ({', '.join(header[:5])}, ...)")
-        return (dict(zip(header, r)) for r in records if r)
+        return (dict(zip(header, r, strict=False)) for r in records if r)
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -252,10 +251,5 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
         text = fh.read()
     if fmt == "csv":
         header, records = _parse_csv(text)
-        return [dict(zip(header or [], r)) for r in records if r]
+        return [dict(zip(header or [], r, strict=False)) for r in records if r]
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def iter_lines(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str) -> Iterator[str]:
-    for r in rows:
-        yield format_line(r, columns, fmt)

@@ -44,7 +44,8 @@ class Assessment:
     height: int
     sha256: str
     skin: SkinToneEstimate | None
-    warnings: list[str] = field(default_factory=list)
+    image_warnings: list[str] = field(default_factory=list)
+    domain_warnings: list[str] = field(default_factory=list)
     prediction: Prediction | None = None
 
 
@@ -93,14 +94,14 @@ def assess_source(
     rgb, digest = decode(source)
     x = preprocess(rgb, engine.input_size)
     pred = engine.predict_preprocessed(x[None], [metadata], cam=True, threshold=threshold)[0]
-    warnings = image_warnings(rgb)
-    warnings += domain_warnings(engine.card.raw, pred.probabilities)
+    img_warn = image_warnings(rgb)
+    dom_warn = domain_warnings(engine.card.raw, pred.probabilities)
     skin = estimate_skin_tone(rgb) if estimate_fst else None
     display = downscale(rgb, DISPLAY_SIDE)
     thumb = np.ascontiguousarray(downscale(display, THUMB_SIDE))
     return Assessment(
         x=x, display=np.ascontiguousarray(display), thumb=thumb, width=rgb.shape[1], height=rgb.shape[0],
-        sha256=digest, skin=skin, warnings=warnings, prediction=pred,
+        sha256=digest, skin=skin, image_warnings=img_warn, domain_warnings=dom_warn, prediction=pred,
     )
 
 

@@ -3,13 +3,15 @@
 * too small -- the shorter side is under :data:`MIN_SIDE` pixels (the model upscales it a lot);
 * heavy blur -- variance of the 4-neighbour Laplacian on a grey copy area-averaged to ~512 px
   (the scale the model works at, x2), over non-black pixels away from mask edges;
-* mostly not skin -- the share of pixels with skin/lesion colours (CIELAB hue red..yellow, some chroma)
-  is below :data:`MIN_SKIN_LIKE`; a black masked background is named as such;
+* mostly not skin -- the share of pixels with skin/lesion colours (CIELAB hue red..yellow with some
+  chroma, or nearly grey and not white) is below :data:`MIN_SKIN_LIKE`; a black masked background is
+  named as such (every PAD-UFES-20 crop gets it: they really are mostly black);
 * outside the training domain -- only when the model card defines ``domain_check``
   (``{"min_top_probability": p}`` and/or ``{"max_entropy": nats}``).
 
-Thresholds were set on ``../shared/data``: heavy blur fires for < 1% of the real images, "too small"
-for none of them (180 px is the smallest), and a 1-px Gaussian blur of a 180 px dermoscopy image fires.
+Thresholds were set on ``../shared/data``: heavy blur fires for none of the real images, "too small"
+for none of them (180 px is the smallest), "mostly not skin" for 0.7% of the dermoscopy images; a 1-px
+Gaussian blur of a 180 px dermoscopy image and a photographed text page do fire.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def skin_like_fraction(rgb: np.ndarray) -> tuple[float, float]:
     L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
     hue = np.degrees(np.arctan2(b, a))
     chroma = np.hypot(a, b)
-    skin = (L > 10) & (L < 99) & (chroma >= 5) & (hue > -45) & (hue < 100)
+    coloured = (chroma >= 5) & (hue > -45) & (hue < 100) & (L < 97)  # red..yellow: skin and pigment
+    greyish = (chroma < 15) & (L < 88)  # weak colour casts (bluish dermoscopy light), dark pigment
+    skin = (L > 10) & (coloured | greyish)
     black = (L < 10) | (small.max(axis=2) < 20)
     return float(skin.mean()), float(black.mean())
 

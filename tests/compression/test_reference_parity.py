@@ -38,7 +38,9 @@ from tests.conftest import read_labels  # noqa: E402
 N_PER_POOL = {"external": 15, "ham10000": 15}  # ISIC, by pool
 N_PAD = 30
 P_TOL = 1e-5  # max |delta p| required everywhere
-FEAT_TOL = 1e-4  # absolute, on block14 activations of magnitude up to ~10
+# Features: relative to the batch's largest activation (~12). Plain float32 rounding already gives
+# ~3e-6 relative (torch fp32 vs fp64), so 2e-5 is tight but not flaky.
+FEAT_RTOL = 2e-5
 
 ISIC_META = [
     Metadata(),
@@ -112,10 +114,11 @@ def torch_out(reference, real_batch):
 
 @pytest.fixture(scope="module")
 def keras_probs(sklesion_wheel, real_batch):
+    import importlib.util
+
     pytest.importorskip("h5py")
-    try:
-        import keras  # noqa: F401  (importability check only; the oracle sets the backend first)
-    except ImportError:
+    # Only look for Keras here: importing it before the oracle sets KERAS_BACKEND=torch would pick TF.
+    if importlib.util.find_spec("keras") is None:
         pytest.skip("keras is not installed")
     from compression.keras_oracle import KerasOracle
 
@@ -145,7 +148,7 @@ def test_real_batch_is_mixed(real_batch):
     assert images.shape[1:] == (254, 254, 3) and images.dtype == np.float32 and len(images) >= 50
     assert {"isic-external", "isic-ham10000", "pad"} <= set(sources)
     assert len({tuple(v) for v in meta.round(4)}) >= 10, "metadata vectors should vary"
-    assert 0.0 <= images.min() and images.max() <= 255.0
+    assert images.min() >= 0.0 and images.max() <= 255.0
 
 
 def test_keras_vs_torch_probabilities(keras_probs, torch_out, real_batch):
@@ -210,7 +213,7 @@ def test_fold_batchnorm_is_equivalent(reference, real_batch, torch_out):
     with torch.no_grad():
         p, f = folded(torch.from_numpy(images[sel]), torch.from_numpy(meta[sel]))
     assert np.abs(p.numpy() - torch_out[0][sel]).max() <= P_TOL
-    assert np.abs(f.numpy() - torch_out[2][sel]).max() <= FEAT_TOL
+    assert np.abs(f.numpy() - torch_out[2][sel]).max() <= FEAT_RTOL * np.abs(torch_out[2]).max()
 
 
 def test_onnx_graph_contract(onnx_path):
@@ -253,7 +256,7 @@ def test_torch_vs_onnxruntime(onnx_path, real_batch, torch_out):
     df = np.abs(feats - torch_out[2]).max()
     print(f"torch vs ORT: max |dp| = {dp:.3e}, max |dfeatures| = {df:.3e} on {len(probs)} real images")
     assert dp <= P_TOL
-    assert df <= FEAT_TOL
+    assert df <= FEAT_RTOL * np.abs(torch_out[2]).max()
     # Dynamic batch: a single image gives the same answer as inside the batch.
     p1, f1 = sess.run(None, {"image": images[3:4], "meta": meta[3:4]})
     assert p1.shape == (1, 7) and f1.shape == (1, 2048, 8, 8)
@@ -405,7 +408,7 @@ def test_export_tiny_onnx_roundtrip(tiny, tmp_path):
     with torch.no_grad():
         p0, f0 = tiny(image, meta)
     assert np.abs(p - p0.numpy()).max() <= P_TOL
-    assert np.abs(f - f0.numpy()).max() <= FEAT_TOL
+    assert np.abs(f - f0.numpy()).max() <= FEAT_RTOL * max(1.0, float(f0.abs().max()))
     p1, _ = sess.run(None, {"image": image.numpy()[:1], "meta": meta.numpy()[:1]})
     assert np.abs(p1 - p[:1]).max() <= P_TOL
 

@@ -1,0 +1,205 @@
+"""Batch-mode benchmark: images/s and peak RSS of ``mendicant-desktop --batch``, and where the time goes.
+
+1. Throughput: the real CLI in a subprocess over ``../shared/data`` (180 px dermoscopy and <= 512 px
+   clinical photos), with the bundled model (or ``--model CARD``). Prints images/s and the child's peak RSS.
+2. Streaming: the same CLI over ``--rss-inputs`` inputs (default 10,000: symlinks to the shared images
+   in a temp folder). Peak RSS must not grow with the number of inputs (target <= 300 MB).
+3. Profile: serial per-stage timings (read+hash, decode, preprocess, skin tone, inference per image)
+   and a cProfile of the pipeline itself (main thread and decode threads merged).
+
+Run: python benchmarks/batch_benchmark.py [--model CARD] [--threads N] [--batch-size B] [--rss-inputs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import io
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA = Path(os.environ.get("MENDICANT_SHARED_DATA", REPO.parent / "shared" / "data"))
+FOLDERS = ("isic_dermoscopy/images", "pad_ufes20_clinical/images")
+
+
+def default_card() -> Path | None:
+    env = os.environ.get("MENDICANT_MODEL")
+    if env:
+        return Path(env)
+    cards = sorted((REPO / "resources" / "models").glob("*.json"))
+    return cards[0] if cards else None
+
+
+def run_cli(paths: list[Path], out: Path, card: Path, extra: list[str]) -> tuple[int, float, float, str]:
+    """Run the CLI; return (exit code, wall seconds, child peak RSS in MB, stderr tail)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "mendicant_desktop", "--batch", *map(str, paths), "--out", str(out),
+           "--model", str(card), "--quiet", *extra]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        secs = time.perf_counter() - t0
+        err.seek(0)
+        tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+    return proc.returncode, secs, usage.ru_maxrss / 1024.0, (tail[0] if tail else "")
+
+
+def rows_in(out: Path) -> int:
+    with open(out, "rb") as fh:
+        return max(0, fh.read().count(b"\n") - 1)
+
+
+def stage_timings(files: list[Path], card: Path, threads: int, batch_size: int) -> None:
+    import numpy as np
+
+    from mendicant_desktop.core.bundle import ModelBundle
+    from mendicant_desktop.core.inference import Engine
+    from mendicant_desktop.core.preprocess import load_image, preprocess
+    from mendicant_desktop.core.skintone import estimate_skin_tone
+
+    engine = Engine(ModelBundle.load(card), threads=threads)
+    t = dict.fromkeys(("read+sha256", "decode", "preprocess", "skin tone", "inference"), 0.0)
+    xs = []
+    for f in files:
+        a = time.perf_counter()
+        data = f.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        b = time.perf_counter()
+        rgb = load_image(data)
+        c = time.perf_counter()
+        xs.append(preprocess(rgb, engine.input_size))
+        d = time.perf_counter()
+        estimate_skin_tone(rgb)
+        e = time.perf_counter()
+        t["read+sha256"] += b - a
+        t["decode"] += c - b
+        t["preprocess"] += d - c
+        t["skin tone"] += e - d
+    engine.predict_preprocessed(np.stack(xs[:batch_size]), cam=False)  # warm-up
+    a = time.perf_counter()
+    for s in range(0, len(xs), batch_size):
+        engine.predict_preprocessed(np.stack(xs[s:s + batch_size]), cam=False)
+    t["inference"] = time.perf_counter() - a
+    total = sum(t.values())
+    print(f"\nserial stage timings on {len(files)} images (inference: {threads} ORT threads, batch {batch_size}):")
+    for k, v in t.items():
+        print(f"  {k:<12} {1000 * v / len(files):7.2f} ms/image  {100 * v / total:5.1f}%")
+    print(f"  {'total':<12} {1000 * total / len(files):7.2f} ms/image  -> {len(files) / total:.1f} images/s on one "
+          "thread of Python work")
+
+
+def profile_pipeline(files: list[Path], card: Path, threads: int | None, batch_size: int, top: int) -> None:
+    from mendicant_desktop.cli import scoring
+    from mendicant_desktop.cli.batch import build_engine
+
+    engine = build_engine(str(card), threads)
+    profiles: list[cProfile.Profile] = []
+    local = threading.local()
+    lock = threading.Lock()
+    orig = scoring._Preparer.__call__
+
+    def profiled(self, item):
+        prof = getattr(local, "prof", None)
+        if prof is None:
+            prof = local.prof = cProfile.Profile()
+            with lock:
+                profiles.append(prof)
+        prof.enable()
+        try:
+            return orig(self, item)
+        finally:
+            prof.disable()
+
+    scoring._Preparer.__call__ = profiled
+    main = cProfile.Profile()
+    try:
+        t0 = time.perf_counter()
+        main.enable()
+        n = sum(1 for _ in scoring.score_paths(files, engine, batch_size=batch_size, workers=threads))
+        main.disable()
+        secs = time.perf_counter() - t0
+    finally:
+        scoring._Preparer.__call__ = orig
+    print(f"\ncProfile of score_paths on {n} images: {n / secs:.1f} images/s in-process (profiling slows it)")
+    for title, profs in (("main thread (batching + inference + rows)", [main]), ("decode threads, merged", profiles)):
+        if not profs:
+            continue
+        buf = io.StringIO()
+        st = pstats.Stats(profs[0], stream=buf)
+        for p in profs[1:]:
+            st.add(p)
+        st.strip_dirs().sort_stats("tottime").print_stats(top)
+        print(f"\n--- {title}: top {top} by own time ---")
+        lines = buf.getvalue().splitlines()
+        start = next((i for i, ln in enumerate(lines) if ln.strip().startswith("ncalls")), 0)
+        print("\n".join(ln for ln in lines[start:] if ln.strip()))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=None, help="model card; default the bundled model")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rss-inputs", type=int, default=10_000, help="inputs for the streaming RSS run (0: skip)")
+    ap.add_argument("--profile-images", type=int, default=400, help="images for the profile (0: skip)")
+    ap.add_argument("--top", type=int, default=18)
+    args = ap.parse_args()
+
+    card = args.model or default_card()
+    if card is None:
+        print("no bundled model in resources/models; pass --model CARD", file=sys.stderr)
+        return 2
+    folders = [args.data / f for f in FOLDERS if (args.data / f).is_dir()]
+    if not folders:
+        print(f"no data at {args.data}", file=sys.stderr)
+        return 2
+    files = sorted(p for d in folders for p in d.iterdir())
+    extra = ["--batch-size", str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
+    from mendicant_desktop.core.bundle import ModelCard
+
+    mc = ModelCard.load(card)
+    print(f"model: {mc.name} {mc.version} ({card.name}); cpus: {os.cpu_count()}; "
+          f"threads: {args.threads or 'default'}; batch size: {args.batch_size}")
+
+    with tempfile.TemporaryDirectory(prefix="mendicant-bench-") as tmp:
+        tmpd = Path(tmp)
+        out = tmpd / "shared.csv"
+        rc, secs, rss, tail = run_cli(folders, out, card, extra)
+        n = rows_in(out)
+        print(f"\n[1] ../shared/data: {n} images in {secs:.1f} s wall (incl. start-up) = {n / secs:.1f} images/s; "
+              f"peak RSS {rss:.0f} MB; exit {rc}")
+        print(f"    {tail}")
+        if args.rss_inputs:
+            links = tmpd / "links"
+            links.mkdir()
+            for i in range(args.rss_inputs):
+                os.symlink(files[i % len(files)], links / f"{i:06d}_{files[i % len(files)].name}")
+            out2 = tmpd / "links.csv"
+            rc, secs, rss, tail = run_cli([links], out2, card, extra)
+            n = rows_in(out2)
+            print(f"\n[2] {args.rss_inputs} inputs (symlinks): {n} rows in {secs:.1f} s = {n / secs:.1f} images/s; "
+                  f"peak RSS {rss:.0f} MB; exit {rc}")
+            print(f"    {tail}")
+    if args.profile_images:
+        step = max(1, len(files) // args.profile_images)
+        sample = files[::step][: args.profile_images]
+        stage_timings(sample[:200], card, args.threads or 2, args.batch_size)
+        profile_pipeline(sample, card, args.threads, args.batch_size, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

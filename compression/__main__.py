@@ -1,0 +1,206 @@
+"""``python -m compression <stage> [options]``.
+
+Stages: ``data``, ``prune``, ``train``, ``quantize``, ``export``, ``validate``, ``report`` and ``build``, which
+runs them in that order into ``runs/<name>/`` (``--stages`` picks a subset). Every stage skips when its outputs
+exist, so ``build`` is resumable; ``train`` resumes from its last checkpoint. Logs go to
+``runs/<name>/<stage>.log`` (``train`` also writes ``runs/<name>/train/train.log``) and to stdout.
+
+``quantize``, ``export``, ``validate`` and ``report`` live in their own modules (``compression.quantize``,
+``compression.export``, ``compression.validate``, ``compression.report``); each is called as
+``run_stage(cfg, run_dir, log=..., argv=[...])`` or, failing that, ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mendicant_desktop.core.errors import ConfigError
+
+from .config import Config, load_config
+
+STAGES = ("data", "prune", "train", "quantize", "export", "validate", "report")
+EXTERNAL = {"quantize": "compression.quantize", "export": "compression.export",
+            "validate": "compression.validate", "report": "compression.report"}  # fmt: skip
+
+
+class StageNotImplemented(RuntimeError):
+    pass
+
+
+def _logger(path: Path) -> Callable[[str], None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}"
+        print(line, flush=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    return log
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_deadline(text: str | None, now: dt.datetime | None = None) -> float | None:
+    """``HH:MM`` (UTC, today, or tomorrow if already past) or an ISO time -> epoch seconds."""
+    if not text:
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        if len(text) <= 5 and ":" in text:
+            h, m = (int(x) for x in text.split(":"))
+            t = now.replace(hour=h, minute=m, second=0, microsecond=0)
+            if t < now:
+                t += dt.timedelta(days=1)
+            return t.timestamp()
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.timezone.utc)
+        return t.timestamp()
+    except ValueError:
+        raise ConfigError(f"--deadline must be HH:MM (UTC) or an ISO time, got {text!r}") from None
+
+
+def _threads(cfg: Config) -> None:
+    import torch
+
+    torch.set_num_threads(cfg.run.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+
+def _teacher(cfg: Config, cache: dict[str, Any]) -> Any:
+    if "teacher" not in cache:
+        from .prune import build_teacher
+
+        cache["teacher"] = build_teacher(cfg)
+    return cache["teacher"]
+
+
+def run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace, cache: dict[str, Any]) -> Any:
+    log = _logger(run_dir / f"{stage}.log")
+    if stage == "data":
+        from .data import build_data, data_done
+
+        if data_done(run_dir):
+            log("data: outputs exist; skipped")
+        cache["index"] = build_data(cfg, run_dir, log=log)
+        return cache["index"]
+    if stage in ("prune", "train"):
+        from .data import load_index
+
+        index = cache.get("index") or load_index(run_dir)
+        cache["index"] = index
+        _threads(cfg)
+        if stage == "prune":
+            from .prune import prune_done, run_prune
+
+            if prune_done(run_dir):
+                log("prune: outputs exist; skipped")
+                return None
+            return run_prune(cfg, run_dir, index, _teacher(cfg, cache), log=log)
+        from .train import run_train, train_done
+
+        if train_done(run_dir):
+            log("train: outputs exist (train/DONE); skipped")
+            return None
+        tlog = _logger(run_dir / "train" / "train.log")
+        teacher = _teacher(cfg, cache) if cfg.train.kd_weight > 0 else None
+        return run_train(cfg, run_dir, index, teacher, log=tlog, resume=not args.no_resume,
+                         deadline=parse_deadline(args.deadline))  # fmt: skip
+    modname = EXTERNAL[stage]
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name == modname:
+            raise StageNotImplemented(f"stage {stage!r} is not implemented yet by {modname}") from None
+        raise
+    rest = list(args.rest or [])
+    if hasattr(mod, "run_stage"):
+        return mod.run_stage(cfg, run_dir, log=log, argv=rest)
+    if hasattr(mod, "main"):
+        rc = mod.main(rest)
+        if rc:
+            raise SystemExit(rc)
+        return None
+    raise StageNotImplemented(f"stage {stage!r} is not implemented yet by {modname} (no run_stage or main)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compression", description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=(*STAGES, "build"))
+    p.add_argument("rest", nargs="*", help="arguments passed to the stage (e.g. validate MODEL)")
+    p.add_argument("--config", default=None, help="config TOML (default: compression/config.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)")
+    p.add_argument("--name", default=None, help="run name (overrides run.name)")
+    p.add_argument("--stages", default=None, help="build only: comma-separated subset, e.g. data,prune,train")
+    p.add_argument("--deadline", default=None, help="train: stop gracefully by this UTC time (HH:MM or ISO)")
+    p.add_argument("--no-resume", action="store_true", help="train: ignore an existing checkpoint")
+    p.add_argument("--resume", action="store_true", help="train: resume from the last checkpoint (default)")
+    p.add_argument("--model", default=os.environ.get("MENDICANT_MODEL"),
+                   help="validate: model card (default $MENDICANT_MODEL)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {}
+        for item in args.set:
+            if "=" not in item:
+                raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            k, v = item.split("=", 1)
+            overrides[k.strip()] = _parse_value(v.strip())
+        if args.name:
+            overrides["run.name"] = args.name
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.model and args.stage == "validate" and not args.rest:
+        args.rest = [args.model]
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.stage == "build":
+        stages = [s.strip() for s in args.stages.split(",")] if args.stages else list(STAGES)
+        bad = [s for s in stages if s not in STAGES]
+        if bad:
+            print(f"unknown stage(s) in --stages: {bad}", file=sys.stderr)
+            return 2
+        stages = [s for s in STAGES if s in stages]
+    else:
+        stages = [args.stage]
+    cache: dict[str, Any] = {}
+    t0 = time.time()
+    for s in stages:
+        try:
+            run_stage(s, cfg, run_dir, args, cache)
+        except StageNotImplemented as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+    print(f"{' + '.join(stages)}: done in {time.time() - t0:.0f}s -> {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,556 @@
+"""Fine-tuning the pruned student (PruningTrainer): distillation + labels, on a CPU budget.
+
+Making it feasible on 2 shared cores
+------------------------------------
+- The network is split at ``train.freeze_through`` (a stage name: ``stem``, ``entry.K``, ``middle.K``,
+  ``block13``; ``none`` trains everything). The pruned, BatchNorm-recalibrated stages up to it are frozen;
+  their outputs are computed **once** per image and view and cached (float16 memmap under
+  ``<run>/train/cache``), together with the FP32 teacher's logits (the soft targets). Training then runs
+  only the later blocks and the head (retrained in full, metadata branch included) on the cached maps.
+- Views: view 0 is the image as preprocessed by the engine; views 1.. are flipped / rotated by 90 degrees /
+  colour-jittered copies (dermoscopy has no canonical orientation). With ``feature_dihedral`` the cached maps
+  are also flipped/rotated at train time (a mild regulariser, not an exact input transform).
+- A wall-time budget (``train.time_budget_minutes`` and/or ``--deadline``) stops training gracefully after
+  an evaluation; every epoch writes a checkpoint and ``--resume`` continues from it.
+
+Loss: ``ce_weight * CE(dx7, label smoothing) + malignant_weight * BCE(p(mel)+p(bcc)+p(akiec), malignant)
++ kd_weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))``. The BCE term makes the app's malignancy
+score (the sum the model card and the gate use) itself a training target: PAD's actinic keratoses are dx7
+``akiec`` yet benign, so CE alone would push them towards the "malignant" sum.
+
+Sampling: class-balanced (``balance = "class"``: every dx7 class equally often; ``"domain_class"``: every
+(data set, dx7) cell equally often). Cosine LR after a linear warm-up. Every epoch: validation metrics
+overall, ISIC external melanoma-vs-nevus AUROC, PAD malignancy AUROC and per-FST AUROC with n and the gap;
+early stopping on the validation score (mean of the two AUROCs) and on fairness degradation (the PAD
+per-FST AUROC gap).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mendicant_desktop.core.audit import auroc as _core_auroc
+
+from .config import Config
+from .data import CLASSES, MALIGNANT_CLASS_IDX, DataIndex, balanced_indices, balanced_weights
+from .prune import load_student, save_student
+from .reference import ReferenceNet
+
+__all__ = [
+    "stage_names",
+    "prefix_forward",
+    "suffix_forward",
+    "suffix_modules",
+    "augment_image",
+    "dihedral",
+    "kd_loss",
+    "distillation_loss",
+    "malignancy_score",
+    "auroc",
+    "val_metrics",
+    "FeatureCache",
+    "PruningTrainer",
+    "train_done",
+    "run_train",
+]
+
+MEL, NV = CLASSES.index("mel"), CLASSES.index("nv")
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting the network into a frozen prefix and a trainable suffix
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_names(model: ReferenceNet) -> list[str]:
+    b = model.backbone
+    return (["stem"] + [f"entry.{i}" for i in range(len(b.entry))] + [f"middle.{i}" for i in range(len(b.middle))]
+            + ["block13", "block14"])  # fmt: skip
+
+
+def _stage(model: ReferenceNet, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    b = model.backbone
+    if name == "stem":
+        return lambda x: F.relu(b.conv2(F.relu(b.conv1(x))))
+    kind, _, k = name.partition(".")
+    if kind == "entry":
+        return b.entry[int(k)]
+    if kind == "middle":
+        return b.middle[int(k)]
+    return getattr(b, name)
+
+
+def _split(model: ReferenceNet, through: str) -> int:
+    names = stage_names(model)
+    if through == "none":
+        return 0
+    if through not in names or through == "block14":
+        raise ValueError(f"train.freeze_through {through!r} is not a stage of this model ({names[:-1]})")
+    return names.index(through) + 1
+
+
+def prefix_forward(model: ReferenceNet, image: torch.Tensor, through: str) -> torch.Tensor:
+    """NHWC 0..255 image -> activation after stage ``through`` (normalised NCHW input for ``"none"``)."""
+    x = model.normalization(image.permute(0, 3, 1, 2))
+    for name in stage_names(model)[: _split(model, through)]:
+        x = _stage(model, name)(x)
+    return x
+
+
+def suffix_forward(model: ReferenceNet, feat: torch.Tensor, meta: torch.Tensor, through: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Cached prefix activation + metadata -> (logits, feature map)."""
+    x = feat
+    for name in stage_names(model)[_split(model, through):]:
+        x = _stage(model, name)(x)
+    return model.head(x.mean(dim=(2, 3)), meta), x
+
+
+def suffix_modules(model: ReferenceNet, through: str) -> list[nn.Module]:
+    names = stage_names(model)[_split(model, through):]
+    b = model.backbone
+    mods: list[nn.Module] = []
+    for n in names:
+        if n == "stem":
+            mods += [model.normalization, b.conv1, b.conv2]
+        else:
+            kind, _, k = n.partition(".")
+            mods.append(b.entry[int(k)] if kind == "entry" else b.middle[int(k)] if kind == "middle" else getattr(b, n))
+    return mods
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation (torch only)
+# --------------------------------------------------------------------------------------------------
+
+
+def dihedral(x: torch.Tensor, k: int, flip: bool, dims: tuple[int, int]) -> torch.Tensor:
+    """Rotate by k*90 degrees in ``dims`` and optionally flip the first of them."""
+    if flip:
+        x = torch.flip(x, dims=(dims[0],))
+    return torch.rot90(x, k, dims) if k % 4 else x
+
+
+def augment_image(img: torch.Tensor, g: torch.Generator, jitter: float = 0.08) -> torch.Tensor:
+    """(H,W,3) 0..255 -> random dihedral transform + mild brightness/contrast/saturation jitter."""
+    k = int(torch.randint(0, 4, (1,), generator=g))
+    flip = bool(torch.randint(0, 2, (1,), generator=g))
+    x = dihedral(img, k, flip, (0, 1))
+    if jitter > 0:
+        b, c, s = (1 + (torch.rand(3, generator=g) * 2 - 1) * jitter).tolist()
+        x = x * b
+        mean = x.mean()
+        x = (x - mean) * c + mean
+        gray = (x * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+        x = gray + (x - gray) * s
+    return x.clamp(0, 255).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses and metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
+    t = temperature
+    log_ps = F.log_softmax(student_logits / t, dim=1)
+    log_pt = F.log_softmax(teacher_logits / t, dim=1)
+    return (t * t) * (log_pt.exp() * (log_pt - log_ps)).sum(1).mean()
+
+
+def malignancy_score(probs: torch.Tensor) -> torch.Tensor:
+    """p(mel) + p(bcc) + p(akiec), the app's malignancy score."""
+    return probs[:, list(MALIGNANT_CLASS_IDX)].sum(1)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+                      malignant: torch.Tensor, tc: Any) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """The training loss (see the module docstring) and its parts."""
+    ce = F.cross_entropy(logits, labels, label_smoothing=tc.label_smoothing)
+    s = malignancy_score(torch.softmax(logits, 1)).clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(s, malignant.float())
+    loss = tc.ce_weight * ce + tc.malignant_weight * bce
+    parts = {"ce": float(ce), "bce": float(bce)}
+    if teacher_logits is not None and tc.kd_weight > 0:
+        kd = kd_loss(logits, teacher_logits, tc.temperature)
+        loss = loss + tc.kd_weight * kd
+        parts["kd"] = float(kd)
+    parts["loss"] = float(loss)
+    return loss, parts
+
+
+def auroc(y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray) -> float:
+    """AUROC via the engine's :func:`mendicant_desktop.core.audit.auroc` (nan if a class is absent)."""
+    return float(_core_auroc(np.asarray(y, np.int64), np.asarray(s, np.float64)))
+
+
+def val_metrics(probs: np.ndarray, index: DataIndex, positions: np.ndarray, cfg: Config) -> dict[str, Any]:
+    """The card's validation metrics for ``probs`` (rows aligned with ``positions``)."""
+    recs = [index.records[i] for i in positions]
+    mal = malignancy_score(torch.from_numpy(probs)).numpy()
+    y_mal = np.array([r.malignant for r in recs])
+    out: dict[str, Any] = {"n": len(recs)}
+    labels = np.array([r.label for r in recs])
+    out["accuracy"] = float((probs.argmax(1) == labels).mean()) if len(recs) else float("nan")
+    out["malignancy_auroc"] = auroc(y_mal, mal)
+    ext = [k for k, r in enumerate(recs) if r.dataset == "isic" and r.pool == "external" and r.dx in ("MEL", "NV")]
+    out["isic_external_n"] = len(ext)
+    out["isic_external_auroc"] = auroc([recs[k].dx == "MEL" for k in ext], probs[ext, MEL]) if ext else float("nan")
+    pad = [k for k, r in enumerate(recs) if r.dataset == "pad"]
+    out["pad_n"] = len(pad)
+    out["pad_auroc"] = auroc(y_mal[pad], mal[pad]) if pad else float("nan")
+    groups = {}
+    for fst in ("I", "II", "III", "IV", "V", "VI"):
+        ks = [k for k in pad if recs[k].fst == fst and recs[k].fst_source == "label"]
+        n_pos = int(y_mal[ks].sum()) if ks else 0
+        sufficient = len(ks) >= cfg.fairness.min_group_n and n_pos >= 5 and len(ks) - n_pos >= 5
+        groups[fst] = {"n": len(ks), "n_pos": n_pos, "sufficient": sufficient,
+                       "auroc": auroc(y_mal[ks], mal[ks]) if ks else float("nan")}  # fmt: skip
+    out["pad_fst"] = groups
+    suff = [g["auroc"] for g in groups.values() if g["sufficient"] and not math.isnan(g["auroc"])]
+    out["pad_fst_gap"] = float(max(suff) - min(suff)) if len(suff) >= 2 else float("nan")
+    vals = [v for v in (out["isic_external_auroc"], out["pad_auroc"]) if not math.isnan(v)]
+    out["score"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    fst = " ".join(f"{k}:{v['auroc']:.3f}(n={v['n']})" for k, v in m["pad_fst"].items() if v["n"])
+    return (f"score {m['score']:.4f} | ISIC ext mel-nv {m['isic_external_auroc']:.4f} | PAD {m['pad_auroc']:.4f} "
+            f"| gap {m['pad_fst_gap']:.3f} | acc {m['accuracy']:.3f} | FST {fst}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached prefix activations and teacher logits
+# --------------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """``prefix_<split>.npy`` (N, V, C, H, W) and ``teacher_<split>.npy`` (N, Vt, 7); resumable."""
+
+    def __init__(self, folder: Path, split: str, positions: np.ndarray, views: int, teacher_views: int) -> None:
+        self.folder = folder
+        self.split = split
+        self.positions = positions
+        self.views = views
+        self.teacher_views = teacher_views
+        self.progress_path = folder / f"progress_{split}.json"
+
+    @property
+    def done(self) -> bool:
+        return self._progress().get("done", False)
+
+    def _progress(self) -> dict[str, Any]:
+        if self.progress_path.is_file():
+            return json.loads(self.progress_path.read_text())
+        return {}
+
+    def open(self) -> tuple[np.ndarray, np.ndarray | None]:
+        feats = np.load(self.folder / f"prefix_{self.split}.npy", mmap_mode="r")
+        tpath = self.folder / f"teacher_{self.split}.npy"
+        return feats, (np.load(tpath) if tpath.is_file() else None)
+
+    @torch.no_grad()
+    def build(self, index: DataIndex, student: ReferenceNet, teacher: ReferenceNet | None, through: str,
+              cfg: Config, log: Callable[[str], None], batch: int = 16) -> None:  # fmt: skip
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len(self.positions)
+        prog = self._progress()
+        start = int(prog.get("n_done", 0))
+        fpath = self.folder / f"prefix_{self.split}.npy"
+        tpath = self.folder / f"teacher_{self.split}.npy"
+        probe = prefix_forward(student, torch.from_numpy(np.asarray(index.images[self.positions[:1]], np.float32)), through)
+        shape = (n, self.views, *probe.shape[1:])
+        dtype = np.float16 if cfg.train.cache_dtype == "float16" else np.float32
+        if start == 0 or not fpath.is_file():
+            start = 0
+            feats = np.lib.format.open_memmap(fpath, mode="w+", dtype=dtype, shape=shape)
+            tlog = np.zeros((n, self.teacher_views, len(CLASSES)), np.float32) if teacher is not None else None
+        else:
+            feats = np.load(fpath, mmap_mode="r+")
+            tlog = np.load(tpath) if (teacher is not None and tpath.is_file()) else (
+                np.zeros((n, self.teacher_views, len(CLASSES)), np.float32) if teacher is not None else None)  # fmt: skip
+        student.eval()
+        t0 = time.time()
+        for a in range(start, n, batch):
+            pos = self.positions[a : a + batch]
+            imgs = torch.from_numpy(np.asarray(index.images[pos], np.float32))
+            meta = torch.from_numpy(index.meta[pos])
+            for v in range(self.views):
+                if v == 0:
+                    x = imgs
+                else:
+                    x = torch.stack([
+                        augment_image(imgs[j], torch.Generator().manual_seed(cfg.run.seed * 7919 + int(p) * 31 + v),
+                                      cfg.train.color_jitter)
+                        for j, p in enumerate(pos)])  # fmt: skip
+                feats[a : a + len(pos), v] = prefix_forward(student, x, through).numpy().astype(dtype)
+                if teacher is not None and v < self.teacher_views:
+                    tlog[a : a + len(pos), v] = teacher.logits(x, meta).numpy()
+            done = a + len(pos)
+            if (done // batch) % 8 == 0 or done == n:
+                feats.flush()
+                if tlog is not None:
+                    np.save(tpath, tlog)
+                self.progress_path.write_text(json.dumps({"n_done": done, "n": n, "done": done == n}))
+                rate = (time.time() - t0) / max(1, done - start)
+                log(f"cache[{self.split}]: {done}/{n} images ({rate:.2f}s/image, ~{rate * (n - done) / 60:.1f} min left)")
+        del feats
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------------
+
+
+def train_done(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / "train" / "DONE").is_file()
+
+
+class PruningTrainer:
+    """Fine-tunes a pruned student on cached frozen-prefix activations (see the module docstring)."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, index: DataIndex, student: ReferenceNet,
+                 teacher: ReferenceNet | None, *, log: Callable[[str], None] = print,
+                 deadline: float | None = None) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "train"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.index = index
+        self.student = student
+        self.teacher = teacher
+        self.log = log
+        self.t_start = time.time()
+        budget = self.t_start + self.tc.time_budget_minutes * 60
+        self.deadline = min(budget, deadline) if deadline else budget
+        self.through = self.tc.freeze_through
+        self.train_pos = index.indices("train")
+        self.val_pos = index.indices("val")
+        tv = self.tc.train_views if self.tc.kd_all_views else 1
+        cdir = self.dir / "cache"
+        self.train_cache = FeatureCache(cdir, "train", self.train_pos, self.tc.train_views, tv)
+        self.val_cache = FeatureCache(cdir, "val", self.val_pos, 1, 1)
+        for p in student.parameters():
+            p.requires_grad_(False)
+        self.trainable = suffix_modules(student, self.through)
+        head_params = list(student.head.parameters())
+        body_params = [p for m in self.trainable for p in m.parameters()]
+        for p in head_params + body_params:
+            p.requires_grad_(True)
+        self.opt = torch.optim.AdamW(
+            [{"params": body_params, "lr": self.tc.lr, "base_lr": self.tc.lr},
+             {"params": head_params, "lr": self.tc.lr * self.tc.head_lr_mult,
+              "base_lr": self.tc.lr * self.tc.head_lr_mult}],
+            weight_decay=self.tc.weight_decay,
+        )  # fmt: skip
+        self.steps_per_epoch = max(1, len(self.train_pos) // self.tc.batch_size)
+        self.total_steps = self.steps_per_epoch * self.tc.epochs
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.epoch = 0
+        self.step = 0
+        self.teacher_metrics: dict[str, Any] | None = None
+
+    # -- cache -------------------------------------------------------------------------------------
+    def build_cache(self) -> None:
+        for cache in (self.val_cache, self.train_cache):
+            if not cache.done:
+                self.log(f"cache[{cache.split}]: building ({len(cache.positions)} images x {cache.views} views, "
+                         f"frozen through {self.through})")  # fmt: skip
+                cache.build(self.index, self.student, self.teacher, self.through, self.cfg, self.log)
+        self.train_feats, self.train_tlog = self.train_cache.open()
+        self.val_feats, self.val_tlog = self.val_cache.open()
+        if self.val_tlog is not None:
+            probs = torch.softmax(torch.from_numpy(self.val_tlog[:, 0]), 1).numpy()
+            self.teacher_metrics = val_metrics(probs, self.index, self.val_pos, self.cfg)
+            self.log("teacher (FP32) on val: " + _fmt(self.teacher_metrics))
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def _lr(self) -> float:
+        warm = self.tc.warmup_epochs * self.steps_per_epoch
+        f = min(1.0, (self.step + 1) / warm) if warm > 0 else 1.0
+        prog = min(1.0, self.step / max(1, self.total_steps))
+        return f * 0.5 * (1 + math.cos(math.pi * prog))
+
+    def _set_train_mode(self) -> None:
+        self.student.eval()
+        for m in self.trainable:
+            m.train()
+        self.student.head.train()
+
+    def sample_epoch(self, epoch: int) -> np.ndarray:
+        recs = [self.index.records[i] for i in self.train_pos]
+        keys = [r.label for r in recs] if self.tc.balance == "class" else [(r.dataset, r.label) for r in recs]
+        rng = np.random.default_rng([self.cfg.run.seed, 11, epoch])
+        return balanced_indices(balanced_weights(keys), len(recs), rng)
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
+        """One epoch; returns (mean loss parts, stopped_by_deadline)."""
+        self._set_train_mode()
+        order = self.sample_epoch(epoch)
+        rng = np.random.default_rng([self.cfg.run.seed, 13, epoch])
+        labels = torch.from_numpy(self.index.labels)
+        malignant = torch.from_numpy(self.index.malignant)
+        sums: dict[str, float] = {}
+        n = 0
+        stopped = False
+        bs = self.tc.batch_size
+        t0 = time.time()
+        for b in range(self.steps_per_epoch):
+            if time.time() > self.deadline:
+                stopped = True
+                break
+            ks = np.sort(order[b * bs : (b + 1) * bs])
+            views = rng.integers(0, self.tc.train_views, size=len(ks))
+            feats = torch.from_numpy(np.stack([self.train_feats[k, v] for k, v in zip(ks, views, strict=True)]).astype(np.float32))
+            if self.tc.feature_dihedral:
+                rk = rng.integers(0, 4, size=len(ks))
+                fl = rng.integers(0, 2, size=len(ks))
+                feats = torch.stack([dihedral(f, int(r), bool(x), (1, 2)) for f, r, x in zip(feats, rk, fl, strict=True)])
+            pos = self.train_pos[ks]
+            meta = torch.from_numpy(self.index.meta[pos])
+            tl = None
+            if self.train_tlog is not None:
+                tv = np.where(views < self.train_tlog.shape[1], views, 0)
+                tl = torch.from_numpy(self.train_tlog[ks, tv])
+            lr_f = self._lr()
+            for gp in self.opt.param_groups:
+                gp["lr"] = gp["base_lr"] * lr_f
+            logits, _ = suffix_forward(self.student, feats, meta, self.through)
+            loss, parts = distillation_loss(logits, tl, labels[pos], malignant[pos], self.tc)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if b % 20 == 0:
+                self.log(f"epoch {epoch} batch {b}/{self.steps_per_epoch} loss {parts['loss']:.4f} "
+                         f"lr {self.opt.param_groups[0]['lr']:.2e} ({(time.time() - t0) / (b + 1):.2f}s/batch)")  # fmt: skip
+        return {k: v / max(1, n) for k, v in sums.items()} | {"batches": n}, stopped
+
+    @torch.no_grad()
+    def predict_val(self) -> np.ndarray:
+        self.student.eval()
+        out = []
+        for a in range(0, len(self.val_pos), 64):
+            feats = torch.from_numpy(np.asarray(self.val_feats[a : a + 64, 0], np.float32))
+            meta = torch.from_numpy(self.index.meta[self.val_pos[a : a + 64]])
+            logits, _ = suffix_forward(self.student, feats, meta, self.through)
+            out.append(torch.softmax(logits, 1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
+
+    def evaluate(self) -> dict[str, Any]:
+        return val_metrics(self.predict_val(), self.index, self.val_pos, self.cfg)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dir / "checkpoints" / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        p = self.ckpt_path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"epoch": self.epoch, "step": self.step, "model": self.student.state_dict(),
+                   "opt": self.opt.state_dict(), "history": self.history, "best": self.best,
+                   "teacher_metrics": self.teacher_metrics}  # fmt: skip
+        torch.save(payload, p.with_suffix(".tmp"))
+        p.with_suffix(".tmp").replace(p)
+        torch.save(payload | {"opt": None}, p.parent / f"epoch_{self.epoch:03d}.pt")
+
+    def load_checkpoint(self) -> bool:
+        if not self.ckpt_path.is_file():
+            return False
+        payload = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        self.student.load_state_dict(payload["model"])
+        self.opt.load_state_dict(payload["opt"])
+        self.epoch, self.step = payload["epoch"], payload["step"]
+        self.history, self.best = payload["history"], payload["best"]
+        self.teacher_metrics = payload.get("teacher_metrics") or self.teacher_metrics
+        self.log(f"resumed from {self.ckpt_path} after epoch {self.epoch} (step {self.step})")
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _eligible(self, m: dict[str, Any]) -> bool:
+        gap = m["pad_fst_gap"]
+        return math.isnan(gap) or gap <= self.tc.early_stop.max_fst_gap
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        es = self.tc.early_stop
+        if resume:
+            self.load_checkpoint()
+        self.build_cache()
+        if self.epoch == 0 and not self.history:
+            m0 = self.evaluate()
+            self.log("epoch 0 (pruned, before fine-tuning): " + _fmt(m0))
+            self.history.append({"epoch": 0, "val": m0})
+        stop_reason = "epochs"
+        while self.epoch < self.tc.epochs:
+            if time.time() > self.deadline:
+                stop_reason = "time budget"
+                break
+            e = self.epoch + 1
+            t0 = time.time()
+            parts, stopped = self.train_epoch(e)
+            m = self.evaluate()
+            self.epoch = e
+            rec = {"epoch": e, "train": parts, "val": m, "seconds": round(time.time() - t0, 1), "partial": stopped}
+            self.history.append(rec)
+            improved = self._eligible(m) and (self.best is None or m["score"] > self.best["val"]["score"])
+            if improved:
+                self.best = rec
+                save_student(self.student, self.dir / "student.pt", train_metrics=m, epoch=e,
+                             freeze_through=self.through)  # fmt: skip
+            self.log(f"epoch {e}: {'*' if improved else ' '} " + _fmt(m) + f" | loss {parts.get('loss', float('nan')):.4f} "
+                     f"({rec['seconds']:.0f}s{', partial' if stopped else ''})")  # fmt: skip
+            self.save_checkpoint()
+            if stopped:
+                stop_reason = "time budget"
+                break
+            best_epoch = self.best["epoch"] if self.best else 0
+            if e >= es.min_epochs and e - best_epoch >= es.patience:
+                stop_reason = f"no better val score for {es.patience} epochs"
+                break
+            ref_gap = self.best["val"]["pad_fst_gap"] if self.best else float("nan")
+            recent = [h["val"]["pad_fst_gap"] for h in self.history[-es.patience:] if h["epoch"] > 0]
+            if (e >= es.min_epochs and not math.isnan(ref_gap) and len(recent) == es.patience
+                    and all(g > ref_gap + es.gap_tolerance for g in recent)):  # fmt: skip
+                stop_reason = "fairness degradation (per-FST gap)"
+                break
+        if self.best is None:  # nothing eligible: keep the last state, flagged
+            self.best = self.history[-1]
+            save_student(self.student, self.dir / "student.pt", train_metrics=self.best["val"],
+                         epoch=self.epoch, freeze_through=self.through, not_eligible=True)  # fmt: skip
+        summary = {
+            "stop_reason": stop_reason, "epochs_run": self.epoch, "best_epoch": self.best["epoch"],
+            "best_val": self.best["val"], "teacher_val": self.teacher_metrics, "history": self.history,
+            "wall_seconds": round(time.time() - self.t_start, 1), "freeze_through": self.through,
+        }  # fmt: skip
+        with open(self.dir / "metrics.json", "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2, default=float)
+        (self.dir / "DONE").write_text(f"{stop_reason}\n")
+        self.log(f"train: done ({stop_reason}); best epoch {self.best['epoch']}: " + _fmt(self.best["val"]))
+        return summary
+
+
+def run_train(cfg: Config, run_dir: str | Path, index: DataIndex, teacher: ReferenceNet | None, *,
+              log: Callable[[str], None] = print, resume: bool = True, deadline: float | None = None
+              ) -> dict[str, Any]:  # fmt: skip
+    """The train stage: ``<run>/prune/pruned.pt`` -> ``<run>/train/student.pt`` (+ metrics, log, checkpoints)."""
+    student = load_student(Path(run_dir) / "prune" / "pruned.pt")
+    trainer = PruningTrainer(cfg, run_dir, index, student, teacher, log=log, deadline=deadline)
+    return trainer.fit(resume=resume)

@@ -1,0 +1,271 @@
+"""``mendicant-desktop --batch PATH [PATH ...] --out FILE``: headless, streaming, resumable scoring.
+
+Never imports Qt and needs no display. The reusable pieces for other headless modes (``--audit``):
+
+* :func:`iter_inputs` expands files/folders into inputs (streaming, loop-safe, duplicate-free);
+* :func:`score_paths` / :func:`iter_scored` score inputs through the engine and yield row dicts;
+* :data:`COLUMNS` is the row layout; :func:`load_metadata_csv` reads a ``--metadata`` table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import EXIT_CODES_HELP, ExitCode, scoring
+from .discover import InputItem, count_inputs, iter_inputs
+from .metadata_csv import MetadataTable, load_metadata_csv
+from .scoring import iter_scored, score_paths
+from .writers import (
+    COLUMNS,
+    OutputFileError,
+    RowWriter,
+    clean_text,
+    columns_for,
+    keep_latest_rows,
+    output_format,
+    read_existing,
+)
+
+__all__ = [
+    "COLUMNS", "ExitCode", "InputItem", "MetadataTable", "build_engine", "iter_inputs", "iter_scored",
+    "load_metadata_csv", "main", "score_paths",
+]
+
+log = logging.getLogger("mendicant_desktop.batch")
+
+DESCRIPTION = """Score image files and folders without a window and write one row per input file.
+
+Folders are walked recursively; images are recognised by content and by their extension in any case
+(jpg jpeg png bmp gif tif tiff webp). Bad inputs (empty, truncated, not an image, too large,
+unreadable) give a row with status=error and a reason; the run goes on. Each row is written and
+flushed as soon as it is scored, so an interrupted run keeps every finished row; --resume completes it."""
+
+
+class _Usage(Exception):
+    """A usage/configuration problem: message printed, exit code 2."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _Usage(f"{self.prog}: error: {message}\n{self.format_usage().strip()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog="mendicant-desktop --batch",
+        usage="mendicant-desktop --batch PATH [PATH ...] --out FILE [options]",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP + "\n\nColumns, metadata names and site spellings: docs/batch.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--batch", nargs="+", required=True, metavar="PATH", help="image files and/or folders")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file: .csv (UTF-8) or .jsonl (JSON Lines)")
+    p.add_argument("--metadata", metavar="CSV",
+                   help="patient metadata joined by image file name (image,age,sex,site or HAM10000/PAD names)")
+    p.add_argument("--saliency-dir", metavar="DIR", help="write a Grad-CAM overlay PNG per scored image here")
+    p.add_argument("--saliency-target", default="top", metavar="TARGET",
+                   help="what the overlay explains: top (predicted class, default), malignancy, or a class code")
+    p.add_argument("--resume", action="store_true",
+                   help="continue FILE: skip inputs whose path and sha256 already have an ok row for this model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE instead of refusing")
+    p.add_argument("--model", metavar="CARD",
+                   help="model card (.json) to use; default $MENDICANT_MODEL, else the bundled model")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for inference and for decoding (default: up to 4, the core count)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per inference batch (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (the final summary line is still printed)")
+    p.add_argument("--debug", action="store_true", help="log details and show tracebacks of internal errors")
+    return p
+
+
+def build_engine(model: str | None = None, threads: int | None = None):
+    """Load and verify ``model`` (a card path; default ``$MENDICANT_MODEL``, else the bundled model)."""
+    from mendicant_desktop.core.bundle import ModelBundle
+    from mendicant_desktop.core.inference import Engine
+
+    card = model or os.environ.get("MENDICANT_MODEL") or None
+    return Engine(ModelBundle.load(card), threads=threads)
+
+
+class _Stop:
+    """SIGINT/SIGTERM: the first asks the run to stop cleanly; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="mendicant-desktop: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(_run(build_parser(), args_list))
+    except _Usage as exc:
+        _err(str(exc))
+        return int(ExitCode.USAGE)
+    except KeyboardInterrupt:
+        _err("mendicant-desktop --batch: interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        else:
+            _err(f"mendicant-desktop --batch: internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        return int(ExitCode.INTERNAL_ERROR)
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return ExitCode.OK
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help
+        return ExitCode(exc.code or 0) if exc.code in (0, None) else ExitCode.USAGE
+
+    fmt = output_format(args.out)
+    if fmt is None:
+        raise _Usage(f"--out {args.out!r}: the file name must end in .csv or .jsonl")
+    if args.threads is not None and args.threads < 1:
+        raise _Usage("--threads must be at least 1")
+    if args.batch_size < 1:
+        raise _Usage("--batch-size must be at least 1")
+    if args.resume and args.overwrite:
+        raise _Usage("--resume and --overwrite contradict each other")
+    out = args.out
+    if os.path.isdir(out):
+        raise _Usage(f"--out {out!r} is a folder")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        raise _Usage(f"--out {out!r}: the folder {out_dir} does not exist")
+    exists = os.path.exists(out) and os.path.getsize(out) > 0
+    if exists and not (args.resume or args.overwrite):
+        raise _Usage(f"{out} already exists; use --resume to complete it, --overwrite to replace it, "
+                     "or choose another --out")
+    if args.saliency_dir and os.path.exists(args.saliency_dir) and not os.path.isdir(args.saliency_dir):
+        raise _Usage(f"--saliency-dir {args.saliency_dir!r} is not a folder")
+
+    from mendicant_desktop.core.errors import MendicantError, MetadataError, ModelVerificationError
+    from mendicant_desktop.core.results import CLASS_NAMES
+
+    if args.saliency_target not in ("top", "malignancy", *CLASS_NAMES):
+        raise _Usage(f"--saliency-target must be top, malignancy or one of {', '.join(CLASS_NAMES)}")
+    metadata: MetadataTable | None = None
+    if args.metadata:
+        try:
+            metadata = load_metadata_csv(args.metadata)
+        except MetadataError as exc:
+            raise _Usage(f"--metadata: {exc}") from None
+    try:
+        engine = build_engine(args.model, args.threads)
+    except ModelVerificationError as exc:
+        raise _Usage(f"model verification failed: {exc}") from None
+    except MendicantError as exc:
+        raise _Usage(f"cannot load the model: {exc}") from None
+
+    columns = columns_for(metadata is not None, bool(args.saliency_dir))
+    skip = None
+    existing = None
+    if args.resume and exists:
+        try:
+            existing = read_existing(out, fmt, engine.card.sha256)
+        except OutputFileError as exc:
+            raise _Usage(f"--resume: {exc}") from None
+        if existing.columns is not None and tuple(existing.columns) != columns:
+            raise _Usage(f"--resume: {out} was written with other columns ({len(existing.columns)} vs {len(columns)}); "
+                         "use the same --metadata/--saliency-dir options as the first run")
+        if existing.duplicates:
+            keep_latest_rows(out, fmt)
+        done = existing.done
+        if existing.truncated_tail:
+            log.warning("removed a partial last row from %s (the previous run was killed mid-write)", out)
+
+        def skip(path: str, sha256: str) -> bool:
+            return sha256 in done.get(clean_text(path), ())
+
+    if args.overwrite and exists:
+        os.unlink(out)
+
+    from tqdm import tqdm
+
+    total = count_inputs(args.batch)
+    if total == 0:
+        _err("mendicant-desktop --batch: no image files found under " + " ".join(args.batch))
+    stop = _Stop()
+    counts = {"ok": 0, "error": 0, "skipped": 0}
+    writer = RowWriter(out, columns, fmt, append=bool(args.resume))
+    t0 = time.perf_counter()
+    interrupted = False
+    superseded = False
+    bar = tqdm(total=total, unit="img", file=sys.stderr, disable=args.quiet, dynamic_ncols=True,
+               mininterval=0.5, smoothing=0.1, desc="scoring")
+    stop.install()
+    gen = scoring.iter_scored(
+        iter_inputs(args.batch), engine, metadata=metadata, saliency_dir=args.saliency_dir,
+        saliency_target=args.saliency_target, workers=args.threads, batch_size=args.batch_size,
+        skip=skip, stop=stop.event, columns=columns,
+    )
+    try:
+        for scored in gen:
+            if scored.row is None:
+                counts["skipped"] += 1
+            else:
+                writer.write(scored.row)
+                counts[scored.row["status"]] += 1
+                if existing is not None and scored.row["image"] in existing.paths:
+                    superseded = True
+            bar.update(1)
+        interrupted = stop.event.is_set()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        gen.close()
+        writer.close()
+        bar.close()
+        stop.restore()
+        if superseded:
+            keep_latest_rows(out, fmt)  # a retried input's new row supersedes its old one
+    secs = time.perf_counter() - t0
+    scored_n = counts["ok"] + counts["error"]
+    rate = f", {scored_n / secs:.1f} images/s" if secs > 0 and scored_n else ""
+    resumed = f", {counts['skipped']} already done" if args.resume else ""
+    status = "interrupted: " if interrupted else ""
+    _err(f"mendicant-desktop --batch: {status}{counts['ok']} ok, {counts['error']} failed{resumed} "
+         f"in {secs:.1f} s{rate} -> {out}")
+    if interrupted:
+        return ExitCode.INTERRUPTED
+    return ExitCode.PARTIAL if counts["error"] else ExitCode.OK

@@ -1,0 +1,392 @@
+"""The "Assess" tab: the case list, the case view and the scoring queue (the controller of cases)."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from datetime import datetime
+from pathlib import Path
+
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListView,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mendicant_desktop.core.errors import ImageLoadError
+from mendicant_desktop.core.metadata import SEXES, SITES, Metadata
+from mendicant_desktop.core.preprocess import load_image
+from mendicant_desktop.core.skintone import estimate_skin_tone
+
+from .case_view import CaseView
+from .cases import Case, CaseDelegate, CaseListModel, CaseRole
+from .pipeline import DISPLAY_SIDE, THUMB_SIDE, assess_source, downscale, expand_paths, rescore, with_threshold
+from .qtutil import qimage_png_bytes
+from .quality import domain_warnings
+from .services import Services
+from .widgets import DropZone
+from .worker import BackgroundOp, scoring_pool
+
+#: Decoded display copies kept in memory; older ones are re-read from disk when selected again.
+DISPLAY_CACHE = 12
+
+
+class AssessTab(QWidget):
+    queueChanged = Signal(int, int, int)  # done, errors, total
+    message = Signal(str)  # short, non-modal notices for the status bar
+    currentCaseChanged = Signal(object)
+
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.settings = services.settings
+        self.model = CaseListModel(self)
+        self._ops: dict[int, BackgroundOp] = {}
+        self._cache: OrderedDict[int, Case] = OrderedDict()
+        self._paste_n = 0
+
+        self.stack = QStackedWidget()
+        self.drop_zone = DropZone()
+        self.stack.addWidget(self.drop_zone)
+
+        content = QSplitter(Qt.Orientation.Horizontal)
+        content.setChildrenCollapsible(False)
+        left = QWidget()
+        left.setObjectName("CaseListPanel")
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(8, 8, 0, 8)
+        ll.setSpacing(6)
+        self.list_title = QLabel("Cases")
+        self.list_title.setObjectName("CardTitle")
+        ll.addWidget(self.list_title)
+        self.list = QListView()
+        self.list.setModel(self.model)
+        self.list.setItemDelegate(CaseDelegate(self.list))
+        self.list.setUniformItemSizes(True)
+        self.list.setSelectionMode(QListView.SelectionMode.SingleSelection)
+        self.list.setAcceptDrops(False)
+        self.list.setMinimumWidth(250)
+        self.list.setAccessibleName("Case list")
+        ll.addWidget(self.list, 1)
+        btns = QHBoxLayout()
+        self.btn_remove = QPushButton("Remove")
+        self.btn_remove.setToolTip("Remove the selected case from this session (Delete)")
+        self.btn_clear = QPushButton("Clear all")
+        self.btn_clear.setToolTip("Remove every case from this session")
+        btns.addWidget(self.btn_remove)
+        btns.addWidget(self.btn_clear)
+        btns.addStretch(1)
+        ll.addLayout(btns)
+        content.addWidget(left)
+        self.view = CaseView(self.settings)
+        content.addWidget(self.view)
+        content.setStretchFactor(0, 0)
+        content.setStretchFactor(1, 1)
+        content.setSizes([290, 990])
+        self.stack.addWidget(content)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.banner = QLabel("")
+        self.banner.setObjectName("ErrorBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setVisible(False)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.stack, 1)
+
+        self.list.selectionModel().currentChanged.connect(self._current_changed)
+        self.view.metadataEdited.connect(self.set_metadata)
+        self.view.fstOverrideEdited.connect(self.set_fst_override)
+        self.btn_remove.clicked.connect(self.remove_current)
+        self.btn_clear.clicked.connect(self.clear)
+        services.engineChanged.connect(self._engine_ready)
+        services.modelFailed.connect(self._model_failed)
+        self.settings.changed.connect(self._setting_changed)
+        self._update_stack()
+
+    # ---- adding cases -------------------------------------------------------------------------
+    def add_paths(self, paths: list[str | os.PathLike]) -> list[Case]:
+        """Queue files and folders (folders are walked). Returns the new cases."""
+        files = expand_paths(list(paths))
+        cases = [Case(source=str(p), path=Path(p)) for p in files]
+        if not files and paths:
+            self.message.emit("No images found in what was dropped.")
+        self._add(cases)
+        return cases
+
+    def add_image(self, image: QImage | bytes, label: str | None = None) -> Case:
+        """Queue an in-memory image (clipboard paste or image data dropped from a browser)."""
+        self._paste_n += 1
+        data = image if isinstance(image, bytes) else qimage_png_bytes(image)
+        case = Case(source=label or f"Pasted image {self._paste_n} ({datetime.now():%H:%M:%S})", path=None)
+        case.pending_bytes = data
+        self._add([case])
+        return case
+
+    def _add(self, cases: list[Case]) -> None:
+        if not cases:
+            return
+        first_new = self.model.rowCount()
+        self.model.add(cases)
+        self._update_stack()
+        if not self.list.currentIndex().isValid():
+            self.select_row(first_new)
+        for c in cases:
+            self._schedule(c)
+        self._emit_queue()
+
+    # ---- scoring ------------------------------------------------------------------------------
+    def _schedule(self, case: Case) -> None:
+        engine = self.services.engine
+        if engine is None or case.id in self._ops or case.status != "queued":
+            return
+        meta = case.metadata
+        threshold = self.services.threshold
+        estimate = self.settings.estimate_fst
+        source = case.pending_bytes if case.pending_bytes is not None else case.path
+
+        def op(ctx):
+            ctx.check_cancelled()
+            ctx.progress(0, 1, "scoring")
+            return assess_source(engine, source, meta, threshold=threshold, estimate_fst=estimate)
+
+        def started(done: int, total: int, txt: str) -> None:
+            if case.status == "queued":
+                case.status = "scoring"
+                self._changed(case)
+
+        def ok(a) -> None:
+            self._ops.pop(case.id, None)
+            case.x, case.display, case.width, case.height, case.sha256 = a.x, a.display, a.width, a.height, a.sha256
+            case.set_thumb(a.thumb)
+            case.skin = a.skin
+            case.image_warnings, case.domain_warnings = a.image_warnings, a.domain_warnings
+            case.pending_bytes = None
+            case.scored = datetime.now()
+            case.status = "done"
+            case.prediction = a.prediction
+            self._touch(case)
+            if case.metadata != meta:  # edited while it was being scored
+                self.set_metadata(case, case.metadata, force=True)
+            self._changed(case, image_changed=True)
+
+        def failed(exc: BaseException) -> None:
+            self._ops.pop(case.id, None)
+            case.status = "error"
+            case.pending_bytes = None
+            if isinstance(exc, ImageLoadError):
+                case.error = exc.reason
+            elif isinstance(exc, MemoryError):
+                case.error = "not enough memory to process this image"
+            else:
+                case.error = f"internal error while scoring ({type(exc).__name__}: {exc})"
+            self._changed(case, image_changed=True)
+
+        def cancelled() -> None:
+            self._ops.pop(case.id, None)
+
+        self._ops[case.id] = (
+            BackgroundOp(self, op=op, success=ok).failure(failed).with_progress(started).on_cancel(cancelled)
+            .run_in_background(scoring_pool())
+        )
+
+    def _engine_ready(self, engine) -> None:
+        self.banner.setVisible(False)
+        sexes = engine.card.raw.get("preprocessing", {}).get("metadata", {}).get("sex") or SEXES
+        sites = engine.card.raw.get("preprocessing", {}).get("metadata", {}).get("site") or SITES
+        self.view.set_categories([s for s in sexes if s in SEXES] or SEXES, [s for s in sites if s in SITES] or SITES)
+        self._rethreshold()
+        for c in self.model.cases:
+            self._schedule(c)
+
+    def _model_failed(self, reason: str) -> None:
+        self.banner.setText(f"<b>The model could not be loaded:</b> {reason}<br>Images stay queued; see the "
+                            "Model tab. Reinstall the application if the model file was modified.")
+        self.banner.setVisible(True)
+
+    def set_metadata(self, case: Case, meta: Metadata, force: bool = False) -> None:
+        """Store new metadata and re-score the case at once (off the GUI thread)."""
+        if meta == case.metadata and not force:
+            return
+        case.metadata = meta
+        engine = self.services.engine
+        if engine is None or case.x is None or case.status == "error":
+            return  # scored with the new metadata when its turn comes
+        x, threshold = case.x, self.services.threshold
+        case.status = "scoring"
+        self._changed(case)
+
+        def ok(pred) -> None:
+            if case.metadata != meta:
+                return  # a newer edit is on its way
+            case.prediction = pred
+            case.domain_warnings = domain_warnings(engine.card.raw, pred.probabilities)
+            case.status = "done"
+            case.scored = datetime.now()
+            self._changed(case)
+
+        def failed(exc: BaseException) -> None:
+            case.status = "done" if case.prediction is not None else "error"
+            self.message.emit(f"Re-scoring {case.name} failed: {exc}")
+            self._changed(case)
+
+        BackgroundOp(self, op=lambda ctx: rescore(engine, x, meta, threshold), success=ok).failure(
+            failed).run_in_background()
+
+    def set_fst_override(self, case: Case, value: str | None) -> None:
+        case.fst_override = value or None
+        self._changed(case)
+
+    # ---- settings -----------------------------------------------------------------------------
+    def _setting_changed(self, key: str) -> None:
+        if key == "inference/threshold":
+            self._rethreshold()
+        elif key.startswith("overlay/"):
+            self.view.apply_settings()
+        elif key == "skin/estimate_fst":
+            if self.settings.estimate_fst:
+                self._estimate_missing_skin()
+            self.view.apply_settings()
+
+    def _rethreshold(self) -> None:
+        t = self.services.threshold
+        if t is None:
+            return
+        for c in self.model.cases:
+            if c.prediction is not None and c.prediction.threshold != t:
+                c.prediction = with_threshold(c.prediction, t)
+        self.model.refresh_all()
+        self._show_current(image_changed=False)
+        self._emit_queue()
+
+    def _estimate_missing_skin(self) -> None:
+        todo = [c for c in self.model.cases if c.skin is None and c.display is not None]
+        if not todo:
+            return
+        imgs = [(c, c.display) for c in todo]
+
+        def ok(results) -> None:
+            for c, est in results:
+                c.skin = est
+            self._show_current(image_changed=False)
+
+        BackgroundOp(self, op=lambda ctx: [(c, estimate_skin_tone(d)) for c, d in imgs], success=ok).run_in_background()
+
+    # ---- display cache ------------------------------------------------------------------------
+    def _touch(self, case: Case) -> None:
+        self._cache.pop(case.id, None)
+        self._cache[case.id] = case
+        while len(self._cache) > DISPLAY_CACHE:
+            _, old = self._cache.popitem(last=False)
+            if old.path is not None and old is not self.current_case():
+                old.display = None  # re-read from disk if selected again
+
+    def _reload_display(self, case: Case) -> None:
+        path = case.path
+
+        def ok(display) -> None:
+            case.display = display
+            self._touch(case)
+            if case is self.current_case():
+                self.view.show_case(case, image_changed=True)
+
+        def failed(exc: BaseException) -> None:
+            self.message.emit(f"{case.name}: the file can no longer be read ({getattr(exc, 'reason', exc)})")
+
+        BackgroundOp(self, op=lambda ctx: downscale(load_image(path), DISPLAY_SIDE), success=ok).failure(
+            failed).run_in_background()
+
+    # ---- selection & navigation ---------------------------------------------------------------
+    def current_case(self) -> Case | None:
+        ix = self.list.currentIndex()
+        return ix.data(CaseRole) if ix.isValid() else None
+
+    def select_row(self, row: int) -> None:
+        if 0 <= row < self.model.rowCount():
+            ix = self.model.index(row)
+            self.list.selectionModel().setCurrentIndex(ix, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+            self.list.scrollTo(ix)
+
+    def select_case(self, case: Case) -> None:
+        self.select_row(self.model.row_of(case))
+
+    def next_case(self) -> None:
+        self.select_row(min(self.model.rowCount() - 1, self.list.currentIndex().row() + 1))
+
+    def previous_case(self) -> None:
+        self.select_row(max(0, self.list.currentIndex().row() - 1))
+
+    def _current_changed(self, cur, prev) -> None:
+        case = cur.data(CaseRole) if cur.isValid() else None
+        if case is not None and case.display is None and case.path is not None and case.status == "done":
+            self._reload_display(case)
+        elif case is not None and case.display is not None:
+            self._touch(case)
+        self.view.show_case(case)
+        self.currentCaseChanged.emit(case)
+
+    def _show_current(self, image_changed: bool) -> None:
+        case = self.current_case()
+        if case is not None:
+            self.view.show_case(case, image_changed=image_changed)
+
+    def _changed(self, case: Case, image_changed: bool = False) -> None:
+        self.model.refresh(case)
+        if case is self.current_case():
+            self.view.show_case(case, image_changed=image_changed)
+            self.currentCaseChanged.emit(case)
+        self._emit_queue()
+
+    def _emit_queue(self) -> None:
+        cases = self.model.cases
+        done = sum(c.status == "done" for c in cases)
+        errors = sum(c.status == "error" for c in cases)
+        self.list_title.setText(f"Cases ({len(cases)})" if cases else "Cases")
+        self.queueChanged.emit(done, errors, len(cases))
+
+    def _update_stack(self) -> None:
+        self.stack.setCurrentIndex(1 if self.model.rowCount() else 0)
+
+    # ---- removal ------------------------------------------------------------------------------
+    def remove_current(self) -> None:
+        case = self.current_case()
+        if case is None:
+            return
+        row = self.model.row_of(case)
+        op = self._ops.pop(case.id, None)
+        if op is not None:
+            op.cancel()
+        self._cache.pop(case.id, None)
+        self.model.remove(case)
+        self._update_stack()
+        if self.model.rowCount():
+            self.select_row(min(row, self.model.rowCount() - 1))
+        else:
+            self.view.show_case(None)
+            self.currentCaseChanged.emit(None)
+        self._emit_queue()
+
+    def clear(self) -> None:
+        for op in list(self._ops.values()):
+            op.cancel()
+        self._ops.clear()
+        self._cache.clear()
+        self.model.clear()
+        self.view.show_case(None)
+        self._update_stack()
+        self.currentCaseChanged.emit(None)
+        self._emit_queue()
+
+    def cancel_all(self) -> None:
+        for op in list(self._ops.values()):
+            op.cancel()
+
+
+__all__ = ["AssessTab", "THUMB_SIDE"]

@@ -1,0 +1,326 @@
+"""The "Audit" tab: per-skin-type performance of the loaded model on a labelled image set."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import audit_runner as ar
+from .plots import GROUP_COLOURS, CalibrationPlot, RocPlot, Series
+from .qtutil import qimage_png_bytes
+from .services import Services
+from .worker import BackgroundOp
+
+
+class AuditTab(QWidget):
+    finished = Signal(object)  # AuditRun, or None on failure/cancel
+    message = Signal(str)
+
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.run: ar.AuditRun | None = None
+        self._op: BackgroundOp | None = None
+
+        root = QVBoxLayout(self)
+        root.setContentsMargins(12, 10, 12, 10)
+        root.setSpacing(8)
+        intro = QLabel("Check how the loaded model performs for each Fitzpatrick skin type on a labelled set of "
+                       "your own images. Columns: <b>image</b>, <b>malignant</b> (0/1) or <b>dx</b>, and <b>fst</b> "
+                       "(1–6; empty = estimated from the image). Everything runs on this computer.")
+        intro.setWordWrap(True)
+        intro.setObjectName("Muted")
+        root.addWidget(intro)
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.labels_edit = QLineEdit()
+        self.labels_edit.setPlaceholderText("labels.csv")
+        self.images_edit = QLineEdit()
+        self.images_edit.setPlaceholderText("folder with the images")
+        b1 = QPushButton("Browse…")
+        b1.clicked.connect(self._browse_labels)
+        b2 = QPushButton("Browse…")
+        b2.clicked.connect(self._browse_images)
+        r1 = QHBoxLayout()
+        r1.addWidget(self.labels_edit, 1)
+        r1.addWidget(b1)
+        r2 = QHBoxLayout()
+        r2.addWidget(self.images_edit, 1)
+        r2.addWidget(b2)
+        form.addRow("Labelled CSV:", r1)
+        form.addRow("Image folder:", r2)
+        r3 = QHBoxLayout()
+        self.n_boot = QSpinBox()
+        self.n_boot.setRange(0, 10000)
+        self.n_boot.setSingleStep(100)
+        self.n_boot.setValue(1000)
+        self.n_boot.setToolTip("Bootstrap resamples for the 95% confidence intervals")
+        r3.addWidget(self.n_boot)
+        r3.addSpacing(12)
+        self.run_btn = QPushButton("Run audit")
+        self.run_btn.setObjectName("Primary")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("")
+        r3.addWidget(self.run_btn)
+        r3.addWidget(self.cancel_btn)
+        r3.addWidget(self.progress, 1)
+        form.addRow("Resamples:", r3)
+        root.addLayout(form)
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.setChildrenCollapsible(False)
+        top = QWidget()
+        tl = QVBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        self.table = QTableWidget(0, len(ar.TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(ar.TABLE_COLUMNS))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        hh = self.table.horizontalHeader()
+        hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        hh.setStretchLastSection(True)
+        tl.addWidget(self.table, 1)
+        self.gap = QLabel("")
+        self.gap.setWordWrap(True)
+        self.gap.setObjectName("GapLabel")
+        tl.addWidget(self.gap)
+        split.addWidget(top)
+        plots = QWidget()
+        pl = QHBoxLayout(plots)
+        pl.setContentsMargins(0, 0, 0, 0)
+        self.roc = RocPlot()
+        self.cal = CalibrationPlot()
+        pl.addWidget(self.roc, 1)
+        pl.addWidget(self.cal, 1)
+        split.addWidget(plots)
+        split.setSizes([240, 330])
+        root.addWidget(split, 1)
+
+        ex = QHBoxLayout()
+        self.failed_label = QLabel("")
+        self.failed_label.setObjectName("Muted")
+        self.failed_label.setWordWrap(True)
+        self.export_html_btn = QPushButton("Export HTML…")
+        self.export_csv_btn = QPushButton("Export CSV…")
+        for b in (self.export_html_btn, self.export_csv_btn):
+            b.setEnabled(False)
+        ex.addWidget(self.failed_label, 1)
+        ex.addWidget(self.export_html_btn)
+        ex.addWidget(self.export_csv_btn)
+        root.addLayout(ex)
+
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.export_html_btn.clicked.connect(lambda: self._export("html"))
+        self.export_csv_btn.clicked.connect(lambda: self._export("csv"))
+        self._show_empty()
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def _browse_labels(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Labelled CSV", self.labels_edit.text(), "CSV files (*.csv)")
+        if path:
+            self.labels_edit.setText(path)
+            if not self.images_edit.text() and (Path(path).parent / "images").is_dir():
+                self.images_edit.setText(str(Path(path).parent / "images"))
+
+    def _browse_images(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Image folder", self.images_edit.text())
+        if d:
+            self.images_edit.setText(d)
+
+    def set_inputs(self, labels_csv: str | Path, images_dir: str | Path, n_boot: int | None = None) -> None:
+        self.labels_edit.setText(str(labels_csv))
+        self.images_edit.setText(str(images_dir))
+        if n_boot is not None:
+            self.n_boot.setValue(int(n_boot))
+
+    # ---- run ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        engine = self.services.engine
+        labels, images = self.labels_edit.text().strip(), self.images_edit.text().strip()
+        if engine is None:
+            self._fail("The model is not loaded yet.")
+            return
+        if not labels or not Path(labels).is_file():
+            self._fail("Choose the labelled CSV file first.")
+            return
+        if not images or not Path(images).is_dir():
+            self._fail("Choose the folder that holds the images.")
+            return
+        threshold = self.services.threshold
+        n_boot = self.n_boot.value()
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("starting…")
+        self.status.setText("")
+
+        def op(ctx):
+            return ar.run_audit(engine, labels, images, threshold=threshold, n_boot=n_boot,
+                                progress=ctx.progress, is_cancelled=lambda: ctx.cancelled)
+
+        self._op = (BackgroundOp(self, op=op, success=self._done).failure(lambda e: self._fail(str(e)))
+                    .with_progress(self._progress).on_cancel(self._cancelled).run_in_background())
+
+    def cancel(self) -> None:
+        if self._op is not None:
+            self.cancel_btn.setEnabled(False)
+            self.progress.setFormat("cancelling…")
+            self._op.cancel()
+
+    def is_running(self) -> bool:
+        return self._op is not None and not self.run_btn.isEnabled()
+
+    def _progress(self, done: int, total: int, text: str) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(done)
+        self.progress.setFormat(text)
+
+    def _reset_controls(self) -> None:
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self._op = None
+
+    def _fail(self, reason: str) -> None:
+        self._reset_controls()
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+        self.status.setText(f"<span style='color:#b00020'><b>Audit not run:</b> {reason}</span>")
+        self.finished.emit(None)
+
+    def _cancelled(self) -> None:
+        self._reset_controls()
+        self.progress.setValue(0)
+        self.progress.setFormat("cancelled")
+        self.status.setText("The audit was cancelled; no results were kept.")
+        self.finished.emit(None)
+
+    def _done(self, run: ar.AuditRun) -> None:
+        self._reset_controls()
+        self.progress.setValue(1)
+        self.progress.setFormat("done")
+        self.run = run
+        self.show_run(run)
+        self.finished.emit(run)
+
+    # ---- display ------------------------------------------------------------------------------
+    def _show_empty(self) -> None:
+        self.table.setRowCount(0)
+        self.gap.setText("")
+        self.roc.set_series([], "Run an audit to see ROC curves per skin type.")
+        self.cal.set_series([], "")
+
+    def show_run(self, run: ar.AuditRun) -> None:
+        res = run.result
+        assert res is not None
+        rows = ar.table_rows(res)
+        self.table.setRowCount(len(rows))
+        grey = QColor("#6b7480")
+        for i, (cells, suff) in enumerate(rows):
+            for j, c in enumerate(cells):
+                it = QTableWidgetItem(c)
+                if j in (1, 2):
+                    it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if not suff:
+                    it.setForeground(grey)
+                    it.setToolTip("Too few images for reliable figures; numbers are withheld.")
+                if i == 0:
+                    f = it.font()
+                    f.setBold(True)
+                    it.setFont(f)
+                self.table.setItem(i, j, it)
+        self.gap.setText(f"<b>{ar.gap_text(res)}</b>")
+        n_est = sum(s == "estimated" for s in run.fst_source)
+        self.status.setText(
+            f"{len(run.scores)} images scored with {run.model} at threshold {run.threshold:.2f}"
+            + (f"; skin type estimated from the image for {n_est}" if n_est else "")
+            + "."
+        )
+        curves = run.curves()
+        show = ["overall"] + [g for g in res.gap_groups]
+        hidden = [g for g in res.groups if g not in show]
+        roc, cal = [], []
+        for g in show:
+            if g not in curves:
+                continue
+            c = curves[g]
+            name = "All" if g == "overall" else f"FST {g}"
+            gm = res.overall if g == "overall" else res.groups[g]
+            auc = "" if np.isnan(gm.auroc) else f" (AUROC {gm.auroc:.2f})"
+            roc.append(Series(name + auc, c["fpr"], c["tpr"], GROUP_COLOURS[g]))
+            cal.append(Series(name, c["cal_x"], c["cal_y"], GROUP_COLOURS[g], markers=True,
+                              sizes=c["cal_n"].astype(float)))
+        note = ("Not plotted (insufficient): " + ", ".join(ar.group_label(g) for g in hidden)) if hidden else ""
+        self.roc.set_series(roc, note)
+        self.cal.set_series(cal, "Marker size grows with the number of images in the bin.")
+        bits = []
+        if run.failed:
+            bits.append(f"{len(run.failed)} image(s) could not be scored (listed in the HTML export), e.g. "
+                        f"{run.failed[0][0]}: {run.failed[0][1]}")
+        if run.skipped:
+            bits.append(f"{len(run.skipped)} label row(s) unusable, e.g. {run.skipped[0][0]}: {run.skipped[0][1]}")
+        self.failed_label.setText("; ".join(bits))
+        self.export_html_btn.setEnabled(True)
+        self.export_csv_btn.setEnabled(True)
+
+    # ---- export -------------------------------------------------------------------------------
+    def export_html(self, path: str | Path) -> Path:
+        assert self.run is not None
+        roc = base64.b64encode(qimage_png_bytes(self.roc.render_image())).decode("ascii")
+        cal = base64.b64encode(qimage_png_bytes(self.cal.render_image())).decode("ascii")
+        card = self.services.engine.card if self.services.engine is not None else None
+        line = f"{card.name} {card.version} (sha256 {card.sha256[:12]}…)" if card is not None else self.run.model
+        p = Path(path)
+        p.write_text(ar.to_html(self.run, roc, cal, line), encoding="utf-8")
+        return p
+
+    def export_csv(self, path: str | Path) -> Path:
+        assert self.run is not None
+        p = Path(path)
+        p.write_text(ar.to_csv(self.run), encoding="utf-8")
+        return p
+
+    def _export(self, kind: str) -> None:
+        if self.run is None:
+            return
+        filt = "HTML report (*.html)" if kind == "html" else "CSV table (*.csv)"
+        path, _ = QFileDialog.getSaveFileName(self, "Export audit", f"mendicant-audit.{kind}", filt)
+        if not path:
+            return
+        try:
+            out = self.export_html(path) if kind == "html" else self.export_csv(path)
+        except OSError as exc:
+            self.status.setText(f"<span style='color:#b00020'>Could not write {path}: {exc}</span>")
+            return
+        self.message.emit(f"Audit exported to {out}")

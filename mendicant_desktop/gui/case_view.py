@@ -1,0 +1,397 @@
+"""The case view: image + Grad-CAM overlay on the left, assessment details on the right."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSignalBlocker, Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QSlider,
+    QSpinBox,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mendicant_desktop.core.metadata import SEXES, SITES, Metadata
+from mendicant_desktop.core.saliency import COLORMAPS
+from mendicant_desktop.core.skintone import FST_TYPES
+
+from . import text
+from .cases import Case
+from .settings import AppSettings
+from .widgets import ColormapLegend, ImageView, ProbabilityBars, RiskGauge
+
+
+class Card(QFrame):
+    """A titled white panel."""
+
+    def __init__(self, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("Card")
+        self.lay = QVBoxLayout(self)
+        self.lay.setContentsMargins(12, 10, 12, 12)
+        self.lay.setSpacing(6)
+        self.title = QLabel(title)
+        self.title.setObjectName("CardTitle")
+        self.lay.addWidget(self.title)
+
+
+def _wrap_label(obj: str = "") -> QLabel:
+    lab = QLabel()
+    lab.setWordWrap(True)
+    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    lab.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+    if obj:
+        lab.setObjectName(obj)
+    return lab
+
+
+class CaseView(QWidget):
+    """Shows one :class:`Case`. Emits edits; the controller re-scores and calls :meth:`show_case` again."""
+
+    metadataEdited = Signal(object, object)  # Case, Metadata
+    fstOverrideEdited = Signal(object, object)  # Case, str | None
+    resultShown = Signal(object)  # Case (a scored case is on screen, overlay included)
+
+    def __init__(self, settings: AppSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.case: Case | None = None
+        self._sexes: tuple[str, ...] = SEXES
+        self._sites: tuple[str, ...] = SITES
+
+        root = QVBoxLayout(self)
+        root.setContentsMargins(0, 0, 0, 0)
+        root.setSpacing(0)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.setChildrenCollapsible(False)
+        root.addWidget(split)
+        self.splitter = split
+
+        # ---- left: image ------------------------------------------------------------------------
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(8, 8, 4, 8)
+        ll.setSpacing(6)
+        head = QHBoxLayout()
+        self.title = QLabel("")
+        self.title.setObjectName("CaseTitle")
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status = QLabel("")
+        self.status.setObjectName("CaseStatus")
+        head.addWidget(self.title, 1)
+        head.addWidget(self.status)
+        ll.addLayout(head)
+
+        self.image_tools = QWidget()
+        bar = QHBoxLayout(self.image_tools)
+        bar.setContentsMargins(0, 0, 0, 0)
+        bar.setSpacing(6)
+        self.overlay_box = QCheckBox("Heat map")
+        self.overlay_box.setToolTip("Show the Grad-CAM heat map over the image (Ctrl+H)")
+        self.overlay_box.setChecked(settings.show_overlay)
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(round(settings.opacity * 100))
+        self.opacity.setMinimumWidth(70)
+        self.opacity.setMaximumWidth(140)
+        self.opacity.setToolTip("Heat-map opacity")
+        self.opacity.setAccessibleName("Heat-map opacity")
+        self.colormap = QComboBox()
+        self.colormap.addItems(list(COLORMAPS))
+        self.colormap.setCurrentText(settings.colormap)
+        self.colormap.setToolTip("Heat-map colour scale")
+        bar.addWidget(self.overlay_box)
+        op_label = QLabel("Opacity")
+        op_label.setBuddy(self.opacity)
+        bar.addWidget(op_label)
+        bar.addWidget(self.opacity)
+        bar.addWidget(self.colormap)
+        bar.addStretch(1)
+        self.btn_out = self._tool("−", "Zoom out (Ctrl+-)")
+        self.btn_in = self._tool("+", "Zoom in (Ctrl++)")
+        self.btn_100 = self._tool("1:1", "Actual pixels")
+        self.btn_fit = self._tool("Fit", "Fit to window (Ctrl+0)")
+        for b in (self.btn_out, self.btn_in, self.btn_100, self.btn_fit):
+            bar.addWidget(b)
+        ll.addWidget(self.image_tools)
+
+        self.view = ImageView()
+        ll.addWidget(self.view, 1)
+        self.legend_row = QWidget()
+        leg = QHBoxLayout(self.legend_row)
+        leg.setContentsMargins(0, 0, 0, 0)
+        self.cam_caption = QLabel("")
+        self.cam_caption.setObjectName("Muted")
+        self.legend = ColormapLegend()
+        self.legend.set_colormap(settings.colormap)
+        leg.addWidget(self.cam_caption, 1)
+        leg.addWidget(self.legend, 1)
+        ll.addWidget(self.legend_row)
+
+        # patient details sit under the image: they are inputs, and stay visible without scrolling
+        self.meta_card = QFrame()
+        self.meta_card.setObjectName("Card")
+        mg = QGridLayout(self.meta_card)
+        mg.setContentsMargins(10, 6, 10, 6)
+        mg.setHorizontalSpacing(8)
+        mg.setVerticalSpacing(4)
+        mt = QLabel("Patient details (optional)")
+        mt.setObjectName("CardTitle")
+        mnote = QLabel("changing one re-scores the case at once")
+        mnote.setObjectName("Muted")
+        self.age = QSpinBox()
+        self.age.setRange(-1, 120)
+        self.age.setSpecialValueText("Not given")
+        self.age.setSuffix(" years")
+        self.age.setValue(-1)
+        self.age.setToolTip("Age in years; changing it re-scores the case")
+        self.sex = QComboBox()
+        self.site = QComboBox()
+        self.sex.setToolTip("Sex, in the model's categories; changing it re-scores the case")
+        self.site.setToolTip("Body site, in the model's five categories; changing it re-scores the case")
+        self.site.setMinimumContentsLength(14)
+        mg.addWidget(mt, 0, 0, 1, 4)
+        mg.addWidget(mnote, 0, 4, 1, 2, Qt.AlignmentFlag.AlignRight)
+        for col, (lab, w) in enumerate((("Age", self.age), ("Sex", self.sex), ("Body site", self.site))):
+            lb = QLabel(lab + ":")
+            lb.setBuddy(w)
+            mg.addWidget(lb, 1, 2 * col)
+            mg.addWidget(w, 1, 2 * col + 1)
+        mg.setColumnStretch(5, 1)
+        ll.addWidget(self.meta_card)
+        split.addWidget(left)
+
+        # ---- right: details ---------------------------------------------------------------------
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setMinimumWidth(380)
+        panel = QWidget()
+        panel.setObjectName("DetailsPanel")
+        pl = QVBoxLayout(panel)
+        pl.setContentsMargins(4, 8, 8, 8)
+        pl.setSpacing(8)
+
+        self.error_card = Card("Could not assess this file")
+        self.error_text = _wrap_label("ErrorText")
+        self.error_card.lay.addWidget(self.error_text)
+        pl.addWidget(self.error_card)
+
+        self.assess_card = Card("Assessment")
+        self.gauge = RiskGauge()
+        self.summary = _wrap_label()
+        self.assess_card.lay.addWidget(self.gauge)
+        self.assess_card.lay.addWidget(self.summary)
+        pl.addWidget(self.assess_card)
+
+        self.warn_card = Card("Warnings")
+        self.warn_card.setObjectName("WarnCard")
+        self.warn_text = _wrap_label("WarnText")
+        self.warn_card.lay.addWidget(self.warn_text)
+        pl.addWidget(self.warn_card)
+
+        self.prob_card = Card("Class probabilities")
+        self.bars = ProbabilityBars()
+        self.prob_card.lay.addWidget(self.bars)
+        pl.addWidget(self.prob_card)
+
+        self.skin_card = Card("Skin type (Fitzpatrick)")
+        self.skin_head = _wrap_label("SkinHead")
+        self.skin_detail = _wrap_label("Muted")
+        self.fst_combo = QComboBox()
+        self.fst_combo.addItem("Use the estimate", None)
+        for t in FST_TYPES:
+            self.fst_combo.addItem(text.FST_DESCRIPTIONS[t], t)
+        self.fst_combo.setToolTip("Set the skin type yourself; it is stored with the case and used in reports.")
+        row = QFormLayout()
+        row.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        row.addRow("Override:", self.fst_combo)
+        self.skin_card.lay.addWidget(self.skin_head)
+        self.skin_card.lay.addWidget(self.skin_detail)
+        self.skin_card.lay.addLayout(row)
+        pl.addWidget(self.skin_card)
+
+        pl.addStretch(1)
+        scroll.setWidget(panel)
+        split.addWidget(scroll)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 0)
+        split.setSizes([640, 420])
+        self.set_categories(SEXES, SITES)
+
+        # ---- wiring -----------------------------------------------------------------------------
+        self.overlay_box.toggled.connect(self._overlay_toggled)
+        self.opacity.valueChanged.connect(self._opacity_changed)
+        self.colormap.currentTextChanged.connect(self._colormap_changed)
+        self.btn_in.clicked.connect(lambda: self.view.zoom_by(1.25))
+        self.btn_out.clicked.connect(lambda: self.view.zoom_by(0.8))
+        self.btn_fit.clicked.connect(self.view.fit)
+        self.btn_100.clicked.connect(self.view.actual_size)
+        self.age.valueChanged.connect(self._meta_changed)
+        self.sex.currentIndexChanged.connect(self._meta_changed)
+        self.site.currentIndexChanged.connect(self._meta_changed)
+        self.fst_combo.currentIndexChanged.connect(self._fst_changed)
+        self.view.set_opacity(settings.opacity)
+        self.view.set_colormap(settings.colormap)
+        self.view.set_overlay_visible(settings.show_overlay)
+        self.show_case(None)
+
+    def _tool(self, label: str, tip: str) -> QToolButton:
+        b = QToolButton()
+        b.setText(label)
+        b.setToolTip(tip)
+        b.setMinimumWidth(34)
+        return b
+
+    def set_categories(self, sexes, sites) -> None:
+        """Metadata choices from the model card (falls back to core's categories)."""
+        self._sexes, self._sites = tuple(sexes), tuple(sites)
+        with QSignalBlocker(self.sex), QSignalBlocker(self.site):
+            self.sex.clear()
+            for s in self._sexes:
+                self.sex.addItem(text.SEX_LABELS.get(s, s), s)
+            self.site.clear()
+            for s in self._sites:
+                self.site.addItem(text.SITE_LABELS.get(s, s), s)
+        if self.case is not None:
+            self._load_metadata(self.case.metadata)
+
+    # ---- overlay controls ---------------------------------------------------------------------
+    def toggle_overlay(self) -> None:
+        self.overlay_box.toggle()
+
+    def _overlay_toggled(self, on: bool) -> None:
+        self.view.set_overlay_visible(on)
+        self.opacity.setEnabled(on)
+        self.colormap.setEnabled(on)
+        if self.settings.show_overlay != on:
+            self.settings.show_overlay = on
+
+    def _opacity_changed(self, v: int) -> None:
+        self.view.set_opacity(v / 100.0)
+        self.settings.opacity = v / 100.0
+
+    def _colormap_changed(self, name: str) -> None:
+        if name:
+            self.view.set_colormap(name)
+            self.legend.set_colormap(name)
+            if self.settings.colormap != name:
+                self.settings.colormap = name
+
+    def apply_settings(self) -> None:
+        """Settings changed elsewhere (the dialog): mirror them."""
+        with QSignalBlocker(self.opacity), QSignalBlocker(self.colormap), QSignalBlocker(self.overlay_box):
+            self.opacity.setValue(round(self.settings.opacity * 100))
+            self.colormap.setCurrentText(self.settings.colormap)
+            self.overlay_box.setChecked(self.settings.show_overlay)
+        self.view.set_opacity(self.settings.opacity)
+        self.view.set_colormap(self.settings.colormap)
+        self.legend.set_colormap(self.settings.colormap)
+        self.view.set_overlay_visible(self.settings.show_overlay)
+        if self.case is not None:
+            self._show_skin(self.case)
+
+    # ---- edits --------------------------------------------------------------------------------
+    def current_metadata(self) -> Metadata:
+        age = self.age.value()
+        return Metadata(age=None if age < 0 else float(age), sex=self.sex.currentData() or "unknown",
+                        site=self.site.currentData() or "unknown")
+
+    def _meta_changed(self, *_):
+        if self.case is None or self.case.status == "error":
+            return
+        meta = self.current_metadata()
+        if meta != self.case.metadata:
+            self.metadataEdited.emit(self.case, meta)
+
+    def _fst_changed(self, *_):
+        if self.case is None:
+            return
+        value = self.fst_combo.currentData()
+        if value != self.case.fst_override:
+            self.fstOverrideEdited.emit(self.case, value)
+
+    def _load_metadata(self, meta: Metadata) -> None:
+        with QSignalBlocker(self.age), QSignalBlocker(self.sex), QSignalBlocker(self.site):
+            self.age.setValue(-1 if meta.age is None else round(meta.age))
+            i = self.sex.findData(meta.sex)
+            self.sex.setCurrentIndex(i if i >= 0 else self.sex.findData("unknown"))
+            i = self.site.findData(meta.site)
+            self.site.setCurrentIndex(i if i >= 0 else self.site.findData("unknown"))
+
+    # ---- display ------------------------------------------------------------------------------
+    def show_case(self, case: Case | None, *, image_changed: bool = True) -> None:
+        same = case is not None and case is self.case
+        self.case = case
+        if case is None:
+            self.title.setText("No case selected")
+            self.status.setText("")
+            self.view.set_image(None)
+            for c in (self.error_card, self.assess_card, self.warn_card, self.prob_card, self.skin_card,
+                      self.meta_card):
+                c.setVisible(False)
+            self.cam_caption.setText("")
+            self.image_tools.setVisible(False)
+            self.legend_row.setVisible(False)
+            return
+        self.title.setText(case.name)
+        self.title.setToolTip(case.source)
+        self.status.setText(case.status.upper())
+        self.status.setProperty("status", case.status)
+        self.status.style().unpolish(self.status)
+        self.status.style().polish(self.status)
+        err = case.status == "error"
+        self.error_card.setVisible(err)
+        self.error_text.setText(f"<b>{case.source}</b><br>{case.error}<br><br>The file was not scored. "
+                                "Check that it is a complete JPEG, PNG, TIFF, BMP, GIF or WebP image." if err else "")
+        for c in (self.assess_card, self.prob_card, self.skin_card, self.meta_card):
+            c.setVisible(not err)
+        self.image_tools.setVisible(not err)
+        self.legend_row.setVisible(not err)
+        self.view.set_placeholder("This file could not be read, so there is no image to show." if err
+                                  else "Loading the image…")
+        if image_changed or not same:
+            img = case.display if case.display is not None else case.thumb
+            self.view.set_image(img, keep_view=same)
+        pred = case.prediction
+        self.view.set_cam(pred.cam if pred is not None else None)
+        self.view.set_overlay_visible(self.overlay_box.isChecked())
+        self._load_metadata(case.metadata)
+        with QSignalBlocker(self.fst_combo):
+            i = self.fst_combo.findData(case.fst_override)
+            self.fst_combo.setCurrentIndex(max(0, i))
+        if pred is None:
+            self.gauge.set_value(None, 0.5, None)
+            self.bars.clear()
+            self.summary.setText("Scoring…" if case.status in ("queued", "scoring") else "")
+            self.cam_caption.setText("")
+        else:
+            self.gauge.set_value(pred.malignancy, pred.threshold, pred.risk)
+            self.bars.set_probabilities(pred.class_names, pred.probabilities)
+            self.summary.setText(text.summary(pred, case.warnings))
+            target = pred.cam_target or pred.top_class
+            self.cam_caption.setText(f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
+                                     else "Grad-CAM for the malignancy score")
+        self.warn_card.setVisible(bool(case.warnings) and not err)
+        self.warn_text.setText("<br>".join(f"⚠ {w}" for w in case.warnings))
+        self._show_skin(case)
+        self.meta_card.setEnabled(case.status in ("done", "scoring", "queued"))
+        if pred is not None and case.status == "done":
+            self.resultShown.emit(case)
+
+    def _show_skin(self, case: Case) -> None:
+        head, detail = text.skin_text(case.skin, case.fst_override, self.settings.estimate_fst)
+        self.skin_head.setText(f"<b>{head}</b>")
+        self.skin_detail.setText(detail)
+        self.skin_detail.setVisible(bool(detail))

@@ -1,0 +1,382 @@
+"""The main window: menus, toolbar, tabs (Assess, Audit, Model), drag and drop, status bar."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PySide6.QtCore import QMimeData, QSize, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication, QImage, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QTabWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mendicant_desktop import __version__
+
+from . import report, text
+from .assess_tab import AssessTab
+from .audit_tab import AuditTab
+from .model_tab import ModelTab
+from .qtutil import icon
+from .services import Services
+from .settings_dialog import SettingsDialog
+from .worker import BackgroundOp
+
+IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.tif *.tiff *.bmp *.gif *.webp *.JPG *.JPEG *.PNG);;All files (*)"
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", s).strip("_")[:80] or "case"
+
+
+class MainWindow(QMainWindow):
+    pdfExported = Signal(str)  # path, after a PDF has been written
+    exportFailed = Signal(str)
+
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.settings = services.settings
+        self.setWindowTitle("MENDICANT — skin-lesion decision support")
+        self.setWindowIcon(icon("mendicant"))
+        self.setAcceptDrops(True)
+        self.setMinimumSize(1024, 640)
+
+        central = QWidget()
+        cl = QVBoxLayout(central)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.setSpacing(0)
+        self.notice = QLabel(text.DISCLAIMER_SHORT)
+        self.notice.setObjectName("Disclaimer")
+        self.notice.setToolTip(text.DISCLAIMER)
+        self.notice.setWordWrap(True)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.assess = AssessTab(services)
+        self.audit = AuditTab(services)
+        self.model_tab = ModelTab(services)
+        self.tabs.addTab(self.assess, "Assess")
+        self.tabs.addTab(self.audit, "Audit")
+        self.tabs.addTab(self.model_tab, "Model")
+        self.tabs.setTabToolTip(0, "Assess images (drag and drop, open or paste)")
+        self.tabs.setTabToolTip(1, "Fairness audit by skin type on a labelled image set")
+        self.tabs.setTabToolTip(2, "The model card: provenance, verification and metrics")
+        cl.addWidget(self.tabs, 1)
+        cl.addWidget(self.notice)
+        self.setCentralWidget(central)
+
+        self._build_actions()
+        self._build_status()
+        self.assess.queueChanged.connect(self._queue_changed)
+        self.assess.message.connect(self._message)
+        self.assess.currentCaseChanged.connect(self._update_actions)
+        self.audit.message.connect(self._message)
+        services.engineChanged.connect(self._engine_ready)
+        services.modelFailed.connect(self._model_failed)
+        services.modelLoading.connect(lambda: self.model_label.setText("Model: verifying…"))
+        self._update_actions()
+        geo, state = self.settings.window_state()
+        if geo is not None:
+            self.restoreGeometry(geo)
+        else:
+            self.resize(1280, 800)
+
+    # ---- actions ------------------------------------------------------------------------------
+    def _act(self, label: str, slot, shortcut=None, tip: str = "", icon_name: str = "") -> QAction:
+        a = QAction(label, self)
+        if icon_name:
+            a.setIcon(icon(icon_name))
+        if shortcut is not None:
+            seqs = shortcut if isinstance(shortcut, list) else [shortcut]
+            a.setShortcuts([QKeySequence(s) for s in seqs])
+            a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        shortcut_text = a.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+        a.setToolTip(f"{tip or label.replace('&', '').rstrip('…')}" + (f" ({shortcut_text})" if shortcut_text else ""))
+        a.setStatusTip(tip or label.replace("&", ""))
+        a.triggered.connect(slot)
+        self.addAction(a)
+        return a
+
+    def _build_actions(self) -> None:
+        K = QKeySequence.StandardKey
+        self.act_open = self._act("&Open images…", self.open_images, K.Open, "Open one or more image files", "open")
+        self.act_folder = self._act("Open &folder…", self.open_folder, "Ctrl+Shift+O",
+                                    "Open every image in a folder (and its subfolders)", "folder")
+        self.act_paste = self._act("&Paste image", self.paste, K.Paste, "Assess an image from the clipboard", "paste")
+        self.act_pdf = self._act("Export case &report (PDF)…", self.export_pdf_dialog, "Ctrl+E",
+                                 "Save the selected case as a PDF report", "pdf")
+        self.act_csv = self._act("Export session (&CSV)…", self.export_csv_dialog, "Ctrl+Shift+E",
+                                 "Save every case of this session as CSV (the batch columns)", "csv")
+        self.act_quit = self._act("&Quit", self.close, K.Quit)
+        self.act_overlay = self._act("Toggle &heat map", self.assess.view.toggle_overlay, "Ctrl+H",
+                                     "Show or hide the Grad-CAM heat map", "heatmap")
+        self.act_next = self._act("&Next case", self.assess.next_case, ["Ctrl+Down", "Ctrl+J"], "Select the next case")
+        self.act_prev = self._act("P&revious case", self.assess.previous_case, ["Ctrl+Up", "Ctrl+K"],
+                                  "Select the previous case")
+        self.act_fit = self._act("&Fit to window", self.assess.view.view.fit, "Ctrl+0")
+        self.act_zoom_in = self._act("Zoom &in", lambda: self.assess.view.view.zoom_by(1.25), ["Ctrl++", "Ctrl+="])
+        self.act_zoom_out = self._act("Zoom &out", lambda: self.assess.view.view.zoom_by(0.8), "Ctrl+-")
+        self.act_remove = self._act("&Remove case", self.assess.remove_current, "Del", "Remove the selected case")
+        self.act_remove.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.assess.list.addAction(self.act_remove)
+        self.act_settings = self._act("&Settings…", self.open_settings, "Ctrl+,",
+                                      "Threads, threshold, heat map and skin-type options", "settings")
+        self.act_shortcuts = self._act("&Keyboard shortcuts", self.show_shortcuts, "F1")
+        self.act_about = self._act("&About MENDICANT", self.show_about)
+
+        mb = self.menuBar()
+        m = mb.addMenu("&File")
+        for a in (self.act_open, self.act_folder, self.act_paste):
+            m.addAction(a)
+        m.addSeparator()
+        m.addAction(self.act_pdf)
+        m.addAction(self.act_csv)
+        m.addSeparator()
+        m.addAction(self.act_quit)
+        m = mb.addMenu("&Edit")
+        m.addAction(self.act_remove)
+        m.addSeparator()
+        m.addAction(self.act_settings)
+        m = mb.addMenu("&View")
+        for a in (self.act_overlay, self.act_fit, self.act_zoom_in, self.act_zoom_out):
+            m.addAction(a)
+        m.addSeparator()
+        m.addAction(self.act_next)
+        m.addAction(self.act_prev)
+        m = mb.addMenu("&Help")
+        m.addAction(self.act_shortcuts)
+        m.addAction(self.act_about)
+
+        tb = QToolBar("Main")
+        tb.setObjectName("MainToolbar")
+        tb.setMovable(False)
+        tb.setIconSize(QSize(20, 20))
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.act_open.setIconText("Open")
+        self.act_folder.setIconText("Folder")
+        self.act_paste.setIconText("Paste")
+        self.act_pdf.setIconText("PDF report")
+        self.act_csv.setIconText("Export CSV")
+        self.act_overlay.setIconText("Heat map")
+        self.act_settings.setIconText("Settings")
+        for a in (self.act_open, self.act_folder, self.act_paste):
+            tb.addAction(a)
+        tb.addSeparator()
+        tb.addAction(self.act_overlay)
+        tb.addSeparator()
+        tb.addAction(self.act_pdf)
+        tb.addAction(self.act_csv)
+        tb.addSeparator()
+        tb.addAction(self.act_settings)
+        self.addToolBar(tb)
+        self.toolbar = tb
+
+    def _build_status(self) -> None:
+        sb = self.statusBar()
+        self.model_label = QLabel("Model: loading…")
+        self.queue_label = QLabel("")
+        self.queue_bar = QProgressBar()
+        self.queue_bar.setMaximumWidth(160)
+        self.queue_bar.setMaximumHeight(14)
+        self.queue_bar.setTextVisible(False)
+        self.queue_bar.setVisible(False)
+        sb.addWidget(self.model_label)
+        sb.addPermanentWidget(self.queue_label)
+        sb.addPermanentWidget(self.queue_bar)
+
+    def _update_actions(self, *_) -> None:
+        case = self.assess.current_case()
+        self.act_pdf.setEnabled(case is not None and case.status == "done" and self.services.engine is not None)
+        self.act_csv.setEnabled(self.assess.model.rowCount() > 0)
+
+    # ---- status -------------------------------------------------------------------------------
+    def _engine_ready(self, engine) -> None:
+        c = engine.card
+        thr = self.services.threshold
+        self.model_label.setText(f"Model: {c.name} {c.version} ✔ verified · {engine.threads} thread(s) · "
+                                 f"threshold {thr:.2f}")
+        self.model_label.setToolTip(f"sha256 {c.sha256}")
+        self._update_actions()
+
+    def _model_failed(self, reason: str) -> None:
+        self.model_label.setText("Model: NOT LOADED — see the Model tab")
+        self.model_label.setToolTip(reason)
+        self._update_actions()
+
+    def _queue_changed(self, done: int, errors: int, total: int) -> None:
+        pending = total - done - errors
+        if total == 0:
+            self.queue_label.setText("")
+            self.queue_bar.setVisible(False)
+        else:
+            bits = [f"{done} of {total} assessed"]
+            if errors:
+                bits.append(f"{errors} could not be read")
+            if pending:
+                bits.append(f"{pending} in queue")
+            self.queue_label.setText(" · ".join(bits))
+            self.queue_bar.setVisible(pending > 0)
+            self.queue_bar.setRange(0, total)
+            self.queue_bar.setValue(done + errors)
+        self._update_actions()
+        if self.services.engine is not None:
+            self._engine_ready(self.services.engine)
+
+    def _message(self, msg: str) -> None:
+        self.statusBar().showMessage(msg, 8000)
+
+    # ---- getting images in --------------------------------------------------------------------
+    def open_images(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Open images", self.settings.last_dir, IMAGE_FILTER)
+        if files:
+            self.settings.last_dir = str(Path(files[0]).parent)
+            self.add_paths(files)
+
+    def open_folder(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Open a folder of images", self.settings.last_dir)
+        if d:
+            self.settings.last_dir = d
+            self.add_paths([d])
+
+    def add_paths(self, paths) -> list:
+        self.tabs.setCurrentWidget(self.assess)
+        return self.assess.add_paths(list(paths))
+
+    def paste(self) -> None:
+        self.handle_mime(QGuiApplication.clipboard().mimeData(), source="clipboard")
+
+    def handle_mime(self, mime: QMimeData | None, source: str = "drop") -> bool:
+        """Files/folders (URLs) or raw image data, from a drop or the clipboard."""
+        if mime is None:
+            return False
+        paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+        if paths:
+            self.add_paths(paths)
+            return True
+        if mime.hasImage():
+            img = mime.imageData()
+            if isinstance(img, QImage) and not img.isNull():
+                self.tabs.setCurrentWidget(self.assess)
+                self.assess.add_image(img)
+                return True
+        if mime.hasUrls():
+            self._message("Only files on this computer can be assessed (web links are not downloaded).")
+        else:
+            self._message(f"Nothing to assess in the {source}: it holds no image or file.")
+        return False
+
+    def dragEnterEvent(self, e: QDragEnterEvent) -> None:  # noqa: N802
+        md = e.mimeData()
+        if md.hasUrls() or md.hasImage():
+            e.acceptProposedAction()
+            self.assess.drop_zone.set_highlight(True)
+        else:
+            e.ignore()
+
+    def dragMoveEvent(self, e) -> None:  # noqa: N802
+        e.acceptProposedAction()
+
+    def dragLeaveEvent(self, e) -> None:  # noqa: N802
+        self.assess.drop_zone.set_highlight(False)
+
+    def dropEvent(self, e: QDropEvent) -> None:  # noqa: N802
+        self.assess.drop_zone.set_highlight(False)
+        if self.handle_mime(e.mimeData()):
+            e.acceptProposedAction()
+        else:
+            e.ignore()
+
+    # ---- exports ------------------------------------------------------------------------------
+    def export_pdf_dialog(self) -> None:
+        case = self.assess.current_case()
+        if case is None or case.status != "done":
+            return
+        default = str(Path(self.settings.last_dir or Path.home()) / f"MENDICANT-{_safe_name(Path(case.name).stem)}.pdf")
+        path, _ = QFileDialog.getSaveFileName(self, "Export case report", default, "PDF (*.pdf)")
+        if path:
+            if not path.lower().endswith(".pdf"):
+                path += ".pdf"
+            self.export_pdf(path)
+
+    def export_pdf(self, path: str, case=None) -> BackgroundOp | None:
+        """Write the PDF report of ``case`` (default: the selected one) in the background."""
+        case = case or self.assess.current_case()
+        engine = self.services.engine
+        if case is None or case.prediction is None or engine is None:
+            return None
+        img = case.display if case.display is not None else case.thumb
+        data = report.snapshot(case, img, engine.card.name, engine.card.version, engine.card.sha256,
+                               colormap=self.settings.colormap, opacity=self.settings.opacity,
+                               skin_enabled=self.settings.estimate_fst)
+
+        def ok(p) -> None:
+            self._message(f"Report saved: {p}")
+            self.pdfExported.emit(str(p))
+
+        def failed(exc: BaseException) -> None:
+            self._message(f"Could not save the report: {exc}")
+            self.exportFailed.emit(str(exc))
+
+        return BackgroundOp(self, op=lambda ctx: report.write_pdf(data, path), success=ok).failure(
+            failed).run_in_background()
+
+    def export_csv_dialog(self) -> None:
+        default = str(Path(self.settings.last_dir or Path.home()) / "MENDICANT-session.csv")
+        path, _ = QFileDialog.getSaveFileName(self, "Export session", default, "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    def export_csv(self, path: str) -> Path | None:
+        try:
+            out = report.write_csv(self.assess.model.cases, path)
+        except OSError as exc:
+            self._message(f"Could not save {path}: {exc}")
+            return None
+        self._message(f"Session saved: {out} ({self.assess.model.rowCount()} cases)")
+        return out
+
+    # ---- dialogs ------------------------------------------------------------------------------
+    def open_settings(self) -> None:
+        eng = self.services.engine
+        dlg = SettingsDialog(self.settings, eng.card.threshold if eng is not None else None, self)
+        dlg.exec()
+
+    def show_shortcuts(self) -> None:
+        rows = []
+        for a in (self.act_open, self.act_folder, self.act_paste, self.act_pdf, self.act_csv, self.act_overlay,
+                  self.act_next, self.act_prev, self.act_fit, self.act_zoom_in, self.act_zoom_out, self.act_remove,
+                  self.act_settings, self.act_quit):
+            keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in a.shortcuts())
+            rows.append(f"<tr><td style='padding-right:18px'><b>{keys}</b></td><td>{a.text().replace('&', '')}</td></tr>")
+        QMessageBox.information(self, "Keyboard shortcuts", "<table>" + "".join(rows) + "</table>"
+                                "<p>In the image: scroll to zoom, drag to pan, double-click to fit.</p>")
+
+    def show_about(self) -> None:
+        eng = self.services.engine
+        model = f"{eng.card.name} {eng.card.version}" if eng is not None else "not loaded"
+        QMessageBox.about(self, "About MENDICANT",
+                          f"<h3>MENDICANT Desktop {__version__}</h3><p>Offline skin-lesion decision support.</p>"
+                          f"<p>Model: {model}</p><p><b>{text.DISCLAIMER}</b></p>")
+
+    def closeEvent(self, e: QCloseEvent) -> None:  # noqa: N802
+        self.settings.save_window_state(self.saveGeometry(), self.saveState())
+        self.assess.cancel_all()
+        if self.audit.is_running():
+            self.audit.cancel()
+        super().closeEvent(e)
+
+
+def ensure_app(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(argv or ["mendicant-desktop"])
+    return app  # type: ignore[return-value]

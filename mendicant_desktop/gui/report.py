@@ -1,0 +1,193 @@
+"""Case report (PDF via QTextDocument + QPdfWriter, no extra dependency) and the session CSV.
+
+The PDF holds the image, the Grad-CAM overlay, the probabilities, the metadata, the skin type
+(estimated or set by the clinician), the model's name, version and sha256, the date and the disclaimer.
+Everything is built from QImage (never QPixmap), so it can run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QMarginsF, QSizeF, QUrl
+from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
+
+from mendicant_desktop import __version__
+from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
+from mendicant_desktop.core.saliency import overlay
+
+from . import text
+from .cases import Case
+from .pipeline import downscale
+from .qtutil import rgb_to_qimage
+
+#: The batch CSV's columns (issue 4), in order; the GUI appends its own columns after them.
+BATCH_COLUMNS = (
+    "image", "status", "error", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC", "malignancy", "top_class",
+    "risk", "fst_estimate", "ita", "skin_fraction", "width", "height", "sha256", "model", "model_sha256",
+)
+GUI_COLUMNS = ("threshold", "fst_override", "fst_used", "age", "sex", "site", "warnings", "scored_at")
+_ISIC = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
+
+
+def case_row(case: Case) -> dict[str, str]:
+    """One CSV row in the batch columns plus the GUI's extra columns."""
+    row = dict.fromkeys(BATCH_COLUMNS + GUI_COLUMNS, "")
+    row["image"] = case.source
+    ok = case.status == "done" and case.prediction is not None
+    row["status"] = "ok" if ok else "error" if case.status == "error" else case.status
+    row["error"] = case.error
+    pred = case.prediction
+    if pred is not None:
+        for col, code in _ISIC.items():
+            row[col] = f"{pred.prob(code):.6f}"
+        row.update(malignancy=f"{pred.malignancy:.6f}", top_class=pred.top_class, risk=pred.risk,
+                   model=pred.model_name, model_sha256=pred.model_sha256, threshold=f"{pred.threshold:.4f}")
+    if case.skin is not None:
+        row["fst_estimate"] = case.skin.fst
+        row["ita"] = "" if case.skin.ita is None else f"{case.skin.ita:.2f}"
+        row["skin_fraction"] = f"{case.skin.skin_fraction:.4f}"
+    if case.width:
+        row["width"], row["height"] = str(case.width), str(case.height)
+    row["sha256"] = case.sha256
+    row["fst_override"] = case.fst_override or ""
+    row["fst_used"] = case.fst if case.status == "done" else ""
+    m = case.metadata
+    row["age"] = "" if m.age is None else f"{m.age:g}"
+    row["sex"], row["site"] = m.sex, m.site
+    row["warnings"] = " | ".join(case.warnings)
+    row["scored_at"] = case.scored.isoformat(timespec="seconds") if case.scored else ""
+    return row
+
+
+def write_csv(cases: list[Case], path: str | os.PathLike) -> Path:
+    p = Path(path)
+    with open(p, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(BATCH_COLUMNS + GUI_COLUMNS))
+        w.writeheader()
+        for c in cases:
+            w.writerow(case_row(c))
+    return p
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """A snapshot of what the report needs, taken on the GUI thread (cases keep changing)."""
+
+    case: Case
+    image: np.ndarray
+    overlay_img: np.ndarray | None
+    model_name: str
+    model_version: str
+    model_sha256: str
+    colormap: str
+    skin_enabled: bool
+
+
+def snapshot(case: Case, image: np.ndarray, model_name: str, model_version: str, model_sha256: str,
+             colormap: str = "jet", opacity: float = 0.45, skin_enabled: bool = True) -> ReportData:
+    img = downscale(image, 900)
+    ov = None
+    if case.prediction is not None and case.prediction.cam is not None:
+        ov = overlay(img, case.prediction.cam, alpha=max(0.3, min(0.7, opacity)), colormap=colormap)
+    return ReportData(case=case, image=img, overlay_img=ov, model_name=model_name, model_version=model_version,
+                      model_sha256=model_sha256, colormap=colormap, skin_enabled=skin_enabled)
+
+
+def _esc(s: object) -> str:
+    return html.escape(str(s))
+
+
+def report_html(d: ReportData, now: datetime | None = None) -> str:
+    c, pred = d.case, d.case.prediction
+    now = now or datetime.now()
+    e = _esc
+    rows = []
+    if pred is not None:
+        for name, p in sorted(zip(pred.class_names, pred.probabilities), key=lambda t: -t[1]):
+            mark = " *" if name in MALIGNANT_CLASSES else ""
+            w = max(1, int(round(200 * p)))
+            rows.append(
+                f"<tr><td>{e(CLASS_FULL_NAMES.get(name, name))}{mark}</td><td>{e(name)}</td>"
+                f"<td align='right'>{100 * p:.1f}%</td>"
+                f"<td><table cellspacing='0' cellpadding='0'><tr><td bgcolor='#1f5f8b' width='{w}' height='8'></td>"
+                f"</tr></table></td></tr>"
+            )
+    m = c.metadata
+    head, detail = text.skin_text(c.skin, c.fst_override, d.skin_enabled)
+    risk_col = "#b3261e" if pred is not None and pred.risk == "high" else "#2e7d32"
+    parts = [
+        "<html><body style='font-family: sans-serif; font-size: 9.5pt; color:#1d2733'>",
+        "<h2 style='margin:0'>MENDICANT — case report</h2>",
+        f"<p style='color:#5b6673; margin-top:2px'>Generated {now:%Y-%m-%d %H:%M} · MENDICANT Desktop {e(__version__)}</p>",
+        "<table width='100%' cellpadding='6' style='background:#fff4e0; border:1px solid #e0b060'><tr><td>"
+        f"<b>{e(text.DISCLAIMER)}</b></td></tr></table>",
+        "<h3>Image</h3>",
+        f"<p><b>File:</b> {e(c.source)}<br><b>Size:</b> {c.width} × {c.height} px &nbsp; "
+        f"<b>sha256:</b> <span style='font-family: monospace; font-size: 8pt'>{e(c.sha256)}</span></p>",
+        "<table cellspacing='8'><tr><td align='center'><img src='mendicant://image' width='300'><br>Original</td>",
+    ]
+    if d.overlay_img is not None:
+        target = pred.cam_target or pred.top_class if pred is not None else ""
+        parts.append(f"<td align='center'><img src='mendicant://overlay' width='300'><br>Grad-CAM ({e(d.colormap)}) "
+                     f"for {e(text.class_label(target)) if target != 'malignancy' else 'the malignancy score'}</td>")
+    parts.append("</tr></table>")
+    if pred is not None:
+        parts += [
+            "<h3>Assessment</h3>",
+            f"<p style='font-size: 11pt'><b style='color:{risk_col}'>Malignancy score {100 * pred.malignancy:.1f}% — "
+            f"{pred.risk.upper()} band</b> (operating threshold {100 * pred.threshold:.0f}%)</p>",
+            f"<p>{e(text.summary(pred, c.warnings))}</p>",
+            "<table cellpadding='3' cellspacing='0' border='0'>"
+            "<tr><th align='left'>Class</th><th align='left'>Code</th><th align='right'>Probability</th><th></th></tr>",
+            *rows,
+            "</table><p style='color:#5b6673; font-size: 8pt'>* counted in the malignancy score "
+            "(melanoma + basal cell carcinoma + actinic keratosis / intraepithelial carcinoma).</p>",
+        ]
+    if c.warnings:
+        parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{e(w)}</li>" for w in c.warnings) + "</ul>")
+    parts += [
+        "<h3>Patient details and skin type</h3>",
+        "<table cellpadding='3'>",
+        f"<tr><td><b>Age</b></td><td>{'not given' if m.age is None else f'{m.age:g} years'}</td></tr>",
+        f"<tr><td><b>Sex</b></td><td>{e(text.SEX_LABELS.get(m.sex, m.sex))}</td></tr>",
+        f"<tr><td><b>Body site</b></td><td>{e(text.SITE_LABELS.get(m.site, m.site))}</td></tr>",
+        f"<tr><td><b>Skin type</b></td><td>{e(head)}{('<br>' + e(detail)) if detail else ''}</td></tr>",
+        "</table>",
+        "<h3>Model</h3>",
+        f"<p><b>{e(d.model_name)}</b> version {e(d.model_version)}<br>"
+        f"sha256 <span style='font-family: monospace; font-size: 8pt'>{e(d.model_sha256)}</span><br>"
+        "The model file was verified against this hash when it was loaded.</p>",
+        f"<p style='color:#5b6673; font-size: 8pt'>{e(text.DISCLAIMER)}</p>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_pdf(d: ReportData, path: str | os.PathLike) -> Path:
+    """Render the report to a PDF (A4). Thread-safe: QImage + QTextDocument + QPdfWriter only."""
+    p = Path(path)
+    writer = QPdfWriter(str(p))
+    writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+    writer.setPageMargins(QMarginsF(15, 15, 15, 15), QPageLayout.Unit.Millimeter)
+    writer.setResolution(150)
+    writer.setTitle(f"MENDICANT case report — {d.case.name}")
+    writer.setCreator(f"MENDICANT Desktop {__version__}")
+    doc = QTextDocument()
+    doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl("mendicant://image"), rgb_to_qimage(d.image))
+    if d.overlay_img is not None:
+        doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl("mendicant://overlay"),
+                        rgb_to_qimage(d.overlay_img))
+    doc.setHtml(report_html(d))
+    layout = writer.pageLayout()
+    rect = layout.paintRectPixels(writer.resolution())
+    doc.setPageSize(QSizeF(rect.width(), rect.height()))
+    doc.print_(writer)
+    del writer  # flushes and closes the file
+    return p

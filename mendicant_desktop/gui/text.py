@@ -1,0 +1,84 @@
+"""Plain-language wording shared by the case view, the PDF report and the CSV export (no Qt)."""
+
+from __future__ import annotations
+
+from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES, Prediction, SkinToneEstimate
+
+DISCLAIMER = (
+    "Decision support, not a diagnosis. MENDICANT estimates probabilities from one image; it can be wrong, "
+    "has not been validated for every population, and does not replace clinical examination, dermoscopy by "
+    "a trained clinician or histopathology."
+)
+DISCLAIMER_SHORT = "Decision support, not a diagnosis — the result does not replace clinical judgement or histopathology."
+
+SEX_LABELS = {"female": "Female", "male": "Male", "unknown": "Not given"}
+SITE_LABELS = {
+    "arm": "Arm / hand",
+    "head-or-neck": "Head / neck",
+    "leg-or-genital": "Leg / foot / genital",
+    "trunk": "Trunk",
+    "unknown": "Not given",
+}
+FST_DESCRIPTIONS = {
+    "I": "I – always burns, never tans",
+    "II": "II – usually burns, tans minimally",
+    "III": "III – sometimes burns, tans uniformly",
+    "IV": "IV – burns minimally, always tans",
+    "V": "V – very rarely burns, tans very easily",
+    "VI": "VI – never burns",
+}
+
+
+def class_label(code: str) -> str:
+    return f"{CLASS_FULL_NAMES.get(code, code)} ({code})"
+
+
+def malignancy_definition() -> str:
+    return " + ".join(CLASS_FULL_NAMES[c].split(" / ")[0].lower() for c in ("mel", "bcc", "akiec"))
+
+
+def summary(pred: Prediction, warnings: list[str] | None = None) -> str:
+    """Two or three short sentences a clinician can read at a glance."""
+    top, p_top = pred.top_k[0]
+    first = f"Most likely: {class_label(top)} {100 * p_top:.0f}%"
+    if len(pred.top_k) > 1:
+        second, p2 = pred.top_k[1]
+        first += f"; next {class_label(second)} {100 * p2:.0f}%"
+    side = "at or above" if pred.risk == "high" else "below"
+    parts = [
+        first + ".",
+        f"The malignancy score, {100 * pred.malignancy:.0f}%, is {side} the {100 * pred.threshold:.0f}% operating "
+        f"threshold ({pred.risk.upper()} band).",
+    ]
+    if pred.risk == "high" and top not in MALIGNANT_CLASSES:
+        parts.append("The top class is benign, but the malignant classes together reach the threshold.")
+    if pred.risk == "low" and top in MALIGNANT_CLASSES:
+        parts.append("The top class is a malignant one although the summed score is below the threshold.")
+    if warnings:
+        n = len(warnings)
+        parts.append(f"{n} image-quality warning{'s' if n > 1 else ''}: interpret with extra caution.")
+    return " ".join(parts)
+
+
+def skin_text(skin: SkinToneEstimate | None, override: str | None, enabled: bool = True) -> tuple[str, str]:
+    """(headline, detail) for the skin-type panel and the report."""
+    if override:
+        head = f"Fitzpatrick {override} — set by the clinician"
+        if skin is not None and skin.known:
+            detail = f"The image-based estimate was {skin.fst} (ITA {skin.ita:.1f}°)."
+        elif skin is not None:
+            detail = f"No image-based estimate: {skin.reason}."
+        else:
+            detail = ""
+        return head, detail
+    if skin is None:
+        if not enabled:
+            return "Not estimated", "Skin-type estimation is turned off in Settings."
+        return "Not estimated", ""
+    if skin.known:
+        return (
+            f"Fitzpatrick {skin.fst} — estimated (ITA {skin.ita:.1f}°)",
+            "Estimated from the colour of the skin around the lesion (Individual Typology Angle). It is a proxy, "
+            "not a clinical assessment: correct it below if it is wrong.",
+        )
+    return "Unknown", f"Cannot estimate: {skin.reason}."
