@@ -103,7 +103,7 @@ def build_teacher(cfg: Config) -> ReferenceNet:
     """The FP32 teacher: the reference weights, or (``model.teacher = "tiny"``) a seeded tiny random one."""
     if cfg.model.teacher == "reference":
         return load_reference().eval()
-    widths = XceptionWidths().scaled(cfg.model.tiny_width_mult, n_middle=cfg.model.tiny_n_middle, minimum=8)
+    widths = XceptionWidths().scaled(cfg.model.tiny_width_mult, n_middle=cfg.model.tiny_n_middle, minimum=16)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.run.seed)
         model = ReferenceNet(widths)
@@ -376,7 +376,8 @@ def ignored_modules(model: ReferenceNet, cfg: PruneConfig) -> list[nn.Module]:
     """Modules whose output channels must stay (config prefixes, the head, block14 out if kept)."""
     names = list(cfg.ignore) + ["head"]
     if cfg.keep_feature_channels:
-        names.append("backbone.block14.sepconv2")
+        # only the *producers* of block14's output; its depthwise belongs to the (prunable) inner group
+        names += ["backbone.block14.sepconv2.sep.pointwise", "backbone.block14.sepconv2.bn"]
     out: list[nn.Module] = []
     for name, m in model.named_modules():
         if any(name == p or name.startswith(p + ".") for p in names):

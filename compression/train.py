@@ -181,12 +181,12 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None,
     s = malignancy_score(torch.softmax(logits, 1)).clamp(1e-6, 1 - 1e-6)
     bce = F.binary_cross_entropy(s, malignant.float())
     loss = tc.ce_weight * ce + tc.malignant_weight * bce
-    parts = {"ce": float(ce), "bce": float(bce)}
+    parts = {"ce": float(ce.detach()), "bce": float(bce.detach())}
     if teacher_logits is not None and tc.kd_weight > 0:
         kd = kd_loss(logits, teacher_logits, tc.temperature)
         loss = loss + tc.kd_weight * kd
-        parts["kd"] = float(kd)
-    parts["loss"] = float(loss)
+        parts["kd"] = float(kd.detach())
+    parts["loss"] = float(loss.detach())
     return loss, parts
 
 

@@ -130,8 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_list
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="mendicant-desktop: %(levelname)s: %(message)s", stream=sys.stderr)
+    stop = _Stop()
+    stop.install()  # from the start, so SIGTERM during start-up also ends with 130
     try:
-        return int(_run(build_parser(), args_list))
+        return int(_run(build_parser(), args_list, stop))
     except _Usage as exc:
         _err(str(exc))
         return int(ExitCode.USAGE)
@@ -146,9 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _err(f"mendicant-desktop --batch: internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
         return int(ExitCode.INTERNAL_ERROR)
+    finally:
+        stop.restore()
 
 
-def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
+def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitCode:
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return ExitCode.OK
@@ -222,10 +226,15 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
 
     from tqdm import tqdm
 
-    total = count_inputs(args.batch)
+    exclude = [args.saliency_dir] if args.saliency_dir else []
+    if args.saliency_dir:
+        os.makedirs(args.saliency_dir, exist_ok=True)  # exists now, so the walk can leave it out
+    total = count_inputs(args.batch, exclude=exclude)
+    if stop.event.is_set():
+        _err("mendicant-desktop --batch: interrupted before scoring started")
+        return ExitCode.INTERRUPTED
     if total == 0:
         _err("mendicant-desktop --batch: no image files found under " + " ".join(args.batch))
-    stop = _Stop()
     counts = {"ok": 0, "error": 0, "skipped": 0}
     writer = RowWriter(out, columns, fmt, append=bool(args.resume))
     t0 = time.perf_counter()
@@ -233,9 +242,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
     superseded = False
     bar = tqdm(total=total, unit="img", file=sys.stderr, disable=args.quiet, dynamic_ncols=True,
                mininterval=0.5, smoothing=0.1, desc="scoring")
-    stop.install()
     gen = scoring.iter_scored(
-        iter_inputs(args.batch), engine, metadata=metadata, saliency_dir=args.saliency_dir,
+        iter_inputs(args.batch, exclude=exclude), engine, metadata=metadata, saliency_dir=args.saliency_dir,
         saliency_target=args.saliency_target, workers=args.threads, batch_size=args.batch_size,
         skip=skip, stop=stop.event, columns=columns,
     )
@@ -256,9 +264,12 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
         gen.close()
         writer.close()
         bar.close()
-        stop.restore()
         if superseded:
-            keep_latest_rows(out, fmt)  # a retried input's new row supersedes its old one
+            try:
+                keep_latest_rows(out, fmt)  # a retried input's new row supersedes its old one
+            except OSError as exc:
+                _err(f"mendicant-desktop --batch: could not remove superseded rows from {out} ({exc}); "
+                     "run --resume again to tidy it")
     secs = time.perf_counter() - t0
     scored_n = counts["ok"] + counts["error"]
     rate = f", {scored_n / secs:.1f} images/s" if secs > 0 and scored_n else ""

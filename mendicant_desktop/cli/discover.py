@@ -23,6 +23,7 @@ of files, so memory does not grow with the number of inputs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -156,10 +157,21 @@ class _Walker:
             stack.extend(reversed(subdirs))  # depth-first, in sorted order
 
 
-def iter_inputs(paths: Iterable[str | os.PathLike], *, include_hidden: bool = False) -> Iterator[InputItem]:
-    """Yield the inputs under ``paths`` lazily, each once, in a deterministic order."""
+def iter_inputs(
+    paths: Iterable[str | os.PathLike],
+    *,
+    include_hidden: bool = False,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> Iterator[InputItem]:
+    """Yield the inputs under ``paths`` lazily, each once, in a deterministic order.
+
+    Folders in ``exclude`` (for example the ``--saliency-dir`` being written) are never walked.
+    """
     items = [os.fspath(p) for p in paths]
     walker = _Walker(include_hidden)
+    for ex in exclude:
+        with contextlib.suppress(OSError):
+            walker.enter(os.stat(ex))
     for p in items:
         try:
             if not os.path.isdir(p):
@@ -194,6 +206,6 @@ def iter_inputs(paths: Iterable[str | os.PathLike], *, include_hidden: bool = Fa
                 yield InputItem(p, "not a regular file")
 
 
-def count_inputs(paths: Iterable[str | os.PathLike], *, include_hidden: bool = False) -> int:
+def count_inputs(paths: Iterable[str | os.PathLike], **kwargs) -> int:
     """How many items :func:`iter_inputs` will yield (a cheap pre-pass for the progress total)."""
-    return sum(1 for _ in iter_inputs(paths, include_hidden=include_hidden))
+    return sum(1 for _ in iter_inputs(paths, **kwargs))

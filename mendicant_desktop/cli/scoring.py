@@ -15,6 +15,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -55,11 +56,13 @@ def default_workers() -> int:
 def read_file(path: str) -> bytes:
     """Read a whole input file; every failure is an :class:`ImageLoadError` with a readable reason."""
     try:
-        if os.path.isdir(path):
-            raise ImageLoadError("is a folder, not an image file", path)
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: opening a FIFO must not hang the run; it is refused below as not a regular file.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not (st.st_mode & 0o170000 == 0o100000):
+            if stat.S_ISDIR(st.st_mode):
+                raise ImageLoadError("is a folder, not an image file", path)
+            if not stat.S_ISREG(st.st_mode):
                 raise ImageLoadError("not a regular file", path)
             if st.st_size > MAX_FILE_BYTES:
                 raise ImageLoadError(f"file too large ({st.st_size / 2**20:.0f} MiB)", path)

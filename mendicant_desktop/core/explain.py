@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,8 +44,10 @@ __all__ = [
     "OcclusionSensitivity",
     "SaliencyInLesion",
     "lesion_mask",
+    "lesion_masks",
     "mean_cam",
     "occlusion_positions",
+    "region_ranking",
     "saliency_in_lesion",
     "summarize_saliency",
     "to_uint8",
@@ -88,21 +90,28 @@ def _border_ring(shape: tuple[int, int], share: float = 0.15) -> np.ndarray:
     return ring
 
 
-def lesion_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
-    """The lesion mask of an RGB image and how it was found: ``(mask bool (h, w), kind)``.
+def lesion_masks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(lesion, background, kind)`` of an RGB image: boolean masks on the engine's analysis copy (longest
+    side <= 256 px, so a 254x254 model input keeps its resolution) and how the lesion was found.
 
-    ``kind`` is ``'masked-crop'`` when most of the image border is black (a background-removed crop such as
+    ``background`` is near-black (L* < 12: masked-out pixels or a dermoscope's vignette). ``kind`` is
+    ``'masked-crop'`` when most of the image border is background (a background-removed crop such as
     PAD-UFES-20's: the lesion is the non-black region) and ``'lesion-split'`` otherwise (the lesion side of
-    :func:`core.skintone.lesion_skin_masks`, which also leaves out a dermoscope's black vignette). The mask
-    is on the engine's analysis copy (longest side <= 256 px), not necessarily at the image's resolution.
+    :func:`core.skintone.lesion_skin_masks`, which leaves the background out).
     """
     rgb = to_uint8(image)
     lab, lesion, _skin = lesion_skin_masks(rgb)
     background = lab[..., 0] < BACKGROUND_L
     ring = _border_ring(background.shape)
     if float(background[ring].mean()) > MAX_BACKGROUND_FRACTION:
-        return ~background, "masked-crop"
-    return lesion, "lesion-split"
+        return ~background, background, "masked-crop"
+    return lesion, background, "lesion-split"
+
+
+def lesion_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
+    """The lesion mask of an RGB image and how it was found (see :func:`lesion_masks`)."""
+    lesion, _background, kind = lesion_masks(image)
+    return lesion, kind
 
 
 @dataclass(frozen=True)
@@ -451,15 +460,3 @@ def region_ranking(heatmap: np.ndarray, mask: np.ndarray, *, exclude: np.ndarray
     if not inside.any() or not outside.any():
         return float("nan")
     return float(heat[inside].mean() - heat[outside].mean())
-
-
-def group_counts(values: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
-
-
-def ratios_table(summary: Mapping[str, GroupSaliency]) -> dict[str, dict[str, Any]]:
-    """JSON-ready per-group statistics."""
-    return {name: gs.to_dict() for name, gs in summary.items()}

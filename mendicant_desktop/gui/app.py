@@ -28,6 +28,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    "generated image through the drop path, exit 0 on success")
     p.add_argument("--screenshot", metavar="PNG", help="with --selftest: save the window with the result to PNG")
     p.add_argument("--timeout", type=float, default=SELFTEST_TIMEOUT_S, help=argparse.SUPPRESS)
+    # benchmarks/gui_benchmark.py: open the window as usual, print "ready <s>" once the model is loaded, exit
+    p.add_argument("--exit-when-ready", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(list(argv))
 
 
@@ -194,7 +196,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     window.show()
     if args.images:
         window.add_paths(args.images)
+    if args.exit_when_ready:
+        return _exit_when_ready(app, services, window)
     return int(app.exec())
+
+
+def _exit_when_ready(app, services, window) -> int:
+    """Cold-start probe: the window is shown and the model verified and loaded; then quit."""
+    ok = _wait(app, lambda: services.engine is not None or services.error is not None, SELFTEST_TIMEOUT_S)
+    if not ok or services.engine is None:
+        print(f"not ready: {services.error or 'timeout'}", flush=True)
+        return int(ExitCode.INTERNAL_ERROR)
+    app.processEvents()
+    window.grab()  # one real paint of the window with the model loaded
+    print(f"ready {time.perf_counter():.6f}", flush=True)
+    window.close()
+    return int(ExitCode.OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,15 @@ from mendicant_desktop.core.skintone import estimate_skin_tone
 
 from .case_view import CaseView
 from .cases import Case, CaseDelegate, CaseListModel, CaseRole
-from .pipeline import DISPLAY_SIDE, THUMB_SIDE, assess_source, downscale, expand_paths, rescore, with_threshold
+from .pipeline import (
+    DISPLAY_SIDE,
+    THUMB_SIDE,
+    assess_source,
+    downscale,
+    expand_paths,
+    rescore,
+    with_threshold,
+)
 from .qtutil import qimage_png_bytes
 from .quality import domain_warnings
 from .services import Services

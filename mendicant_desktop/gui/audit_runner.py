@@ -205,8 +205,8 @@ def run_audit(
 # Presentation helpers shared by the tab and its exports
 # ---------------------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ("Skin type", "n", "Positives", "AUROC (95% CI)", "Sensitivity (95% CI)",
-                 "Specificity (95% CI)", "ECE", "FST source", "Note")
+TABLE_COLUMNS = ("Skin type", "n", "Pos.", "AUROC (95% CI)", "Sensitivity (95% CI)",
+                 "Specificity (95% CI)", "ECE", "FST from", "Note")
 
 
 def _num(v: float, digits: int = 2) -> str:
@@ -266,7 +266,7 @@ def to_csv(run: AuditRun) -> str:
     for name, gm in [("overall", res.overall), *res.groups.items()]:
         withhold = not gm.sufficient and name != "overall"
 
-        def f(v: float) -> str:
+        def f(v: float, withhold: bool = withhold) -> str:
             return "" if withhold or v is None or math.isnan(v) else f"{v:.4f}"
 
         w.writerow([name, gm.n, gm.n_pos, int(gm.sufficient), gm.fst_source, f(gm.auroc), f(gm.auroc_ci95[0]),

@@ -31,6 +31,8 @@ from .qtutil import qimage_png_bytes
 from .services import Services
 from .worker import BackgroundOp
 
+GUI_COLUMNS = ar.TABLE_COLUMNS[:-1]  # the note goes into a spanned cell / tooltip
+
 
 class AuditTab(QWidget):
     finished = Signal(object)  # AuditRun, or None on failure/cancel
@@ -43,17 +45,17 @@ class AuditTab(QWidget):
         self._op: BackgroundOp | None = None
 
         root = QVBoxLayout(self)
-        root.setContentsMargins(12, 10, 12, 10)
-        root.setSpacing(8)
-        intro = QLabel("Check how the loaded model performs for each Fitzpatrick skin type on a labelled set of "
-                       "your own images. Columns: <b>image</b>, <b>malignant</b> (0/1) or <b>dx</b>, and <b>fst</b> "
-                       "(1–6; empty = estimated from the image). Everything runs on this computer.")
+        root.setContentsMargins(12, 8, 12, 8)
+        root.setSpacing(6)
+        intro = QLabel("Per-skin-type performance of the loaded model on your own labelled images. CSV columns: "
+                       "<b>image</b>, <b>malignant</b> (0/1) or <b>dx</b>, <b>fst</b> (1–6; empty = estimated).")
         intro.setWordWrap(True)
         intro.setObjectName("Muted")
         root.addWidget(intro)
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setVerticalSpacing(4)
         self.labels_edit = QLineEdit()
         self.labels_edit.setPlaceholderText("labels.csv")
         self.images_edit = QLineEdit()
@@ -95,16 +97,18 @@ class AuditTab(QWidget):
         self.status.setWordWrap(True)
         root.addWidget(self.status)
 
-        split = QSplitter(Qt.Orientation.Vertical)
+        split = QSplitter(Qt.Orientation.Horizontal)
         split.setChildrenCollapsible(False)
-        top = QWidget()
-        tl = QVBoxLayout(top)
+        left = QWidget()
+        tl = QVBoxLayout(left)
         tl.setContentsMargins(0, 0, 0, 0)
-        self.table = QTableWidget(0, len(ar.TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(ar.TABLE_COLUMNS))
+        self.table = QTableWidget(0, len(GUI_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(GUI_COLUMNS))
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(False)
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         hh.setStretchLastSection(True)
@@ -113,27 +117,38 @@ class AuditTab(QWidget):
         self.gap.setWordWrap(True)
         self.gap.setObjectName("GapLabel")
         tl.addWidget(self.gap)
-        split.addWidget(top)
+        self.reading = QLabel(
+            f"Groups with n < {ar.core_audit.MIN_GROUP_N}, or fewer than {ar.core_audit.MIN_CLASS_N} positives or "
+            "negatives, are insufficient: their figures are withheld and they are left out of the gap. Sensitivity "
+            "and specificity are at the operating threshold; ECE is the expected calibration error (10 bins). "
+            "“estimated” = skin type from the image, not from a clinician.")
+        self.reading.setWordWrap(True)
+        self.reading.setObjectName("Muted")
+        tl.addWidget(self.reading)
+        self.failed_label = QLabel("")
+        self.failed_label.setObjectName("Muted")
+        self.failed_label.setWordWrap(True)
+        tl.addWidget(self.failed_label)
+        split.addWidget(left)
         plots = QWidget()
-        pl = QHBoxLayout(plots)
+        pl = QVBoxLayout(plots)
         pl.setContentsMargins(0, 0, 0, 0)
         self.roc = RocPlot()
         self.cal = CalibrationPlot()
         pl.addWidget(self.roc, 1)
         pl.addWidget(self.cal, 1)
         split.addWidget(plots)
-        split.setSizes([240, 330])
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([760, 500])
         root.addWidget(split, 1)
 
         ex = QHBoxLayout()
-        self.failed_label = QLabel("")
-        self.failed_label.setObjectName("Muted")
-        self.failed_label.setWordWrap(True)
         self.export_html_btn = QPushButton("Export HTML…")
         self.export_csv_btn = QPushButton("Export CSV…")
         for b in (self.export_html_btn, self.export_csv_btn):
             b.setEnabled(False)
-        ex.addWidget(self.failed_label, 1)
+        ex.addStretch(1)
         ex.addWidget(self.export_html_btn)
         ex.addWidget(self.export_csv_btn)
         root.addLayout(ex)
@@ -245,21 +260,32 @@ class AuditTab(QWidget):
         res = run.result
         assert res is not None
         rows = ar.table_rows(res)
+        self.table.clearSpans()
         self.table.setRowCount(len(rows))
         grey = QColor("#6b7480")
         for i, (cells, suff) in enumerate(rows):
+            note = cells[-1]
+            cells = cells[: len(GUI_COLUMNS)]
             for j, c in enumerate(cells):
+                if not suff and 3 < j < 7:
+                    continue  # hidden under the spanned note
                 it = QTableWidgetItem(c)
                 if j in (1, 2):
                     it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if note:
+                    it.setToolTip(note)
                 if not suff:
                     it.setForeground(grey)
-                    it.setToolTip("Too few images for reliable figures; numbers are withheld.")
                 if i == 0:
                     f = it.font()
                     f.setBold(True)
                     it.setFont(f)
                 self.table.setItem(i, j, it)
+            if not suff:
+                self.table.setSpan(i, 3, 1, 4)
+                self.table.item(i, 3).setText(note[:1].upper() + note[1:] + " — figures withheld")
+        hh = self.table.horizontalHeader()
+        hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.gap.setText(f"<b>{ar.gap_text(res)}</b>")
         n_est = sum(s == "estimated" for s in run.fst_source)
         self.status.setText(

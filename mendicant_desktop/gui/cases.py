@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, Prediction, SkinToneEstimate
 
-from .qtutil import ERROR, INK, MUTED, STATUS_COLOURS, risk_colour, rgb_to_qimage
+from .qtutil import ERROR, INK, MUTED, STATUS_COLOURS, rgb_to_qimage, risk_colour
 
 STATUSES = ("queued", "scoring", "done", "error")
 _ids = itertools.count(1)

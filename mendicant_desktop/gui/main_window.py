@@ -6,7 +6,15 @@ import re
 from pathlib import Path
 
 from PySide6.QtCore import QMimeData, QSize, Qt, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication, QImage, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QImage,
+    QKeySequence,
+)
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -21,8 +29,9 @@ from PySide6.QtWidgets import (
 )
 
 from mendicant_desktop import __version__
+from mendicant_desktop.core.preprocess import load_image
 
-from . import report, text
+from . import pipeline, report, text
 from .assess_tab import AssessTab
 from .audit_tab import AuditTab
 from .model_tab import ModelTab
@@ -313,21 +322,27 @@ class MainWindow(QMainWindow):
         engine = self.services.engine
         if case is None or case.prediction is None or engine is None:
             return None
-        img = case.display if case.display is not None else case.thumb
-        data = report.snapshot(case, img, engine.card.name, engine.card.version, engine.card.sha256,
-                               colormap=self.settings.colormap, opacity=self.settings.opacity,
-                               skin_enabled=self.settings.estimate_fst)
+        image, src = case.display, case.path
+        card, s = engine.card, self.settings
+        colormap, opacity, skin_on = s.colormap, s.opacity, s.estimate_fst
+
+        def op(ctx):
+            img = image
+            if img is None:  # the display copy was dropped from memory: read the file again
+                img = pipeline.downscale(load_image(src), pipeline.DISPLAY_SIDE) if src is not None else case.thumb
+            data = report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap,
+                                   opacity=opacity, skin_enabled=skin_on)
+            return report.write_pdf(data, path)
 
         def ok(p) -> None:
             self._message(f"Report saved: {p}")
             self.pdfExported.emit(str(p))
 
         def failed(exc: BaseException) -> None:
-            self._message(f"Could not save the report: {exc}")
+            self._message(f"Could not save the report: {getattr(exc, 'reason', None) or exc}")
             self.exportFailed.emit(str(exc))
 
-        return BackgroundOp(self, op=lambda ctx: report.write_pdf(data, path), success=ok).failure(
-            failed).run_in_background()
+        return BackgroundOp(self, op=op, success=ok).failure(failed).run_in_background()
 
     def export_csv_dialog(self) -> None:
         default = str(Path(self.settings.last_dir or Path.home()) / "MENDICANT-session.csv")
@@ -350,22 +365,34 @@ class MainWindow(QMainWindow):
         dlg = SettingsDialog(self.settings, eng.card.threshold if eng is not None else None, self)
         dlg.exec()
 
-    def show_shortcuts(self) -> None:
+    def shortcuts_box(self) -> QMessageBox:
         rows = []
         for a in (self.act_open, self.act_folder, self.act_paste, self.act_pdf, self.act_csv, self.act_overlay,
                   self.act_next, self.act_prev, self.act_fit, self.act_zoom_in, self.act_zoom_out, self.act_remove,
-                  self.act_settings, self.act_quit):
+                  self.act_settings, self.act_shortcuts, self.act_quit):
             keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in a.shortcuts())
             rows.append(f"<tr><td style='padding-right:18px'><b>{keys}</b></td><td>{a.text().replace('&', '')}</td></tr>")
-        QMessageBox.information(self, "Keyboard shortcuts", "<table>" + "".join(rows) + "</table>"
-                                "<p>In the image: scroll to zoom, drag to pan, double-click to fit.</p>")
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", "", QMessageBox.StandardButton.Ok, self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText("<table cellpadding='2'>" + "".join(rows) + "</table>"
+                    "<p>In the image: scroll to zoom, drag to pan, double-click to fit.</p>")
+        return box
 
-    def show_about(self) -> None:
+    def show_shortcuts(self) -> None:
+        self.shortcuts_box().exec()
+
+    def about_box(self) -> QMessageBox:
         eng = self.services.engine
         model = f"{eng.card.name} {eng.card.version}" if eng is not None else "not loaded"
-        QMessageBox.about(self, "About MENDICANT",
-                          f"<h3>MENDICANT Desktop {__version__}</h3><p>Offline skin-lesion decision support.</p>"
-                          f"<p>Model: {model}</p><p><b>{text.DISCLAIMER}</b></p>")
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "About MENDICANT", "", QMessageBox.StandardButton.Ok, self)
+        box.setIconPixmap(icon("mendicant").pixmap(64, 64))
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(f"<h3>MENDICANT Desktop {__version__}</h3><p>Offline skin-lesion decision support. Images never "
+                    f"leave this computer.</p><p>Model: {model}</p><p>{text.DISCLAIMER}</p>")
+        return box
+
+    def show_about(self) -> None:
+        self.about_box().exec()
 
     def closeEvent(self, e: QCloseEvent) -> None:  # noqa: N802
         self.settings.save_window_state(self.saveGeometry(), self.saveState())

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,12 +50,16 @@ class Assessment:
 
 
 def downscale(rgb: np.ndarray, side: int) -> np.ndarray:
-    """Display/thumbnail copy with the longest side <= ``side`` (Pillow reduce + bilinear)."""
+    """Display/thumbnail copy with the longest side <= ``side``.
+
+    Pillow's integer box ``reduce`` does the bulk (fast, releases the GIL); a bilinear resize finishes
+    only when the reduced copy is still larger than ``side`` (i.e. for small reductions).
+    """
     h, w = rgb.shape[:2]
     if max(h, w) <= side:
         return rgb
     im = Image.fromarray(rgb)
-    k = max(h, w) // side
+    k = -(-max(h, w) // side)  # ceil
     if k >= 2:
         im = im.reduce(k)
     if max(im.size) > side:
@@ -64,19 +68,28 @@ def downscale(rgb: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(im)
 
 
+def _sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def decode(source: str | os.PathLike | bytes | Image.Image) -> tuple[np.ndarray, str]:
-    """(RGB uint8, sha256 of the file bytes -- or of the pixels for in-memory images)."""
+    """(RGB uint8, sha256 of the file bytes -- or of the pixels for in-memory images).
+
+    For files the hash runs on a helper thread while Pillow decodes (both release the GIL).
+    """
     if isinstance(source, (str, os.PathLike)):
-        rgb = load_image(source)
+        digest_job = _side_pool().submit(_sha256_file, source)
         try:
-            h = hashlib.sha256()
-            with open(source, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            digest = h.hexdigest()
-        except OSError as exc:  # vanished right after decoding
-            raise ImageLoadError(f"cannot read file: {exc.strerror or exc}", str(source)) from None
-        return rgb, digest
+            rgb = load_image(source)
+        finally:
+            exc = digest_job.exception()  # waits for the hash
+        if exc is not None:  # vanished or unreadable right after decoding
+            raise ImageLoadError(f"cannot read file: {getattr(exc, 'strerror', None) or exc}", str(source))
+        return rgb, digest_job.result()
     rgb = load_image(source)
     digest = hashlib.sha256(source if isinstance(source, bytes) else rgb.tobytes()).hexdigest()
     return rgb, digest
@@ -92,17 +105,39 @@ def assess_source(
 ) -> Assessment:
     """Decode, check and score one image. Raises ImageLoadError (bad input) -- never a partial result."""
     rgb, digest = decode(source)
-    x = preprocess(rgb, engine.input_size)
-    pred = engine.predict_preprocessed(x[None], [metadata], cam=True, threshold=threshold)[0]
-    img_warn = image_warnings(rgb)
+    # The display copy, quality checks and skin-tone estimate run beside preprocessing + inference
+    # (numpy, Pillow and ONNX Runtime release the GIL), so a 12 MP photo costs little more than its decode.
+    side_job = _side_pool().submit(_side_work, rgb, estimate_fst)
+    try:
+        x = preprocess(rgb, engine.input_size)
+        pred = engine.predict_preprocessed(x[None], [metadata], cam=True, threshold=threshold)[0]
+    finally:
+        display, thumb, img_warn, skin = side_job.result()
     dom_warn = domain_warnings(engine.card.raw, pred.probabilities)
-    skin = estimate_skin_tone(rgb) if estimate_fst else None
-    display = downscale(rgb, DISPLAY_SIDE)
-    thumb = np.ascontiguousarray(downscale(display, THUMB_SIDE))
     return Assessment(
-        x=x, display=np.ascontiguousarray(display), thumb=thumb, width=rgb.shape[1], height=rgb.shape[0],
+        x=x, display=display, thumb=thumb, width=rgb.shape[1], height=rgb.shape[0],
         sha256=digest, skin=skin, image_warnings=img_warn, domain_warnings=dom_warn, prediction=pred,
     )
+
+
+_SIDE_POOL: ThreadPoolExecutor | None = None
+
+
+def _side_pool() -> ThreadPoolExecutor:
+    global _SIDE_POOL
+    if _SIDE_POOL is None:
+        _SIDE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mendicant-side")
+    return _SIDE_POOL
+
+
+def _side_work(rgb: np.ndarray, estimate_fst: bool):
+    display = np.ascontiguousarray(downscale(rgb, DISPLAY_SIDE))
+    # quality checks work at ~512 px (the model's scale x2): from a copy of the display copy
+    small = downscale(display, 512)
+    thumb = np.ascontiguousarray(downscale(small, THUMB_SIDE))
+    img_warn = image_warnings(small, original_size=(rgb.shape[0], rgb.shape[1]))
+    skin = estimate_skin_tone(rgb) if estimate_fst else None
+    return display, thumb, img_warn, skin
 
 
 def rescore(engine: Engine, x: np.ndarray, metadata: Metadata | None, threshold: float | None) -> Prediction:
@@ -139,7 +174,3 @@ def expand_paths(paths: list[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def fmt_pct(p: float) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "–"
-    return f"{100 * p:.1f}%"

@@ -49,7 +49,7 @@ class LinePlot(QWidget):
         self.title, self.xlabel, self.ylabel, self.diagonal_label = title, xlabel, ylabel, diagonal_label
         self.series: list[Series] = []
         self.note = ""
-        self.setMinimumSize(300, 260)
+        self.setMinimumSize(280, 200)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def sizeHint(self) -> QSize:  # noqa: N802
@@ -110,12 +110,14 @@ class LinePlot(QWidget):
         p.drawRect(plot)
         # axis labels
         p.setPen(INK)
-        p.drawText(QRectF(plot.left(), plot.bottom() + lh + 4, plot.width(), lh + 2), Qt.AlignmentFlag.AlignHCenter,
-                   self.xlabel)
+        tw = fm.horizontalAdvance(self.xlabel)
+        tx = min(max(r.left() + 2, plot.center().x() - tw / 2), r.right() - tw - 2)
+        p.drawText(QPointF(tx, plot.bottom() + lh + 4 + fm.ascent()), self.xlabel)
         p.save()
         p.translate(r.left() + 2, plot.center().y())
         p.rotate(-90)
-        p.drawText(QRectF(-plot.height() / 2, 0, plot.height(), lh + 2), Qt.AlignmentFlag.AlignHCenter, self.ylabel)
+        yw = max(plot.height(), fm.horizontalAdvance(self.ylabel) + 4)
+        p.drawText(QRectF(-yw / 2, 0, yw, lh + 2), Qt.AlignmentFlag.AlignHCenter, self.ylabel)
         p.restore()
         if self.note:
             p.setPen(MUTED)
@@ -173,11 +175,10 @@ class LinePlot(QWidget):
 
 class RocPlot(LinePlot):
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("ROC curves by skin type", "1 − specificity (false-positive rate)",
-                         "Sensitivity (true-positive rate)", "chance", parent)
+        super().__init__("ROC curves by skin type", "1 − specificity", "Sensitivity", "chance", parent)
 
 
 class CalibrationPlot(LinePlot):
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__("Calibration (10 bins)", "Mean malignancy score in bin", "Observed malignant fraction",
-                         "perfect", parent)
+        super().__init__("Calibration (10 bins)", "Mean predicted score", "Observed malignant rate", "perfect",
+                         parent)

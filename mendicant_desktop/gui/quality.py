@@ -32,15 +32,14 @@ _SKIN_SIDE = 128
 
 
 def _area_downsample(img: np.ndarray, side: int) -> np.ndarray:
-    """Integer box-average downsample so the longest side is <= ``side`` (float32)."""
+    """Integer box-average downsample (Pillow ``reduce``, fast) so the longest side is <= ``side``; float32."""
     h, w = img.shape[:2]
     k = max(1, int(math.ceil(max(h, w) / side)))
     if k == 1:
         return img.astype(np.float32)
-    hh, ww = (h // k) * k, (w // k) * k
-    x = img[:hh, :ww].astype(np.float32)
-    shape = (hh // k, k, ww // k, k) + img.shape[2:]
-    return x.reshape(shape).mean(axis=(1, 3))
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).reduce(k), dtype=np.float32)
 
 
 def laplacian_variance(rgb: np.ndarray) -> float:
@@ -73,10 +72,14 @@ def skin_like_fraction(rgb: np.ndarray) -> tuple[float, float]:
     return float(skin.mean()), float(black.mean())
 
 
-def image_warnings(rgb: np.ndarray) -> list[str]:
-    """Plain-language warnings about the input image itself (empty list when none apply)."""
+def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None) -> list[str]:
+    """Plain-language warnings about the input image itself (empty list when none apply).
+
+    ``rgb`` may be a downscaled copy (>= ~512 px, the scale the checks work at); ``original_size`` (H, W) is
+    then the decoded image's size, for the "too small" check.
+    """
     out: list[str] = []
-    h, w = rgb.shape[:2]
+    h, w = original_size if original_size is not None else rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         out.append(
             f"Image too small ({w}×{h} px): the model works at 254×254 and had to enlarge it; fine detail "

@@ -19,6 +19,7 @@ from PySide6.QtCore import QMarginsF, QSizeF, QUrl
 from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
 
 from mendicant_desktop import __version__
+from mendicant_desktop.cli.writers import COLUMNS, METADATA_COLUMNS, PROB_COLUMNS
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
 from mendicant_desktop.core.saliency import overlay
 
@@ -27,13 +28,11 @@ from .cases import Case
 from .pipeline import downscale
 from .qtutil import rgb_to_qimage
 
-#: The batch CSV's columns (issue 4), in order; the GUI appends its own columns after them.
-BATCH_COLUMNS = (
-    "image", "status", "error", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC", "malignancy", "top_class",
-    "risk", "fst_estimate", "ita", "skin_fraction", "width", "height", "sha256", "model", "model_sha256",
-)
-GUI_COLUMNS = ("threshold", "fst_override", "fst_used", "age", "sex", "site", "warnings", "scored_at")
-_ISIC = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
+#: The batch CSV's columns (``--batch``), in order; the GUI appends its own columns after them, starting with
+#: the batch mode's ``--metadata`` columns.
+BATCH_COLUMNS: tuple[str, ...] = COLUMNS
+GUI_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "threshold", "fst_override", "fst_used", "warnings", "scored_at")
+_ISIC = dict(PROB_COLUMNS)
 
 
 def case_row(case: Case) -> dict[str, str]:
@@ -59,8 +58,8 @@ def case_row(case: Case) -> dict[str, str]:
     row["fst_override"] = case.fst_override or ""
     row["fst_used"] = case.fst if case.status == "done" else ""
     m = case.metadata
-    row["age"] = "" if m.age is None else f"{m.age:g}"
-    row["sex"], row["site"] = m.sex, m.site
+    row["meta_age"] = "" if m.age is None else f"{m.age:g}"
+    row["meta_sex"], row["meta_site"] = m.sex, m.site
     row["warnings"] = " | ".join(case.warnings)
     row["scored_at"] = case.scored.isoformat(timespec="seconds") if case.scored else ""
     return row
@@ -122,49 +121,55 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
     m = c.metadata
     head, detail = text.skin_text(c.skin, c.fst_override, d.skin_enabled)
     risk_col = "#b3261e" if pred is not None and pred.risk == "high" else "#2e7d32"
+    mono = "font-family: monospace; font-size: 7.5pt"
+    h3 = "style='margin-top:10px; margin-bottom:4px'"
     parts = [
         "<html><body style='font-family: sans-serif; font-size: 9.5pt; color:#1d2733'>",
         "<h2 style='margin:0'>MENDICANT — case report</h2>",
-        f"<p style='color:#5b6673; margin-top:2px'>Generated {now:%Y-%m-%d %H:%M} · MENDICANT Desktop {e(__version__)}</p>",
+        f"<p style='color:#5b6673; margin-top:2px; margin-bottom:6px'>Generated {now:%Y-%m-%d %H:%M} · "
+        f"MENDICANT Desktop {e(__version__)}</p>",
         "<table width='100%' cellpadding='6' style='background:#fff4e0; border:1px solid #e0b060'><tr><td>"
         f"<b>{e(text.DISCLAIMER)}</b></td></tr></table>",
-        "<h3>Image</h3>",
-        f"<p><b>File:</b> {e(c.source)}<br><b>Size:</b> {c.width} × {c.height} px &nbsp; "
-        f"<b>sha256:</b> <span style='font-family: monospace; font-size: 8pt'>{e(c.sha256)}</span></p>",
-        "<table cellspacing='8'><tr><td align='center'><img src='mendicant://image' width='300'><br>Original</td>",
+        "<table cellpadding='2' cellspacing='0' style='margin-top:8px'>",
+        f"<tr><td style='color:#5b6673'>Image</td><td>{e(c.source)} ({c.width} × {c.height} px)</td></tr>",
+        f"<tr><td style='color:#5b6673'>Image sha256</td><td style='{mono}'>{e(c.sha256)}</td></tr>",
+        f"<tr><td style='color:#5b6673; padding-right:10px'>Model</td><td><b>{e(d.model_name)}</b> version "
+        f"{e(d.model_version)} (file verified against its card's sha256 when loaded)</td></tr>",
+        f"<tr><td style='color:#5b6673'>Model sha256</td><td style='{mono}'>{e(d.model_sha256)}</td></tr>",
+        "</table>",
+        "<table cellspacing='6' style='margin-top:4px'><tr><td align='center'><img src='mendicant://image' "
+        "width='290'><br>Original</td>",
     ]
     if d.overlay_img is not None:
         target = pred.cam_target or pred.top_class if pred is not None else ""
-        parts.append(f"<td align='center'><img src='mendicant://overlay' width='300'><br>Grad-CAM ({e(d.colormap)}) "
+        parts.append(f"<td align='center'><img src='mendicant://overlay' width='290'><br>Grad-CAM ({e(d.colormap)}) "
                      f"for {e(text.class_label(target)) if target != 'malignancy' else 'the malignancy score'}</td>")
     parts.append("</tr></table>")
     if pred is not None:
         parts += [
-            "<h3>Assessment</h3>",
-            f"<p style='font-size: 11pt'><b style='color:{risk_col}'>Malignancy score {100 * pred.malignancy:.1f}% — "
-            f"{pred.risk.upper()} band</b> (operating threshold {100 * pred.threshold:.0f}%)</p>",
-            f"<p>{e(text.summary(pred, c.warnings))}</p>",
-            "<table cellpadding='3' cellspacing='0' border='0'>"
+            f"<h3 {h3}>Assessment</h3>",
+            f"<p style='font-size: 11pt; margin:0'><b style='color:{risk_col}'>Malignancy score "
+            f"{100 * pred.malignancy:.1f}% — {pred.risk.upper()} band</b> (operating threshold "
+            f"{100 * pred.threshold:.0f}%)</p>",
+            f"<p style='margin-top:4px'>{e(text.summary(pred, c.warnings))}</p>",
+            "<table cellpadding='2' cellspacing='0' border='0'>"
             "<tr><th align='left'>Class</th><th align='left'>Code</th><th align='right'>Probability</th><th></th></tr>",
             *rows,
-            "</table><p style='color:#5b6673; font-size: 8pt'>* counted in the malignancy score "
+            "</table><p style='color:#5b6673; font-size: 8pt; margin-top:2px'>* counted in the malignancy score "
             "(melanoma + basal cell carcinoma + actinic keratosis / intraepithelial carcinoma).</p>",
         ]
     if c.warnings:
-        parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{e(w)}</li>" for w in c.warnings) + "</ul>")
+        parts.append(f"<h3 {h3}>Warnings</h3><ul style='margin-top:0'>" + "".join(f"<li>{e(w)}</li>" for w in c.warnings)
+                     + "</ul>")
     parts += [
-        "<h3>Patient details and skin type</h3>",
-        "<table cellpadding='3'>",
-        f"<tr><td><b>Age</b></td><td>{'not given' if m.age is None else f'{m.age:g} years'}</td></tr>",
-        f"<tr><td><b>Sex</b></td><td>{e(text.SEX_LABELS.get(m.sex, m.sex))}</td></tr>",
-        f"<tr><td><b>Body site</b></td><td>{e(text.SITE_LABELS.get(m.site, m.site))}</td></tr>",
-        f"<tr><td><b>Skin type</b></td><td>{e(head)}{('<br>' + e(detail)) if detail else ''}</td></tr>",
+        f"<h3 {h3}>Patient details and skin type</h3>",
+        "<table cellpadding='2'>",
+        f"<tr><td style='color:#5b6673; padding-right:10px'>Age</td><td>{'not given' if m.age is None else f'{m.age:g} years'}</td>"
+        f"<td style='color:#5b6673; padding-left:24px; padding-right:10px'>Sex</td><td>{e(text.SEX_LABELS.get(m.sex, m.sex))}</td>"
+        f"<td style='color:#5b6673; padding-left:24px; padding-right:10px'>Body site</td><td>{e(text.SITE_LABELS.get(m.site, m.site))}</td></tr>",
         "</table>",
-        "<h3>Model</h3>",
-        f"<p><b>{e(d.model_name)}</b> version {e(d.model_version)}<br>"
-        f"sha256 <span style='font-family: monospace; font-size: 8pt'>{e(d.model_sha256)}</span><br>"
-        "The model file was verified against this hash when it was loaded.</p>",
-        f"<p style='color:#5b6673; font-size: 8pt'>{e(text.DISCLAIMER)}</p>",
+        f"<p style='margin-top:4px'><b>Skin type:</b> {e(head)}{('<br>' + e(detail)) if detail else ''}</p>",
+        f"<p style='color:#5b6673; font-size: 8pt; margin-top:10px'>{e(text.DISCLAIMER_SHORT)}</p>",
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -176,7 +181,7 @@ def write_pdf(d: ReportData, path: str | os.PathLike) -> Path:
     writer = QPdfWriter(str(p))
     writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
     writer.setPageMargins(QMarginsF(15, 15, 15, 15), QPageLayout.Unit.Millimeter)
-    writer.setResolution(150)
+    writer.setResolution(96)  # the document's px and pt then match a screen's; images keep their pixels
     writer.setTitle(f"MENDICANT case report — {d.case.name}")
     writer.setCreator(f"MENDICANT Desktop {__version__}")
     doc = QTextDocument()

@@ -83,16 +83,18 @@ class Services(QObject):
         self._op = BackgroundOp(self, op=op, success=done).failure(failed).run_in_background()
 
     def _on_setting(self, key: str) -> None:
-        if key == "inference/threads" and self.bundle is not None and self.engine is not None:
-            if self.engine.threads != self.settings.threads:
-                bundle, threads = self.bundle, self.settings.threads
+        if key != "inference/threads" or self.bundle is None or self.engine is None:
+            return
+        if self.engine.threads == self.settings.threads:
+            return
+        bundle, threads = self.bundle, self.settings.threads
 
-                def op(ctx):
-                    return Engine(bundle, threads=threads)
+        def op(ctx):
+            return Engine(bundle, threads=threads)
 
-                def done(engine) -> None:
-                    self.engine = engine
-                    self.engineChanged.emit(engine)
+        def done(engine) -> None:
+            self.engine = engine
+            self.engineChanged.emit(engine)
 
-                BackgroundOp(self, op=op, success=done).failure(
-                    lambda e: self.modelFailed.emit(f"could not restart the engine: {e}")).run_in_background()
+        BackgroundOp(self, op=op, success=done).failure(
+            lambda e: self.modelFailed.emit(f"could not restart the engine: {e}")).run_in_background()

@@ -12,6 +12,7 @@ Location, first match wins:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -79,10 +80,8 @@ class AppSettings(QObject):
     def __init__(self, path: str | os.PathLike | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.path = Path(path) if path is not None else settings_path()
-        try:
+        with contextlib.suppress(OSError):  # read-only location: QSettings still works in memory
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass  # read-only location: QSettings still works in memory; status() reports it
         self._qs = QSettings(str(self.path), QSettings.Format.IniFormat)
         self.defaults = Defaults(threads=default_threads())
 

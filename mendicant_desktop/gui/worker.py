@@ -14,6 +14,7 @@ always run on the GUI thread, and are skipped if ``parent`` has been destroyed m
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import traceback
 from collections.abc import Callable
@@ -100,10 +101,8 @@ class Worker(QRunnable):
         except CancelledError:
             self.signals.cancelled.emit()
         except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing crashes the app
-            try:
+            with contextlib.suppress(Exception):  # exotic exception types without __dict__
                 exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
-            except Exception:  # pragma: no cover - exotic exception types without __dict__
-                pass
             self.signals.error.emit(exc)
         finally:
             self.signals.finished.emit()

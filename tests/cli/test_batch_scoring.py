@@ -187,15 +187,14 @@ def test_vanished_unreadable_and_skipped_inputs(tmp_path, engine, monkeypatch):
                 os.unlink(item.path)  # removed after it was found, before it was read
             yield item
 
-    real_open = open
+    real_open = os.open
 
-    def fake_open(file, mode="r", *a, **k):  # root reads chmod-000 files: simulate the refusal
-        if str(file).endswith("img2.jpg") and "b" in mode:
+    def fake_open(file, flags, *a, **k):  # root reads chmod-000 files: simulate the refusal
+        if str(file).endswith("img2.jpg"):
             raise PermissionError(13, "Permission denied")
-        return real_open(file, mode, *a, **k)
+        return real_open(file, flags, *a, **k)
 
-    monkeypatch.setattr(scoring, "open", fake_open, raising=False)
-    skip_sha = set()
+    monkeypatch.setattr(os, "open", fake_open)
     first = list(score_paths(vanishing(), engine, workers=1, batch_size=2))
     st = {os.path.basename(r["image"]): (r["status"], r["error"]) for r in first}
     assert st["img1.jpg"] == ("error", "file not found (missing or removed)")
@@ -204,6 +203,17 @@ def test_vanished_unreadable_and_skipped_inputs(tmp_path, engine, monkeypatch):
     skip_sha = {r["sha256"] for r in first if r["image"].endswith(("img0.jpg", "img4.jpg"))}
     seen = list(iter_scored([names[0], names[3], names[4]], engine, skip=lambda p, s: s in skip_sha))
     assert [s.skipped for s in seen] == [True, False, True]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_named_like_an_image_does_not_hang(tmp_path, engine):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    assert [i.path for i in iter_inputs([tmp_path])] == []  # special files are not inputs in folders
+    (item,) = iter_inputs([fifo])
+    assert item.error == "not a regular file"
+    (row,) = score_paths([fifo], engine)  # and a raw path is refused without blocking on open
+    assert (row["status"], row["error"]) == ("error", "not a regular file")
 
 
 @pytest.mark.skipif(IS_ROOT, reason="running as root: chmod 000 cannot make a file unreadable")

@@ -1,0 +1,167 @@
+"""GUI benchmark: cold start to a window with the model loaded, and drop-to-result for a 4000x3000 JPEG.
+
+* Cold start: ``python -m mendicant_desktop --exit-when-ready`` in a fresh subprocess (interpreter start,
+  imports, window shown, model verified by sha256 and loaded, one paint), timed from just before the
+  process is spawned to its "ready" line. Several runs; the median is reported. Target <= 2.5 s.
+* Drop to result: in one process, the real main window with the model loaded receives a real drop event
+  of a 4000x3000 photo-like JPEG (a new file each time); timed until the case view has displayed the
+  result with its heat map and the window has painted it. Target <= 300 ms.
+
+Both use the offscreen Qt platform unless a display is set. Run:
+    python benchmarks/gui_benchmark.py [--model CARD.json] [--runs 7]
+Without --model/MENDICANT_MODEL the bundled model is used, or the tiny test model when none is bundled
+(then the figures measure the GUI path only, not a real network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+COLD_TARGET_S = 2.5
+DROP_TARGET_MS = 300.0
+
+
+def photo_like_jpeg(path: Path, w: int = 4000, h: int = 3000, seed: int = 0) -> Path:
+    """Skin-coloured, smooth texture with a lesion: compresses like a phone photo (~2-4 MB)."""
+    rng = np.random.default_rng(seed)
+    small = rng.normal(0, 1, (h // 40, w // 40, 3)).astype(np.float32)
+    tex = np.asarray(Image.fromarray(np.clip(128 + 40 * small, 0, 255).astype(np.uint8)).resize(
+        (w, h), Image.Resampling.BICUBIC), dtype=np.float32) - 128
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.hypot((yy - h / 2) / h, (xx - w / 2) / w)
+    lesion = (r < 0.12)[..., None]
+    base = np.where(lesion, np.array([95, 62, 48], np.float32), np.array([214, 170, 146], np.float32))
+    img = base + 0.35 * tex + rng.normal(0, 3, (h, w, 3)).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=92)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def resolve_model(arg: str | None, tmp: Path) -> tuple[str, str]:
+    """(card path, description)."""
+    from mendicant_desktop.core.bundle import default_model_card
+    from mendicant_desktop.core.errors import ModelVerificationError
+
+    if arg:
+        return arg, "given"
+    if os.environ.get("MENDICANT_MODEL"):
+        return os.environ["MENDICANT_MODEL"], "MENDICANT_MODEL"
+    try:
+        return str(default_model_card()), "bundled"
+    except ModelVerificationError:
+        from tests.support.tiny_model import build_tiny_bundle
+
+        return str(build_tiny_bundle(tmp / "tiny")), "tiny test model (no bundled model yet)"
+
+
+def cold_start(card: str, runs: int, tmp: Path) -> list[float]:
+    env = {**os.environ, "MENDICANT_MODEL": card, "MENDICANT_CONFIG_DIR": str(tmp / "cfg")}
+    if sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
+        env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "mendicant_desktop", "--exit-when-ready"], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = ""
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith(("ready", "not ready")):
+                break
+        t = time.perf_counter() - t0
+        proc.wait(timeout=60)
+        if not line.startswith("ready"):
+            raise SystemExit(f"cold start failed: {line.strip()} {proc.stderr.read() if proc.stderr else ''}")
+        times.append(t)
+    return times
+
+
+def drop_to_result(card: str, runs: int, tmp: Path) -> tuple[list[float], dict[str, float]]:
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    from mendicant_desktop.gui.app import _wait, build_window, create_app
+
+    app = create_app()
+    services, win = build_window(tmp / "settings.ini", card)
+    win.resize(1280, 800)
+    win.show()
+    if not _wait(app, lambda: services.engine is not None or services.error is not None, 120):
+        raise SystemExit("model did not load")
+    if services.engine is None:
+        raise SystemExit(f"model failed: {services.error}")
+    shown: list = []
+    win.assess.view.resultShown.connect(shown.append)
+    files = [photo_like_jpeg(tmp / f"photo {i}.jpg", seed=i) for i in range(runs + 1)]
+    size_mb = files[0].stat().st_size / 1e6
+    times = []
+    for i, f in enumerate(files):
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(f))])
+        n_before = len(shown)
+        win.assess.clear()  # each drop becomes the first, selected case, as in real use
+        app.processEvents()
+        QApplication.sendEvent(win, QDragEnterEvent(QPointF(300, 300), Qt.DropAction.CopyAction, mime,
+                                                    Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+        t0 = time.perf_counter()
+        QApplication.sendEvent(win, QDropEvent(QPointF(300, 300), Qt.DropAction.CopyAction, mime,
+                                               Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+        case = win.assess.model.cases[-1]
+        ok = _wait(app, lambda c=case, n=n_before: c.status == "error" or (len(shown) > n and shown[-1] is c), 60)
+        if not ok or case.status == "error":
+            raise SystemExit(f"drop failed: {case.error or 'timeout'}")
+        win.repaint()  # the displayed result, painted
+        t = time.perf_counter() - t0
+        if i > 0:  # the first drop warms caches (allocators, Qt image plugins)
+            times.append(t)
+    win.close()
+    return times, {"jpeg_mb": size_mb}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="model card .json (default: $MENDICANT_MODEL, the bundled model, or tiny)")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--skip-cold", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mendicant-gui-bench-") as d:
+        tmp = Path(d)
+        card, how = resolve_model(args.model, tmp)
+        from mendicant_desktop.core.bundle import ModelCard
+
+        c = ModelCard.load(card)
+        print(f"model: {c.name} {c.version} ({how}); {os.cpu_count()} CPU cores; "
+              f"QT_QPA_PLATFORM={os.environ.get('QT_QPA_PLATFORM', 'default')}")
+        if not args.skip_cold:
+            cold = cold_start(card, args.runs, tmp)
+            med = statistics.median(cold)
+            print(f"cold start to window with model loaded: median {med:.2f} s over {len(cold)} runs "
+                  f"(min {min(cold):.2f}, max {max(cold):.2f}; first {cold[0]:.2f}) — target <= {COLD_TARGET_S} s: "
+                  f"{'MET' if med <= COLD_TARGET_S else 'MISSED'}")
+        drops, info = drop_to_result(card, args.runs, tmp)
+        med = 1000 * statistics.median(drops)
+        print(f"drop-to-result, 4000x3000 JPEG ({info['jpeg_mb']:.1f} MB): median {med:.0f} ms over {len(drops)} "
+              f"runs (min {1000 * min(drops):.0f}, max {1000 * max(drops):.0f}) — target <= {DROP_TARGET_MS:.0f} ms: "
+              f"{'MET' if med <= DROP_TARGET_MS else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

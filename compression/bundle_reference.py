@@ -1,0 +1,232 @@
+"""The first bundled model: the reference network as INT8 static QDQ, with a model card computed by code.
+
+``python -m compression.bundle_reference [--name N] [--version V] [--method minmax|percentile|entropy]``
+
+1. Data: the main run's decoded index (``compression.data``; built if missing) with its train/val split.
+2. Calibration: FST-balanced (``compression.quantize.fst_balanced_selection``) over the *train* split of
+   the ISIC dermoscopy pools (ham10000 + external-train), ``--per-group`` images per FST group (ITA
+   estimate), V-VI taken twice: >= 128 distinct real dermoscopy images.
+3. INT8 static QDQ (per-channel weights, head + Softmax FP32) of the FP32 export in the models cache.
+4. FP32 and INT8 on every image of ``../shared/data`` (agreement, feature SQNR; predictions cached).
+5. Threshold on the train split of the non-HAM pools (:func:`compression.card.choose_threshold`), metrics on
+   the validation split (:func:`compression.card.card_metrics`), provenance, card via
+   :func:`mendicant_desktop.core.bundle.make_card`.
+6. Staged in a temp folder, then moved into ``resources/models/`` (card last), verified with
+   ``ModelBundle.load`` and an ``Engine`` prediction on a real image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mendicant_desktop.core.bundle import make_card, sha256_file, write_card
+
+from .card import (
+    INTENDED_USE,
+    LIMITATIONS,
+    MIN_SENSITIVITY,
+    agreement_block,
+    build_provenance,
+    card_metrics,
+    choose_threshold,
+    joint_pass,
+)
+from .quantize import calibration_positions, probs_stepped, quantize_int8_static
+from .validate import EvalSet, malignancy, store_predictions
+
+__all__ = ["DEFAULT_NAME", "DEFAULT_VERSION", "build_first_model", "main"]
+
+DEFAULT_NAME = "mendicant-xception-ref-int8"
+DEFAULT_VERSION = "0.1.0"
+REPO = Path(__file__).resolve().parents[1]
+DERMOSCOPY_POOLS = ("ham10000", "external")
+
+
+def _write_calibration_csv(path: Path, records: list[Any], positions: np.ndarray) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["order", "relpath", "sha256", "pool", "dx", "fst", "fst_source"])
+    for k, i in enumerate(positions):
+        r = records[int(i)]
+        w.writerow([k, r.relpath, r.sha256, r.pool, r.dx, r.fst, r.fst_source])
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _verify(card_path: Path, shared: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    from mendicant_desktop.core.bundle import ModelBundle
+    from mendicant_desktop.core.inference import Engine
+    from mendicant_desktop.core.preprocess import load_image
+
+    bundle = ModelBundle.load(card_path)
+    engine = Engine(bundle, threads=2)
+    img = sorted((shared / "isic_dermoscopy" / "images").glob("*.jpg"))[0]
+    pred = engine.predict(load_image(img), None, cam=True)[0]
+    log(f"verify: ModelBundle.load + Engine OK on {img.name}: top {pred.top_class}, malignancy "
+        f"{pred.malignancy:.3f}, risk {pred.risk}, cam {None if pred.cam is None else pred.cam.shape}")  # fmt: skip
+    return {"image": img.name, "top_class": pred.top_class, "malignancy": float(pred.malignancy)}
+
+
+def build_first_model(
+    *,
+    name: str = DEFAULT_NAME,
+    version: str = DEFAULT_VERSION,
+    out_dir: Path | None = None,
+    method: str = "minmax",
+    per_group: int = 48,
+    teacher: Path | None = None,
+    threads: int = 2,
+    n_boot: int = 1000,
+    log: Callable[[str], None] = print,
+) -> Path:
+    from .config import load_config
+    from .data import build_data
+    from .export import default_models_dir, export_reference_fp32, head_npz_path
+
+    t0 = time.time()
+    out_dir = Path(out_dir) if out_dir else REPO / "resources" / "models"
+    cfg = load_config()
+    teacher = Path(teacher) if teacher else default_models_dir() / "reference_fp32.onnx"
+    if not teacher.is_file():
+        log(f"exporting the FP32 reference to {teacher}")
+        export_reference_fp32(teacher)
+    index = build_data(cfg, cfg.run_dir(), log=log)
+    records = index.records
+    from .data import shared_data_dir
+
+    shared = shared_data_dir(cfg)
+    pos, man = calibration_positions(cfg, index, per_group=per_group, pools=DERMOSCOPY_POOLS)
+    if man["n_distinct"] < 128:
+        raise RuntimeError(f"only {man['n_distinct']} distinct calibration images (need >= 128)")
+    log(f"calibration: {man['n']} images ({man['n_distinct']} distinct dermoscopy, train split): "
+        + ", ".join(f"{g} {c['taken']}" for g, c in man["per_group"].items()))  # fmt: skip
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir if out_dir.is_dir() else None))
+    try:
+        onnx_path = stage / f"{name}.onnx"
+        quantize_int8_static(teacher, onnx_path, index.images, index.meta, pos, method=method, per_channel=True,
+                             head_fp32=True, log=log)  # fmt: skip
+        calib_csv = stage / f"{name}.calibration.csv"
+        _write_calibration_csv(calib_csv, records, pos)
+
+        # FP32 and INT8 on every image (agreement), both cached for the gate.
+        all_pos = np.arange(len(records))
+        log(f"scoring all {len(records)} images with FP32 and INT8 ...")
+        from .validate import prediction_cache_dir
+
+        jcache = prediction_cache_dir() / f"joint_{sha256_file(teacher)[:16]}_{sha256_file(onnx_path)[:16]}.npz"
+        if jcache.is_file():
+            with np.load(jcache) as z:
+                p_ref, p_q, f_sig, f_noise = z["p_ref"], z["p_q"], float(z["f_sig"]), float(z["f_noise"])
+            log(f"  (reusing {jcache})")
+        else:
+            p_ref, p_q, f_sig, f_noise = joint_pass(teacher, onnx_path, index.images, index.meta, all_pos,
+                                                    threads=threads, log=log)  # fmt: skip
+            jcache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(jcache, p_ref=p_ref, p_q=p_q, f_sig=f_sig, f_noise=f_noise)
+        es = EvalSet(records=records, images=index.images, meta=np.asarray(index.meta), source="all")
+        keys = es.keys()
+        store_predictions(sha256_file(teacher), keys, p_ref)
+        store_predictions(sha256_file(onnx_path), keys, p_q)
+        if probs_stepped(p_q):
+            raise RuntimeError("INT8 probabilities are stepped in 1/255: the Softmax was quantized")
+        agree = agreement_block(p_ref, p_q, records, f_sig, f_noise)
+        log(f"agreement: top-1 {agree['top1_agreement']:.4f}, max|dp| {agree['max_abs_diff_probs']:.4f}, "
+            f"SQNR probs {agree['sqnr_db_probs']:.1f} dB, features {agree['sqnr_db_features']:.1f} dB (n={agree['n']})")
+
+        # Threshold on the train split of the non-HAM pools (never on the validation split).
+        thr_idx = [k for k, r in enumerate(records) if r.split == "train" and r.pool in ("external", "pad")]
+        y = np.array([records[k].malignant for k in thr_idx])
+        thr = choose_threshold(malignancy(p_q[thr_idx]), y, MIN_SENSITIVITY)
+        thr["chosen_on"] = ("train split of the ISIC external pool and PAD (the pools the app meets; the ham10000 "
+                            "pool is excluded because the teacher was trained on it), INT8 model's scores")  # fmt: skip
+        log(f"threshold: {thr['threshold']:.4f} (sensitivity {thr['sensitivity']:.3f}, specificity "
+            f"{thr['specificity']:.3f} on n={thr['n']})")
+        metrics = card_metrics(p_q, p_ref, records, threshold_info=thr,
+                               calibration_relpaths=[records[int(i)].relpath for i in pos],
+                               agreement_info=agree, seed=cfg.run.seed, n_boot=n_boot)  # fmt: skip
+        log("metrics: " + metrics["summary"])
+        calibration = {k: v for k, v in man.items() if k != "images"}
+        calibration.update({
+            "method": method,
+            "source": "real dermoscopy images only: train split of the ISIC ham10000 and external pools "
+                      "(never validation images, never PAD)",
+            "balancing": f"FST-balanced: up to {per_group} images per Fitzpatrick group I-VI (ITA estimate of the "
+                         f"engine; 'unknown' not drawn), groups V-VI taken {cfg.quantize.rare_group_repeat}x",
+            "manifest_file": calib_csv.name,
+            "manifest_file_sha256": sha256_file(calib_csv),
+        })  # fmt: skip
+        quantization = {
+            "format": "ONNX QDQ, INT8 static",
+            "tool": "onnxruntime.quantization.quant_pre_process + quantize_static (CalibrationDataReader)",
+            "weights": "int8, symmetric, per channel",
+            "activations": "uint8, asymmetric, per tensor",
+            "fp32_parts": "head (/head/*: metadata branch and MLP), the global average pool feeding it, Softmax",
+            "calibration_method": method,
+            "checked": "no QuantizeLinear/DequantizeLinear in the head; probabilities not stepped in 1/255",
+        }
+        prov = build_provenance(records=records, calibration=calibration, quantization=quantization, cfg=cfg,
+                                teacher_sha256=sha256_file(teacher), teacher_file=teacher.name)  # fmt: skip
+        head = stage / f"{name}.head.npz"
+        if not head.is_file():
+            shutil.copyfile(head_npz_path(teacher), head)
+        card = make_card(name=name, version=version, model_path=onnx_path, head_path=head,
+                         threshold=thr["threshold"], metrics=metrics, provenance=prov,
+                         extra={"intended_use": INTENDED_USE, "limitations": LIMITATIONS,
+                                "documentation": "docs/model_card.md"})  # fmt: skip
+        write_card(card, stage / f"{name}.json")
+
+        # Move into place: remove other bundled models' files first (one model only), card last.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob("*.json"):
+            if old.name != f"{name}.json":
+                log(f"note: another card is bundled ({old.name}); leaving it, set MENDICANT_MODEL to choose")
+        for f in (onnx_path, head, calib_csv):
+            os.replace(f, out_dir / f.name)
+        card_path = out_dir / f"{name}.json"
+        os.replace(stage / f"{name}.json", card_path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    _verify(card_path, shared, log)
+    log(f"first model: {card_path} ({(out_dir / f'{name}.onnx').stat().st_size / 1e6:.1f} MB) "
+        f"in {time.time() - t0:.0f}s")
+    return card_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compression.bundle_reference", description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--version", default=DEFAULT_VERSION)
+    p.add_argument("--out-dir", type=Path, default=None, help="default: resources/models")
+    p.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"))
+    p.add_argument("--per-group", type=int, default=48)
+    p.add_argument("--teacher", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ready-file", default=None, help="write the card path here when done")
+    a = p.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+    card = build_first_model(name=a.name, version=a.version, out_dir=a.out_dir, method=a.method,
+                             per_group=a.per_group, teacher=a.teacher, threads=a.threads, log=log)  # fmt: skip
+    if a.ready_file:
+        Path(a.ready_file).write_text(str(card.resolve()) + "\n", encoding="utf-8")
+    print(json.dumps({"card": str(card)}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

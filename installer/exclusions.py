@@ -1,0 +1,155 @@
+"""What the PyInstaller bundle leaves out, in one table shared by ``build.spec`` and
+``benchmarks/bundle_size.py`` (which measures the megabytes each group saves).
+
+Two kinds of exclusion:
+
+* ``MODULE_EXCLUDES`` -- Python packages/modules passed to ``Analysis(excludes=...)``: the module graph
+  never follows them, so neither their code nor the shared libraries they pull in reach the bundle.
+* ``FILE_RULES`` -- files that PyInstaller's stock hooks collect for the packages we *do* use (Qt plugins,
+  Qt translations, the GTK3 theme ...) but that this app never loads. ``build.spec`` drops them from
+  the Analysis TOCs and writes what it dropped, with sizes, to ``<workpath>/excluded-files.json``.
+
+Every rule is documented with the reason it is safe; ``tests/packaging/test_frozen.py`` proves the result
+still runs (GUI self-test offscreen, batch, version).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+# --- Python modules ----------------------------------------------------------------------------------
+# group name -> (reason, [module names]). Group names are what the size benchmark reports.
+MODULE_EXCLUDES: dict[str, tuple[str, list[str]]] = {
+    "torch (+ torchvision/triton/sympy/networkx)": (
+        "developer-side only (compression/); the app runs ONNX through onnxruntime",
+        ["torch", "torchvision", "torchaudio", "triton", "functorch", "torch_pruning", "captum",
+         "sympy", "mpmath", "networkx"],
+    ),
+    "keras / tensorflow / h5py": (
+        "the Keras reference model is only used to port weights (compression/keras_oracle.py)",
+        ["keras", "tensorflow", "tf_keras", "h5py", "jax", "jaxlib", "ml_dtypes", "optree", "namex"],
+    ),
+    "onnx tooling (onnx, onnxscript, onnxslim, ort quantization/transformers/tools)": (
+        "export/quantization happen at build time; at run time only onnxruntime's inference core is needed",
+        ["onnx", "onnxscript", "onnx_ir", "onnxslim", "onnxruntime.quantization", "onnxruntime.transformers",
+         "onnxruntime.tools", "onnxruntime.training", "onnxruntime.backend", "onnxruntime.datasets"],
+    ),
+    "compression + tests (this repo)": (
+        "developer-side pipeline and the test suite are never shipped",
+        ["compression", "tests", "benchmarks"],
+    ),
+    "scientific stack not used at run time (scipy, pandas, sklearn, skimage, matplotlib, fairlearn)": (
+        "test/benchmark dependencies; the engine is numpy + Pillow + onnxruntime only",
+        ["scipy", "pandas", "sklearn", "skimage", "matplotlib", "fairlearn", "numba", "llvmlite",
+         "imageio", "tifffile", "lazy_loader", "pyarrow"],
+    ),
+    "dev tools (pytest, IPython, setuptools, pip, import-linter, ruff, PyYAML)": (
+        "never imported by the app (numpy.show_config imports yaml optionally)",
+        ["pytest", "_pytest", "pytestqt", "pluggy", "IPython", "jedi", "parso", "setuptools", "pkg_resources",
+         "pip", "importlinter", "grimp", "ruff", "wheel", "docutils", "sphinx", "jinja2", "markupsafe",
+         "psutil", "cpuinfo", "py3nvml", "coloredlogs", "humanfriendly", "packaging", "fsspec", "filelock",
+         "yaml", "_yaml"],
+    ),
+    "stdlib extras (ssl/libssl, tkinter, unittest, pydoc, distutils, lib2to3, xmlrpc, sqlite3, curses)": (
+        "no network (so no TLS), no Tk, no test runner, no XML-RPC, no database in the frozen app; asyncio, "
+        "http.client and urllib import ssl optionally",
+        ["tkinter", "_tkinter", "turtle", "turtledemo", "idlelib", "unittest", "pydoc", "pydoc_data", "doctest",
+         "distutils", "lib2to3", "xmlrpc", "sqlite3", "ssl", "_ssl", "_sqlite3", "curses", "_curses", "ensurepip", "venv",
+         "test"],
+    ),
+    "numpy/Pillow extras (f2py, AVIF codec, FreeType text, Tk/Qt bridges)": (
+        "build helpers and codecs/bridges the app does not use: inputs are jpg/png/bmp/gif/tiff/webp (no AVIF), "
+        "text is drawn by Qt (no PIL.ImageFont), Qt images are built from numpy (no PIL.ImageQt)",
+        ["numpy.f2py", "numpy.distutils", "numpy._pyinstaller", "PIL.ImageTk", "PIL._tkinter_finder",
+         "PIL._imagingtk", "PIL.ImageQt", "PIL._avif", "PIL.AvifImagePlugin", "PIL._imagingft"],
+    ),
+    "unused Qt modules": (
+        "the GUI uses QtCore, QtGui, QtWidgets (+ the SVG plugins for its icons) only: no QML/Quick, no "
+        "WebEngine, no Multimedia, no 3D, no networking, no SQL, no OpenGL widgets, no Designer/UiTools",
+        [f"PySide6.{m}" for m in (
+            "QtNetwork", "QtNetworkAuth", "QtQml", "QtQmlFeatures", "QtQuick", "QtQuick3D", "QtQuickControls2",
+            "QtQuickTest", "QtQuickWidgets", "QtWebEngineCore", "QtWebEngineWidgets", "QtWebEngineQuick",
+            "QtWebChannel", "QtWebSockets", "QtWebView", "QtHttpServer", "QtMultimedia", "QtMultimediaWidgets",
+            "QtSpatialAudio", "QtTextToSpeech", "Qt3DCore", "Qt3DRender", "Qt3DInput", "Qt3DLogic",
+            "Qt3DExtras", "Qt3DAnimation", "QtCharts", "QtDataVisualization", "QtGraphs", "QtGraphsWidgets",
+            "QtSql", "QtTest", "QtOpenGL", "QtOpenGLWidgets", "QtDesigner", "QtUiTools", "QtHelp", "QtXml",
+            "QtDBus", "QtConcurrent", "QtPrintSupport", "QtBluetooth", "QtNfc", "QtPositioning",
+            "QtLocation", "QtSensors", "QtSerialPort", "QtSerialBus", "QtRemoteObjects", "QtScxml",
+            "QtStateMachine", "QtPdf", "QtPdfWidgets", "QtAxContainer", "QtLabsStyleKit", "QtSvgWidgets",
+        )] + ["PyQt5", "PyQt6", "PySide2", "shiboken2"],
+    ),
+}
+
+
+def module_excludes() -> list[str]:
+    out: list[str] = []
+    for _reason, mods in MODULE_EXCLUDES.values():
+        out.extend(mods)
+    return sorted(set(out))
+
+
+# --- files collected by stock hooks but never loaded ----------------------------------------------------
+# (group, reason, glob patterns on the destination path inside the bundle, '/'-separated). A file is
+# dropped when any pattern matches and no KEEP pattern does.
+_QT = "PySide6/Qt"
+FILE_RULES: list[tuple[str, str, list[str]]] = [
+    ("Qt translations", "the UI is English-only; no .qm catalogue is loaded",
+     [f"{_QT}/translations/*"]),
+    ("Qt plugins: pdf/webp/tiff/tga/wbmp/icns image formats",
+     "images are decoded by Pillow; Qt only needs PNG (built in), JPEG, GIF, ICO and SVG for icons/paste",
+     [f"{_QT}/plugins/imageformats/*qpdf*", f"{_QT}/plugins/imageformats/*qwebp*",
+      f"{_QT}/plugins/imageformats/*qtiff*", f"{_QT}/plugins/imageformats/*qtga*",
+      f"{_QT}/plugins/imageformats/*qwbmp*", f"{_QT}/plugins/imageformats/*qicns*",
+      f"{_QT}/plugins/imageformats/*qmacheif*", f"{_QT}/plugins/imageformats/*qmacjp2*",
+      f"{_QT}/plugins/vectorimageformats/*", f"{_QT}/lib/libQt6Pdf.so*", f"{_QT}/lib/libQt6Quick*.so*",
+      f"{_QT}/lib/libQt6Qml*.so*"]),
+    ("Qt plugins: embedded-device platforms (eglfs, linuxfb, vnc, vkkhrdisplay, minimal)",
+     "clinic laptops run X11 or Wayland (xcb/wayland) and tests run offscreen",
+     [f"{_QT}/plugins/platforms/*qeglfs*", f"{_QT}/plugins/platforms/*qlinuxfb*",
+      f"{_QT}/plugins/platforms/*qvnc*", f"{_QT}/plugins/platforms/*qvkkhrdisplay*",
+      f"{_QT}/plugins/platforms/*qminimal*", f"{_QT}/plugins/egldeviceintegrations/*",
+      f"{_QT}/lib/libQt6EglFSDeviceIntegration.so*", f"{_QT}/lib/libQt6EglFsKmsSupport.so*"]),
+    ("Qt plugins: touch/tablet input, virtual keyboard",
+     "evdev/TUIO input is for kiosk devices (and TUIO pulls QtNetwork); desktops use the windowing system",
+     [f"{_QT}/plugins/generic/*", f"{_QT}/plugins/platforminputcontexts/*qtvirtualkeyboard*"]),
+    ("Qt plugins: networking (tls, networkinformation) + QtNetwork",
+     "the app never opens a socket",
+     [f"{_QT}/plugins/tls/*", f"{_QT}/plugins/networkinformation/*", f"{_QT}/lib/libQt6Network.so*"]),
+    ("Qt plugins: sql drivers, qml tooling, designer",
+     "no database, no QML, no Designer",
+     [f"{_QT}/plugins/sqldrivers/*", f"{_QT}/plugins/qmltooling/*", f"{_QT}/plugins/designer/*",
+      f"{_QT}/plugins/wayland-graphics-integration-server/*", f"{_QT}/lib/libQt6WaylandCompositor*.so*",
+      f"{_QT}/lib/libQt6WaylandEglCompositorHwIntegration.so*"]),
+    ("Qt plugins: GTK3 platform theme (+ the GTK/cairo/pango/glib libraries only it needs)",
+     "the app uses the Fusion style with its own stylesheet; a private copy of glib/cairo/pango beside the "
+     "system GTK is a classic crash source; native file dialogs still come through xdg-desktop-portal",
+     [f"{_QT}/plugins/platformthemes/*qgtk3*"]),
+]
+
+# Never drop these, whatever a pattern says.
+KEEP: list[str] = [
+    f"{_QT}/plugins/platforms/*qxcb*", f"{_QT}/plugins/platforms/*qwayland*",
+    f"{_QT}/plugins/platforms/*qoffscreen*", f"{_QT}/plugins/platforms/*qwindows*",
+    f"{_QT}/plugins/platforms/*qcocoa*", f"{_QT}/plugins/imageformats/*qsvg*",
+    f"{_QT}/plugins/iconengines/*qsvgicon*", f"{_QT}/lib/libQt6Svg.so*",
+]
+
+
+def _norm(dest: str) -> str:
+    return dest.replace("\\", "/")
+
+
+def file_rule_for(dest: str) -> str | None:
+    """The FILE_RULES group that drops the bundle path ``dest``, or None when the file stays."""
+    d = _norm(dest)
+    if any(fnmatch.fnmatch(d, k) for k in KEEP):
+        return None
+    for group, _reason, patterns in FILE_RULES:
+        if any(fnmatch.fnmatch(d, p) for p in patterns):
+            return group
+    return None
+
+
+def all_groups() -> list[tuple[str, str]]:
+    """(group, reason) for every exclusion, modules first (for reports)."""
+    return [(g, r) for g, (r, _m) in MODULE_EXCLUDES.items()] + [(g, r) for g, r, _p in FILE_RULES]

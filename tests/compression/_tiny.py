@@ -1,0 +1,72 @@
+"""Shared helpers of the compression tests: a tiny random Xception-shaped ReferenceNet and fake data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.data import CLASSES, DataIndex, Record
+from compression.reference import ReferenceNet, XceptionWidths
+
+SIZE = 71  # small input: 71 -> 35 -> 33 -> 17 -> 9 -> 5 -> 3 (the same stage structure as 254)
+
+
+def tiny_widths() -> XceptionWidths:
+    return XceptionWidths(stem=(16, 16), entry=((16, 16), (16, 16), (24, 24)), middle=((24, 24), (24, 24)),
+                          block13=(24, 32), block14=(32, 48))  # fmt: skip
+
+
+def tiny_model(seed: int = 0) -> ReferenceNet:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        m = ReferenceNet(tiny_widths())
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for mod in m.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.weight.uniform_(0.5, 1.5, generator=g)
+                    mod.bias.uniform_(-0.2, 0.2, generator=g)
+                    mod.running_mean.uniform_(-0.1, 0.1, generator=g)
+                    mod.running_var.uniform_(0.5, 1.5, generator=g)
+            m.normalization.mean.fill_(127.5)
+            m.normalization.variance.fill_(127.5**2)
+    return m.eval()
+
+
+def inputs(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, SIZE, SIZE, 3, generator=g) * 255
+    meta = torch.zeros(n, 10)
+    meta[:, 2] = 1
+    meta[:, 7] = 1
+    meta[:, 8] = 0.5
+    y = torch.randint(0, len(CLASSES), (n,), generator=g)
+    return x, meta, y
+
+
+def fake_index(tmp: Path, n_train: int = 24, n_val: int = 12, seed: int = 0) -> DataIndex:
+    """A DataIndex of random images with ISIC/PAD-like records (no files needed)."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    fsts = ["I", "II", "III", "IV"]
+    for i in range(n_train + n_val):
+        split = "train" if i < n_train else "val"
+        label = i % len(CLASSES)
+        mal = int(CLASSES[label] in ("mel", "bcc", "akiec"))
+        if i % 3 == 0:
+            recs.append(Record(dataset="isic", pool="external", image=f"i{i}.jpg", relpath=f"i{i}.jpg",
+                               dx="MEL" if i % 2 else "NV", dx7="mel" if i % 2 else "nv",
+                               label=CLASSES.index("mel" if i % 2 else "nv"), malignant=i % 2, split=split))  # fmt: skip
+        else:
+            recs.append(Record(dataset="pad", pool="pad", image=f"p{i}.jpg", relpath=f"p{i}.jpg", dx="X",
+                               dx7=CLASSES[label], label=label, malignant=mal, patient_id=f"P{i}",
+                               fst=fsts[i % 4], fst_source="label", split=split))  # fmt: skip
+    images = (rng.random((len(recs), SIZE, SIZE, 3)) * 255).astype(np.float32)
+    meta = np.zeros((len(recs), 10), np.float32)
+    meta[:, 2] = 1
+    meta[:, 7] = 1
+    meta[:, 8:10] = (0.57, 1)
+    return DataIndex(run_dir=tmp, records=recs, images=images, meta=meta)

@@ -1,0 +1,154 @@
+"""compression.train: KD loss, prefix/suffix split, augmentation, metrics and a tiny trainer run with resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from compression.config import load_config
+from compression.prune import save_student
+from compression.train import (
+    PruningTrainer,
+    augment_image,
+    dihedral,
+    distillation_loss,
+    kd_loss,
+    prefix_forward,
+    stage_names,
+    suffix_forward,
+    val_metrics,
+)
+
+from ._tiny import SIZE, fake_index, inputs, tiny_model
+
+
+def test_kd_loss_hand_case_and_zero() -> None:
+    teacher = torch.tensor([[0.0, math.log(3.0)]])  # p_t = (1/4, 3/4)
+    student = torch.zeros(1, 2)  # p_s = (1/2, 1/2)
+    expected = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert float(kd_loss(student, teacher, 1.0)) == pytest.approx(expected, rel=1e-6)
+    # = cross-entropy(p_t, p_s) - entropy(p_t)
+    ce = -(0.25 * math.log(0.5) + 0.75 * math.log(0.5))
+    ent = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert float(kd_loss(student, teacher, 1.0)) == pytest.approx(ce - ent, rel=1e-6)
+    logits = torch.randn(5, 7)
+    assert float(kd_loss(logits, logits.clone(), 2.0)) == pytest.approx(0.0, abs=1e-6)
+    # T^2 scaling: at T=2 the soft targets are (1/sqrt(3)+...) -> compare against the formula directly
+    t = 2.0
+    pt = torch.softmax(teacher / t, 1)
+    ps = torch.softmax(student / t, 1)
+    assert float(kd_loss(student, teacher, t)) == pytest.approx(float(t * t * (pt * (pt / ps).log()).sum()), rel=1e-6)
+
+
+def test_distillation_loss_parts() -> None:
+    tc = load_config(overrides={"train.label_smoothing": 0.0, "train.kd_weight": 0.5}).train
+    logits = torch.tensor([[2.0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 3.0, 0]])
+    labels = torch.tensor([0, 5])
+    mal = torch.tensor([1, 0])
+    loss, parts = distillation_loss(logits, logits.clone(), labels, mal, tc)
+    ce = float(torch.nn.functional.cross_entropy(logits, labels))
+    assert parts["ce"] == pytest.approx(ce)
+    assert parts["kd"] == pytest.approx(0.0, abs=1e-6)
+    assert float(loss) == pytest.approx(tc.ce_weight * ce + tc.malignant_weight * parts["bce"], rel=1e-5)
+    _, no_teacher = distillation_loss(logits, None, labels, mal, tc)
+    assert "kd" not in no_teacher
+
+
+@pytest.mark.parametrize("through", ["none", "stem", "entry.2", "middle.1", "block13"])
+def test_prefix_suffix_equal_full_forward(through: str) -> None:
+    model = tiny_model()
+    x, meta, _ = inputs(2)
+    with torch.no_grad():
+        feat = prefix_forward(model, x, through)
+        logits, fmap = suffix_forward(model, feat, meta, through)
+        full_logits, full_fmap = model.logits_and_features(x, meta)
+    torch.testing.assert_close(logits, full_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fmap, full_fmap, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_freeze_stage() -> None:
+    with pytest.raises(ValueError, match="not a stage"):
+        prefix_forward(tiny_model(), inputs(1)[0], "middle.9")
+    assert stage_names(tiny_model())[-1] == "block14"
+
+
+def test_augmentation() -> None:
+    img = torch.rand(SIZE, SIZE, 3) * 255
+    a = augment_image(img, torch.Generator().manual_seed(1), 0.08)
+    b = augment_image(img, torch.Generator().manual_seed(1), 0.08)
+    assert torch.equal(a, b) and a.shape == img.shape
+    assert float(a.min()) >= 0 and float(a.max()) <= 255
+    plain = augment_image(img, torch.Generator().manual_seed(3), 0.0)
+    # without jitter the view is a pure dihedral transform: same multiset of pixels
+    assert torch.allclose(plain.sum(), img.sum(), rtol=1e-5)
+    f = torch.randn(4, 5, 5)
+    assert torch.equal(dihedral(dihedral(f, 1, False, (1, 2)), 3, False, (1, 2)), f)
+
+
+def test_val_metrics_by_hand(tmp_path) -> None:
+    cfg = load_config(overrides={"fairness.min_group_n": 2})
+    index = fake_index(tmp_path, n_train=4, n_val=12)
+    pos = index.indices("val")
+    probs = np.full((len(pos), 7), 1 / 7, np.float32)
+    recs = [index.records[i] for i in pos]
+    for k, r in enumerate(recs):  # perfect ranking: malignant rows get a high p(mel)
+        probs[k] = 0.01
+        probs[k, 4] = 0.9 if r.malignant else 0.05
+        probs[k, 5] = 1 - probs[k].sum() + probs[k, 5]
+    m = val_metrics(probs, index, pos, cfg)
+    assert m["pad_auroc"] == pytest.approx(1.0)
+    assert m["isic_external_auroc"] == pytest.approx(1.0)
+    assert m["n"] == 12
+
+
+def test_trainer_runs_checkpoints_and_resumes(tmp_path) -> None:
+    cfg = load_config(overrides={
+        "train.epochs": 2, "train.batch_size": 8, "train.freeze_through": "middle.0", "train.train_views": 2,
+        "fairness.min_group_n": 2, "train.early_stop.min_epochs": 5,
+    })  # fmt: skip
+    index = fake_index(tmp_path, n_train=24, n_val=12)
+    teacher = tiny_model(seed=1)
+    student = tiny_model(seed=2)
+    save_student(student, tmp_path / "prune" / "pruned.pt")
+    logs: list[str] = []
+    tr = PruningTrainer(cfg, tmp_path, index, student, teacher, log=logs.append)
+    out = tr.fit()
+    assert out["epochs_run"] == 2
+    assert (tmp_path / "train" / "student.pt").is_file()
+    assert (tmp_path / "train" / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "train" / "checkpoints" / "epoch_002.pt").is_file()
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["teacher_val"] is not None and len(metrics["history"]) == 3
+    feats = np.load(tmp_path / "train" / "cache" / "prefix_train.npy", mmap_mode="r")
+    assert feats.shape[:2] == (24, 2)
+    # frozen prefix untouched, suffix trained
+    s0 = tiny_model(seed=2)
+    torch.testing.assert_close(student.backbone.conv1.conv.weight, s0.backbone.conv1.conv.weight)
+    assert not torch.equal(student.head.out.weight, s0.head.out.weight)
+    # resume: a new trainer with more epochs continues from epoch 2
+    cfg3 = load_config(overrides={
+        "train.epochs": 3, "train.batch_size": 8, "train.freeze_through": "middle.0", "train.train_views": 2,
+        "fairness.min_group_n": 2, "train.early_stop.min_epochs": 5,
+    })  # fmt: skip
+    logs.clear()
+    tr3 = PruningTrainer(cfg3, tmp_path, index, tiny_model(seed=2), teacher, log=logs.append)
+    out3 = tr3.fit(resume=True)
+    assert any("resumed" in line for line in logs)
+    assert out3["epochs_run"] == 3 and [h["epoch"] for h in out3["history"]] == [0, 1, 2, 3]
+
+
+def test_trainer_deadline_stops_gracefully(tmp_path) -> None:
+    import time
+
+    cfg = load_config(overrides={"train.epochs": 5, "train.batch_size": 8, "train.freeze_through": "block13",
+                                 "train.train_views": 1})  # fmt: skip
+    index = fake_index(tmp_path, n_train=16, n_val=8)
+    tr = PruningTrainer(cfg, tmp_path, index, tiny_model(seed=2), None, log=lambda s: None,
+                        deadline=time.time() - 1)  # fmt: skip
+    out = tr.fit()
+    assert out["stop_reason"] == "time budget" and out["epochs_run"] == 0
+    assert (tmp_path / "train" / "student.pt").is_file()

@@ -1,0 +1,113 @@
+"""The Audit tab on a small labelled set (real PAD-UFES-20 images when ../shared/data is present)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+
+def _pad_labels(shared_data, tmp_path, per_group: int = 34):
+    """A small labels CSV: FST I and II (>= 30 each, both classes), a few III and a few without FST."""
+    from tests.conftest import read_labels
+
+    rows = read_labels(shared_data, "pad_ufes20_clinical")
+    picked = []
+    for fst, n in (("1", per_group), ("2", per_group), ("3", 6)):
+        grp = [r for r in rows if r["fst"] == fst]
+        pos = [r for r in grp if r["malignant"] == "1"][: n // 2]
+        neg = [r for r in grp if r["malignant"] == "0"][: n - len(pos)]
+        picked += pos + neg
+    picked += [r for r in rows if r["fst"] == ""][:4]
+    out = tmp_path / "labels.csv"
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "dx", "fst", "age", "gender", "region"])
+        w.writeheader()
+        for r in picked:
+            w.writerow({k: r[k] for k in w.fieldnames})
+        w.writerow({"image": "missing_file.jpg", "dx": "MEL", "fst": "2", "age": "", "gender": "", "region": ""})
+        w.writerow({"image": "no_label.jpg", "dx": "???", "fst": "2", "age": "", "gender": "", "region": ""})
+    return out, len(picked)
+
+
+def test_audit_tab_on_small_labelled_set(qtbot, window, shared_data, tmp_path):
+    labels, n = _pad_labels(shared_data, tmp_path)
+    tab = window.audit
+    window.tabs.setCurrentWidget(tab)
+    tab.set_inputs(labels, shared_data / "pad_ufes20_clinical" / "images", n_boot=50)
+    progress = []
+    tab.progress.valueChanged.connect(progress.append)
+    results = []
+    tab.finished.connect(results.append)
+    tab.start()
+    assert tab.is_running()
+    qtbot.waitUntil(lambda: bool(results), timeout=90_000)
+    run = results[0]
+    assert run is not None, tab.status.text()
+    assert len(run.scores) == n
+    assert run.failed == [("missing_file.jpg", run.failed[0][1])]
+    assert run.skipped and run.skipped[0][0] == "no_label.jpg"
+    res = run.result
+    assert set(res.groups) >= {"I", "II", "III"}
+    assert res.groups["I"].sufficient and res.groups["II"].sufficient
+    assert not res.groups["III"].sufficient
+    assert not math.isnan(res.auroc_gap)
+    # estimated skin types for rows without a label: masked PAD crops give 'unknown'
+    assert "estimated" in run.fst_source
+    # the table: overall first, insufficient rows withhold numbers
+    t = tab.table
+    assert t.rowCount() == 1 + len(res.groups)
+    texts = {t.item(r, 0).text(): r for r in range(t.rowCount())}
+    r3 = texts["FST III"]
+    assert "withheld" in t.item(r3, 3).text()
+    assert t.item(texts["FST I"], 3).text()[:1].isdigit()
+    assert "AUROC gap" in tab.gap.text()
+    assert progress
+    html = tab.export_html(tmp_path / "audit.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html and "missing_file.jpg" in html and "insufficient" in html
+    rows = list(csv.reader(tab.export_csv(tmp_path / "audit.csv").read_text(encoding="utf-8").splitlines()))
+    assert rows[0][:3] == ["group", "n", "n_pos"]
+    iii = next(r for r in rows if r and r[0] == "III")
+    assert iii[5] == ""  # no bare number for an insufficient group
+
+
+def test_audit_cancel_and_bad_inputs(qtbot, window, tmp_path):
+    from tests.gui.conftest import lesion_image
+
+    tab = window.audit
+    tab.set_inputs(tmp_path / "nope.csv", tmp_path)
+    tab.start()
+    assert "Choose the labelled CSV" in tab.status.text()
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    with open(tmp_path / "l.csv", "w", encoding="utf-8") as fh:
+        fh.write("image,malignant,fst\n")
+        for i in range(60):
+            lesion_image(imgs / f"{i}.jpg", size=(120, 100), seed=i)
+            fh.write(f"{i}.jpg,{i % 2},{1 + i % 2}\n")
+    tab.set_inputs(tmp_path / "l.csv", imgs, n_boot=2000)
+    results = []
+    tab.finished.connect(results.append)
+    tab.start()
+    tab.cancel()
+    qtbot.waitUntil(lambda: bool(results), timeout=60_000)
+    assert results[0] is None and "cancelled" in tab.status.text()
+    assert tab.run_btn.isEnabled()
+
+
+def test_label_parsing(tmp_path):
+    from mendicant_desktop.gui.audit_runner import read_labels
+
+    p = tmp_path / "l.csv"
+    p.write_text("img_id,dx,fitspatrick,gender,region,age\n"
+                 "a.png,BCC,2,FEMALE,FACE,70\nb.png,NEV,,MALE,BACK,\nc.png,ACK,7,,,\nd.png,XYZ,1,,,\n",
+                 encoding="utf-8")
+    rows, skipped = read_labels(p)
+    assert [(r.image, r.malignant, r.fst) for r in rows] == [("a.png", 1, "II"), ("b.png", 0, "unknown")]
+    assert rows[0].metadata.site == "head-or-neck" and rows[0].metadata.sex == "female"
+    assert [s[0] for s in skipped] == ["c.png", "d.png"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="image column"):
+        read_labels(bad)
