@@ -13,15 +13,20 @@ exist, so ``build`` is resumable; ``train`` resumes from its last checkpoint. Lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from mendicant_desktop.core.errors import ConfigError
 
@@ -79,10 +84,8 @@ def _threads(cfg: Config) -> None:
     import torch
 
     torch.set_num_threads(cfg.run.threads)
-    try:
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
 
 
 def _teacher(cfg: Config, cache: dict[str, Any]) -> Any:

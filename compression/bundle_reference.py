@@ -36,13 +36,13 @@ from mendicant_desktop.core.bundle import make_card, sha256_file, write_card
 
 from .card import (
     INTENDED_USE,
-    LIMITATIONS,
     MIN_SENSITIVITY,
     agreement_block,
     build_provenance,
     card_metrics,
     choose_threshold,
     joint_pass,
+    limitations,
 )
 from .quantize import calibration_positions, probs_stepped, quantize_int8_static
 from .validate import EvalSet, malignancy, store_predictions
@@ -89,6 +89,7 @@ def build_first_model(
     teacher: Path | None = None,
     threads: int = 2,
     n_boot: int = 1000,
+    card_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     from .config import load_config
@@ -116,8 +117,15 @@ def build_first_model(
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir if out_dir.is_dir() else None))
     try:
         onnx_path = stage / f"{name}.onnx"
-        quantize_int8_static(teacher, onnx_path, index.images, index.meta, pos, method=method, per_channel=True,
-                             head_fp32=True, log=log)  # fmt: skip
+        existing = out_dir / f"{name}.onnx"
+        if card_only:
+            if not existing.is_file():
+                raise FileNotFoundError(f"--card-only: {existing} does not exist")
+            shutil.copyfile(existing, onnx_path)
+            log(f"card only: re-using {existing} (sha256 {sha256_file(onnx_path)[:12]})")
+        else:
+            quantize_int8_static(teacher, onnx_path, index.images, index.meta, pos, method=method, per_channel=True,
+                                 head_fp32=True, log=log)  # fmt: skip
         calib_csv = stage / f"{name}.calibration.csv"
         _write_calibration_csv(calib_csv, records, pos)
 
@@ -184,7 +192,7 @@ def build_first_model(
             shutil.copyfile(head_npz_path(teacher), head)
         card = make_card(name=name, version=version, model_path=onnx_path, head_path=head,
                          threshold=thr["threshold"], metrics=metrics, provenance=prov,
-                         extra={"intended_use": INTENDED_USE, "limitations": LIMITATIONS,
+                         extra={"intended_use": INTENDED_USE, "limitations": limitations(metrics),
                                 "documentation": "docs/model_card.md"})  # fmt: skip
         write_card(card, stage / f"{name}.json")
 
@@ -215,13 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", type=Path, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ready-file", default=None, help="write the card path here when done")
+    p.add_argument("--card-only", action="store_true",
+                   help="keep the bundled ONNX (calibrated with the same settings) and rebuild only its card")
     a = p.parse_args(argv)
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
     card = build_first_model(name=a.name, version=a.version, out_dir=a.out_dir, method=a.method,
-                             per_group=a.per_group, teacher=a.teacher, threads=a.threads, log=log)  # fmt: skip
+                             per_group=a.per_group, teacher=a.teacher, threads=a.threads, card_only=a.card_only,
+                             log=log)  # fmt: skip
     if a.ready_file:
         Path(a.ready_file).write_text(str(card.resolve()) + "\n", encoding="utf-8")
     print(json.dumps({"card": str(card)}))

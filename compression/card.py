@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import math
@@ -40,6 +41,7 @@ __all__ = [
     "MIN_SENSITIVITY",
     "INTENDED_USE",
     "LIMITATIONS",
+    "limitations",
     "choose_threshold",
     "joint_pass",
     "agreement_block",
@@ -62,20 +64,36 @@ INTENDED_USE = (
 LIMITATIONS = [
     "Not a medical device and not a diagnosis: every lesion of concern needs a clinician's examination and, "
     "where indicated, a biopsy.",
-    "The network was trained on HAM10000 dermoscopy only (sklesion 0.2.2); it generalises poorly elsewhere: "
-    "melanoma-vs-nevus AUROC on unseen ISIC dermoscopy is about 0.74 and malignancy AUROC on smartphone "
-    "clinical photos (PAD-UFES-20) is about 0.57, close to chance.",
+    "The network was trained on HAM10000 dermoscopy only (sklesion 0.2.2) and generalises poorly elsewhere: "
+    "see the validation AUROCs for unseen ISIC dermoscopy (melanoma vs nevus) and for smartphone clinical photos "
+    "(PAD-UFES-20), where the malignancy score is close to chance.",
     "The validation sets are small; read the 95% confidence intervals, not only the point estimates.",
     "Skin types V-VI are almost absent from every available labelled set (PAD: 4 images): performance on dark "
     "skin is unknown and is not reported. The PAD crops are masked, so skin tone cannot be estimated from "
     "their pixels; per-FST figures use the clinicians' labels.",
     "The operating threshold was chosen for sensitivity >= 0.85 on a mixed dermoscopy/clinical training "
     "portion; on clinical photos it flags most lesions (low specificity). Sites should re-check it locally.",
-    "INT8 quantization changes the top class of about 4-5% of images compared with the FP32 network "
-    "(see agreement_fp32_vs_int8); AUROCs are unchanged within their confidence intervals.",
     "Squamous-cell carcinoma has no class of its own (HAM10000's akiec covers actinic keratosis and Bowen's "
     "disease); vascular lesions, dermatofibroma and acral/mucosal sites are rare in the data.",
 ]
+
+
+def limitations(metrics: dict[str, Any]) -> list[str]:
+    """:data:`LIMITATIONS` with the measured figures of this card filled in."""
+    out = list(LIMITATIONS)
+    v = metrics.get("validation", {})
+    ext = (v.get("isic_external_mel_vs_nv") or {}).get("auroc")
+    pad = ((v.get("pad_malignancy") or {}).get("overall") or {}).get("auroc")
+    if ext is not None and pad is not None:
+        out[1] = (f"The network was trained on HAM10000 dermoscopy only (sklesion 0.2.2) and generalises poorly "
+                  f"elsewhere: melanoma-vs-nevus AUROC {ext:.2f} on unseen ISIC dermoscopy and malignancy AUROC "
+                  f"{pad:.2f} on smartphone clinical photos (PAD-UFES-20), close to chance.")  # fmt: skip
+    ag = metrics.get("agreement_fp32_vs_int8") or {}
+    if "top1_agreement" in ag:
+        out.append(f"INT8 quantization changes the top class of {100 * (1 - ag['top1_agreement']):.1f}% of images "
+                   f"compared with the FP32 network (n={ag['n']}; largest probability change "
+                   f"{ag['max_abs_diff_probs']:.2f}); the AUROCs stay within their confidence intervals.")  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,14 +205,19 @@ def _auroc_only(probs: np.ndarray, records: Sequence[Any], seed: int, n_boot: in
 
 
 def _withhold(groups: dict[str, Any]) -> dict[str, Any]:
-    """Insufficient groups keep n/n_pos and the flag; their numbers move under ``not_reported``."""
+    """Every FST I-VI (absent ones with n = 0) plus 'unknown'; insufficient groups keep only n, n_pos and the
+    flag, with a note instead of figures."""
     out = {}
-    for g, d in groups.items():
+    full = {g: groups.get(g, {"n": 0, "n_pos": 0, "sufficient": False}) for g in ("I", "II", "III", "IV", "V", "VI")}
+    if "unknown" in groups:
+        full["unknown"] = groups["unknown"]
+    for g, d in full.items():
         if d.get("sufficient"):
             out[g] = d
         else:
             keep = {k: d[k] for k in ("n", "n_pos", "sufficient") if k in d}
-            keep["note"] = "too few images (n < 30 or < 5 positives/negatives): no figure reported"
+            keep["note"] = ("no images" if not d.get("n") else
+                            "too few images (n < 30 or < 5 positives/negatives): no figure reported")
             out[g] = keep
     return out
 
@@ -302,10 +325,8 @@ def tool_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("onnxruntime", "onnx", "onnxslim", "numpy", "torch", "pillow"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

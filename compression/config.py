@@ -10,11 +10,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from mendicant_desktop.core.errors import ConfigError
 
@@ -242,6 +246,7 @@ class TrainConfig:
     color_jitter: float = _f(unit_closed, 0.08)
     feature_dihedral: bool = _f(boolean, True)
     kd_all_views: bool = _f(boolean, False)
+    teacher_on_val: bool = _f(boolean, False)
     time_budget_minutes: float = _f(pos_float, 75.0)
     cache_dtype: str = _f(one_of("float16", "float32"), "float16")
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)

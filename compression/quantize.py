@@ -55,6 +55,7 @@ __all__ = [
     "quantize_dynamic_int8",
     "convert_fp16",
     "copy_head_sidecar",
+    "compare_variants",
     "ort_session",
     "run_model",
     "top1_agreement",
@@ -532,6 +533,39 @@ def convert_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, h
     _save_atomic(write, out_path)
     copy_head_sidecar(fp32_path, out_path)
     return out_path
+
+
+def compare_variants(fp32: str | os.PathLike, variants: dict[str, str | os.PathLike], images: Any, meta: Any,
+                     positions: Sequence[int], *, threads: int = 2, rounds: int = 10,
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Size, batch-1 latency (every model in turn each round, one process) and agreement with ``fp32``."""
+    paths = {"fp32": Path(fp32), **{k: Path(v) for k, v in variants.items()}}
+    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    probs = {k: run_model(s, images, meta, positions) for k, s in sessions.items()}
+    i0 = int(np.asarray(positions)[0])
+    feeds = {"image": np.ascontiguousarray(np.asarray(images[i0], np.float32)[None]),
+             "meta": np.ascontiguousarray(np.asarray(meta[i0], np.float32)[None])}  # fmt: skip
+    for s in sessions.values():
+        s.run(None, feeds)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    names = list(sessions)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            sessions[k].run(None, feeds)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    base = float(np.median(times["fp32"]))
+    out: dict[str, Any] = {"n_images": len(positions), "threads": threads, "rounds": rounds, "models": {}}
+    for k, p in paths.items():
+        row = {"file": p.name, "size_mb": p.stat().st_size / 1e6, "p50_ms": float(np.median(times[k])),
+               "latency_ratio": float(np.median(times[k])) / base}  # fmt: skip
+        if k != "fp32":
+            row.update(agreement(probs["fp32"], probs[k]))
+        out["models"][k] = row
+        if log:
+            log(f"{k:>14}: {row['size_mb']:6.1f} MB  p50 {row['p50_ms']:7.1f} ms  x{row['latency_ratio']:.2f}"
+                + (f"  top-1 {row['top1_agreement']:.4f}  max|dp| {row['max_abs_diff_probs']:.4f}" if k != "fp32" else ""))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -370,7 +370,8 @@ class PruningTrainer:
             if not cache.done:
                 self.log(f"cache[{cache.split}]: building ({len(cache.positions)} images x {cache.views} views, "
                          f"frozen through {self.through})")  # fmt: skip
-                cache.build(self.index, self.student, self.teacher, self.through, self.cfg, self.log)
+                teacher = self.teacher if (cache is self.train_cache or self.tc.teacher_on_val) else None
+                cache.build(self.index, self.student, teacher, self.through, self.cfg, self.log)
         self.train_feats, self.train_tlog = self.train_cache.open()
         self.val_feats, self.val_tlog = self.val_cache.open()
         if self.val_tlog is not None:
@@ -465,7 +466,9 @@ class PruningTrainer:
     def save_checkpoint(self) -> None:
         p = self.ckpt_path
         p.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"epoch": self.epoch, "step": self.step, "model": self.student.state_dict(),
+        payload = {"epoch": self.epoch, "step": self.step, "total_steps": self.total_steps,
+                   "horizon_shrunk": self.total_steps < self.steps_per_epoch * self.tc.epochs,
+                   "model": self.student.state_dict(),
                    "opt": self.opt.state_dict(), "history": self.history, "best": self.best,
                    "teacher_metrics": self.teacher_metrics}  # fmt: skip
         torch.save(payload, p.with_suffix(".tmp"))
@@ -479,12 +482,29 @@ class PruningTrainer:
         self.student.load_state_dict(payload["model"])
         self.opt.load_state_dict(payload["opt"])
         self.epoch, self.step = payload["epoch"], payload["step"]
+        if payload.get("horizon_shrunk"):  # a deadline shortened the cosine: keep it (never lengthen)
+            self.total_steps = min(self.total_steps, payload.get("total_steps", self.total_steps))
         self.history, self.best = payload["history"], payload["best"]
         self.teacher_metrics = payload.get("teacher_metrics") or self.teacher_metrics
         self.log(f"resumed from {self.ckpt_path} after epoch {self.epoch} (step {self.step})")
         return True
 
     # -- the loop ----------------------------------------------------------------------------------
+    def _fit_schedule_to_deadline(self, epoch_seconds: float) -> None:
+        """Shorten the cosine horizon to the epochs that still fit before the deadline (never lengthen).
+
+        A deadline cut in the middle of a long cosine would stop at a high learning rate; re-planning after
+        each epoch lets the schedule anneal within the time actually available.
+        """
+        left = self.deadline - time.time()
+        fit = self.epoch + max(1, int(left // max(epoch_seconds, 1e-6)))
+        epochs = max(self.epoch + 1, min(self.tc.epochs, fit))
+        total = epochs * self.steps_per_epoch
+        if total < self.total_steps:
+            self.log(f"schedule: {left / 60:.0f} min left at {epoch_seconds / 60:.1f} min/epoch -> cosine horizon "
+                     f"{self.total_steps // self.steps_per_epoch} -> {epochs} epochs")  # fmt: skip
+            self.total_steps = total
+
     def _eligible(self, m: dict[str, Any]) -> bool:
         gap = m["pad_fst_gap"]
         return math.isnan(gap) or gap <= self.tc.early_stop.max_fst_gap
@@ -499,7 +519,7 @@ class PruningTrainer:
             self.log("epoch 0 (pruned, before fine-tuning): " + _fmt(m0))
             self.history.append({"epoch": 0, "val": m0})
         stop_reason = "epochs"
-        while self.epoch < self.tc.epochs:
+        while self.epoch < min(self.tc.epochs, -(-self.total_steps // self.steps_per_epoch)):
             if time.time() > self.deadline:
                 stop_reason = "time budget"
                 break
@@ -517,6 +537,7 @@ class PruningTrainer:
                              freeze_through=self.through)  # fmt: skip
             self.log(f"epoch {e}: {'*' if improved else ' '} " + _fmt(m) + f" | loss {parts.get('loss', float('nan')):.4f} "
                      f"({rec['seconds']:.0f}s{', partial' if stopped else ''})")  # fmt: skip
+            self._fit_schedule_to_deadline(time.time() - t0)
             self.save_checkpoint()
             if stopped:
                 stop_reason = "time budget"

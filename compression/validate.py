@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from mendicant_desktop.core.audit import audit, auroc
+from mendicant_desktop.core.audit import audit
 
 from .quantize import ort_session, run_model, top1_agreement
 

@@ -54,6 +54,18 @@ if [ "${#cards[@]}" -eq 0 ] && [ "$ALLOW_NO_MODEL" -ne 1 ]; then
   exit 1
 fi
 
+# Qt's xcb platform plugin needs these X libraries; present on the build host, they are bundled and the
+# app starts on desktops that lack them (Qt >= 6.5 fails with "xcb-cursor0 ... is needed" otherwise).
+missing=()
+for lib in libxcb-cursor.so.0 libxcb-icccm.so.4 libxcb-keysyms.so.1 libxkbcommon-x11.so.0; do
+  ldconfig -p 2>/dev/null | grep -q "$lib" || missing+=("$lib")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "build.sh: WARNING: ${missing[*]} not installed on this build machine: they will not be bundled and" \
+       "clinic machines will need them (Debian/Ubuntu: apt install libxcb-cursor0 libxcb-icccm4" \
+       "libxcb-keysyms1 libxkbcommon-x11-0)" >&2
+fi
+
 # 1. clean venv ---------------------------------------------------------------------------------------
 if [ "$REUSE" -ne 1 ] || [ ! -x "$VENV/bin/python" ]; then
   log "creating a clean venv in $VENV ($("$PY" --version))"
@@ -154,7 +166,7 @@ ARCHIVE="$ROOT/dist/$NAME.tar.gz"
 "${TAR[@]}" -cf - "$NAME" | "${NICE[@]}" gzip -9 -n > "$ARCHIVE"
 (cd "$ROOT/dist" && sha256sum "$NAME.tar.gz" > "$NAME.tar.gz.sha256")
 if [ "$XZ" -eq 1 ]; then
-  "${TAR[@]}" -cf - "$NAME" | "${NICE[@]}" xz -9e -T1 > "$ROOT/dist/$NAME.tar.xz"
+  "${TAR[@]}" -cf - "$NAME" | "${NICE[@]}" xz -9 -T1 > "$ROOT/dist/$NAME.tar.xz"
   (cd "$ROOT/dist" && sha256sum "$NAME.tar.xz" > "$NAME.tar.xz.sha256")
 fi
 

@@ -90,48 +90,55 @@ def module_excludes() -> list[str]:
 
 # --- files collected by stock hooks but never loaded ----------------------------------------------------
 # (group, reason, glob patterns on the destination path inside the bundle, '/'-separated). A file is
-# dropped when any pattern matches and no KEEP pattern does.
-_QT = "PySide6/Qt"
+# dropped when any pattern matches and no KEEP pattern does. The patterns cover the three wheel layouts:
+# Linux ``PySide6/Qt/{lib,plugins,translations}`` with ``libQt6X.so.6``, Windows ``PySide6/{plugins,
+# translations}`` with ``Qt6X.dll``, macOS ``PySide6/Qt/lib/QtX.framework``.
+
+
+def _plugin(category: str, name: str = "") -> str:
+    return f"PySide6*/plugins/{category}/*{name}*" if name else f"PySide6*/plugins/{category}/*"
+
+
+def _qtlib(name: str) -> list[str]:
+    """Qt library ``name`` (e.g. 'Network', 'Quick*') in every layout."""
+    return [f"PySide6*/*Qt6{name}.*", f"PySide6*/Qt{name}.framework/*"]
+
+
 FILE_RULES: list[tuple[str, str, list[str]]] = [
     ("Qt translations", "the UI is English-only; no .qm catalogue is loaded",
-     [f"{_QT}/translations/*"]),
-    ("Qt plugins: pdf/webp/tiff/tga/wbmp/icns image formats",
+     ["PySide6*/translations/*"]),
+    ("Qt plugins: pdf/webp/tiff/tga/wbmp/icns image formats (+ the QtPdf/Quick/Qml libraries qpdf pulls)",
      "images are decoded by Pillow; Qt only needs PNG (built in), JPEG, GIF, ICO and SVG for icons/paste",
-     [f"{_QT}/plugins/imageformats/*qpdf*", f"{_QT}/plugins/imageformats/*qwebp*",
-      f"{_QT}/plugins/imageformats/*qtiff*", f"{_QT}/plugins/imageformats/*qtga*",
-      f"{_QT}/plugins/imageformats/*qwbmp*", f"{_QT}/plugins/imageformats/*qicns*",
-      f"{_QT}/plugins/imageformats/*qmacheif*", f"{_QT}/plugins/imageformats/*qmacjp2*",
-      f"{_QT}/plugins/vectorimageformats/*", f"{_QT}/lib/libQt6Pdf.so*", f"{_QT}/lib/libQt6Quick*.so*",
-      f"{_QT}/lib/libQt6Qml*.so*"]),
-    ("Qt plugins: embedded-device platforms (eglfs, linuxfb, vnc, vkkhrdisplay, minimal)",
-     "clinic laptops run X11 or Wayland (xcb/wayland) and tests run offscreen",
-     [f"{_QT}/plugins/platforms/*qeglfs*", f"{_QT}/plugins/platforms/*qlinuxfb*",
-      f"{_QT}/plugins/platforms/*qvnc*", f"{_QT}/plugins/platforms/*qvkkhrdisplay*",
-      f"{_QT}/plugins/platforms/*qminimal*", f"{_QT}/plugins/egldeviceintegrations/*",
-      f"{_QT}/lib/libQt6EglFSDeviceIntegration.so*", f"{_QT}/lib/libQt6EglFsKmsSupport.so*"]),
+     [_plugin("imageformats", n) for n in ("qpdf", "qwebp", "qtiff", "qtga", "qwbmp", "qicns", "qmacheif",
+                                           "qmacjp2")]
+     + [_plugin("vectorimageformats")] + _qtlib("Pdf") + _qtlib("Quick*") + _qtlib("Qml*")),
+    ("Qt plugins: embedded-device platforms (eglfs, linuxfb, vnc, vkkhrdisplay, minimal, direct2d)",
+     "clinic machines run X11/Wayland, Windows or macOS; tests run offscreen",
+     [_plugin("platforms", n) for n in ("qeglfs", "qlinuxfb", "qvnc", "qvkkhrdisplay", "qminimal",
+                                        "qdirect2d")]
+     + [_plugin("egldeviceintegrations")] + _qtlib("EglFSDeviceIntegration") + _qtlib("EglFsKmsSupport")),
     ("Qt plugins: touch/tablet input, virtual keyboard",
      "evdev/TUIO input is for kiosk devices (and TUIO pulls QtNetwork); desktops use the windowing system",
-     [f"{_QT}/plugins/generic/*", f"{_QT}/plugins/platforminputcontexts/*qtvirtualkeyboard*"]),
+     [_plugin("generic"), _plugin("platforminputcontexts", "qtvirtualkeyboard")]),
     ("Qt plugins: networking (tls, networkinformation) + QtNetwork",
      "the app never opens a socket",
-     [f"{_QT}/plugins/tls/*", f"{_QT}/plugins/networkinformation/*", f"{_QT}/lib/libQt6Network.so*"]),
-    ("Qt plugins: sql drivers, qml tooling, designer",
-     "no database, no QML, no Designer",
-     [f"{_QT}/plugins/sqldrivers/*", f"{_QT}/plugins/qmltooling/*", f"{_QT}/plugins/designer/*",
-      f"{_QT}/plugins/wayland-graphics-integration-server/*", f"{_QT}/lib/libQt6WaylandCompositor*.so*",
-      f"{_QT}/lib/libQt6WaylandEglCompositorHwIntegration.so*"]),
+     [_plugin("tls"), _plugin("networkinformation")] + _qtlib("Network")),
+    ("Qt plugins: sql drivers, qml tooling, designer, wayland compositor",
+     "no database, no QML, no Designer; the app is a Wayland client, never a compositor",
+     [_plugin("sqldrivers"), _plugin("qmltooling"), _plugin("designer"),
+      _plugin("wayland-graphics-integration-server")] + _qtlib("WaylandCompositor*")
+     + _qtlib("WaylandEglCompositorHwIntegration")),
     ("Qt plugins: GTK3 platform theme (+ the GTK/cairo/pango/glib libraries only it needs)",
      "the app uses the Fusion style with its own stylesheet; a private copy of glib/cairo/pango beside the "
-     "system GTK is a classic crash source; native file dialogs still come through xdg-desktop-portal",
-     [f"{_QT}/plugins/platformthemes/*qgtk3*"]),
+     "system GTK is a classic crash source; file dialogs use Qt's own (or xdg-desktop-portal's) dialog",
+     [_plugin("platformthemes", "qgtk3")]),
 ]
 
 # Never drop these, whatever a pattern says.
 KEEP: list[str] = [
-    f"{_QT}/plugins/platforms/*qxcb*", f"{_QT}/plugins/platforms/*qwayland*",
-    f"{_QT}/plugins/platforms/*qoffscreen*", f"{_QT}/plugins/platforms/*qwindows*",
-    f"{_QT}/plugins/platforms/*qcocoa*", f"{_QT}/plugins/imageformats/*qsvg*",
-    f"{_QT}/plugins/iconengines/*qsvgicon*", f"{_QT}/lib/libQt6Svg.so*",
+    _plugin("platforms", "qxcb"), _plugin("platforms", "qwayland"), _plugin("platforms", "qoffscreen"),
+    _plugin("platforms", "qwindows"), _plugin("platforms", "qcocoa"), _plugin("imageformats", "qsvg"),
+    _plugin("iconengines", "qsvgicon"), *_qtlib("Svg"),
 ]
 
 

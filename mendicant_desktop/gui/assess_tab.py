@@ -36,7 +36,7 @@ from .pipeline import (
     rescore,
     with_threshold,
 )
-from .qtutil import qimage_png_bytes
+from .qtutil import qimage_png_bytes, rgb_to_qimage
 from .quality import domain_warnings
 from .services import Services
 from .widgets import DropZone
@@ -80,7 +80,8 @@ class AssessTab(QWidget):
         self.list.setUniformItemSizes(True)
         self.list.setSelectionMode(QListView.SelectionMode.SingleSelection)
         self.list.setAcceptDrops(False)
-        self.list.setMinimumWidth(250)
+        self.list.setMinimumWidth(210)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setAccessibleName("Case list")
         ll.addWidget(self.list, 1)
         btns = QHBoxLayout()
@@ -163,15 +164,19 @@ class AssessTab(QWidget):
         def op(ctx):
             ctx.check_cancelled()
             ctx.progress(0, 1, "scoring")
-            return assess_source(engine, source, meta, threshold=threshold, estimate_fst=estimate)
+            a = assess_source(engine, source, meta, threshold=threshold, estimate_fst=estimate)
+            # QImage is reentrant: build the display image here, in the format QPixmap uses as is
+            return a, rgb_to_qimage(a.display).convertToFormat(QImage.Format.Format_RGB32)
 
         def started(done: int, total: int, txt: str) -> None:
             if case.status == "queued":
                 case.status = "scoring"
                 self._changed(case)
 
-        def ok(a) -> None:
+        def ok(res) -> None:
+            a, qimg = res
             self._ops.pop(case.id, None)
+            case.display_qimage = qimg
             case.x, case.display, case.width, case.height, case.sha256 = a.x, a.display, a.width, a.height, a.sha256
             case.set_thumb(a.thumb)
             case.skin = a.skin
@@ -294,7 +299,7 @@ class AssessTab(QWidget):
         while len(self._cache) > DISPLAY_CACHE:
             _, old = self._cache.popitem(last=False)
             if old.path is not None and old is not self.current_case():
-                old.display = None  # re-read from disk if selected again
+                old.display = old.display_qimage = None  # re-read from disk if selected again
 
     def _reload_display(self, case: Case) -> None:
         path = case.path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSignalBlocker, Qt, Signal
+from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,6 +27,7 @@ from mendicant_desktop.core.skintone import FST_TYPES
 
 from . import text
 from .cases import Case
+from .qtutil import signals_blocked
 from .settings import AppSettings
 from .widgets import ColormapLegend, ImageView, ProbabilityBars, RiskGauge
 
@@ -111,9 +112,9 @@ class CaseView(QWidget):
         self.colormap.setCurrentText(settings.colormap)
         self.colormap.setToolTip("Heat-map colour scale")
         bar.addWidget(self.overlay_box)
-        op_label = QLabel("Opacity")
-        op_label.setBuddy(self.opacity)
-        bar.addWidget(op_label)
+        self.op_label = QLabel("Opacity")
+        self.op_label.setBuddy(self.opacity)
+        bar.addWidget(self.op_label)
         bar.addWidget(self.opacity)
         bar.addWidget(self.colormap)
         bar.addStretch(1)
@@ -159,16 +160,21 @@ class CaseView(QWidget):
         self.site = QComboBox()
         self.sex.setToolTip("Sex, in the model's categories; changing it re-scores the case")
         self.site.setToolTip("Body site, in the model's five categories; changing it re-scores the case")
+        for combo in (self.sex, self.site):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.sex.setMinimumContentsLength(8)
         self.site.setMinimumContentsLength(14)
-        mg.addWidget(mt, 0, 0, 1, 4)
-        mg.addWidget(mnote, 0, 4, 1, 2, Qt.AlignmentFlag.AlignRight)
-        for col, (lab, w) in enumerate((("Age", self.age), ("Sex", self.sex), ("Body site", self.site))):
+        self._meta_grid, self._meta_title, self._meta_note = mg, mt, mnote
+        self._meta_labels = []
+        for lab, w in (("Age", self.age), ("Sex", self.sex), ("Body site", self.site)):
             lb = QLabel(lab + ":")
             lb.setBuddy(w)
-            mg.addWidget(lb, 1, 2 * col)
-            mg.addWidget(w, 1, 2 * col + 1)
-        mg.setColumnStretch(5, 1)
+            self._meta_labels.append(lb)
+        self._meta_compact: bool | None = None
+        self._layout_meta(compact=False)
         ll.addWidget(self.meta_card)
+        self._left = left
+        left.installEventFilter(self)  # re-flow the patient fields when the image column is resized
         split.addWidget(left)
 
         # ---- right: details ---------------------------------------------------------------------
@@ -176,7 +182,7 @@ class CaseView(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setMinimumWidth(380)
+        scroll.setMinimumWidth(330)
         panel = QWidget()
         panel.setObjectName("DetailsPanel")
         pl = QVBoxLayout(panel)
@@ -213,6 +219,8 @@ class CaseView(QWidget):
         self.fst_combo.addItem("Use the estimate", None)
         for t in FST_TYPES:
             self.fst_combo.addItem(text.FST_DESCRIPTIONS[t], t)
+        self.fst_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.fst_combo.setMinimumContentsLength(14)
         self.fst_combo.setToolTip("Set the skin type yourself; it is stored with the case and used in reports.")
         row = QFormLayout()
         row.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -228,6 +236,7 @@ class CaseView(QWidget):
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 0)
         split.setSizes([640, 420])
+        split.splitterMoved.connect(lambda *_: self._adapt())
         self.set_categories(SEXES, SITES)
 
         # ---- wiring -----------------------------------------------------------------------------
@@ -247,6 +256,48 @@ class CaseView(QWidget):
         self.view.set_overlay_visible(settings.show_overlay)
         self.show_case(None)
 
+    def _layout_meta(self, compact: bool) -> None:
+        """One row of fields when there is room, two rows in a narrow window."""
+        if compact == self._meta_compact:
+            return
+        self._meta_compact = compact
+        mg = self._meta_grid
+        for w in (self._meta_title, self._meta_note, *self._meta_labels, self.age, self.sex, self.site):
+            mg.removeWidget(w)
+        for c in range(6):
+            mg.setColumnStretch(c, 0)
+        la, ls, lsite = self._meta_labels
+        if compact:
+            mg.addWidget(self._meta_title, 0, 0, 1, 4)
+            mg.addWidget(la, 1, 0)
+            mg.addWidget(self.age, 1, 1)
+            mg.addWidget(ls, 1, 2)
+            mg.addWidget(self.sex, 1, 3)
+            mg.addWidget(lsite, 2, 0)
+            mg.addWidget(self.site, 2, 1, 1, 3)
+            mg.setColumnStretch(3, 1)
+            self._meta_note.hide()
+            self.meta_card.setToolTip("Changing one of these re-scores the case at once.")
+        else:
+            mg.addWidget(self._meta_title, 0, 0, 1, 4)
+            mg.addWidget(self._meta_note, 0, 4, 1, 2, Qt.AlignmentFlag.AlignRight)
+            for col, (lb, w) in enumerate(zip(self._meta_labels, (self.age, self.sex, self.site))):
+                mg.addWidget(lb, 1, 2 * col)
+                mg.addWidget(w, 1, 2 * col + 1)
+            mg.setColumnStretch(5, 1)
+            self._meta_note.show()
+            self.meta_card.setToolTip("")
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802
+        if obj is getattr(self, "_left", None) and event.type() == QEvent.Type.Resize:
+            self._adapt()
+        return super().eventFilter(obj, event)
+
+    def _adapt(self) -> None:
+        w = self._left.width() if hasattr(self, "_left") else self.width()
+        self._layout_meta(compact=w < 540)
+        self.op_label.setVisible(w >= 500)
+
     def _tool(self, label: str, tip: str) -> QToolButton:
         b = QToolButton()
         b.setText(label)
@@ -257,7 +308,7 @@ class CaseView(QWidget):
     def set_categories(self, sexes, sites) -> None:
         """Metadata choices from the model card (falls back to core's categories)."""
         self._sexes, self._sites = tuple(sexes), tuple(sites)
-        with QSignalBlocker(self.sex), QSignalBlocker(self.site):
+        with signals_blocked(self.sex, self.site):
             self.sex.clear()
             for s in self._sexes:
                 self.sex.addItem(text.SEX_LABELS.get(s, s), s)
@@ -291,7 +342,7 @@ class CaseView(QWidget):
 
     def apply_settings(self) -> None:
         """Settings changed elsewhere (the dialog): mirror them."""
-        with QSignalBlocker(self.opacity), QSignalBlocker(self.colormap), QSignalBlocker(self.overlay_box):
+        with signals_blocked(self.opacity, self.colormap, self.overlay_box):
             self.opacity.setValue(round(self.settings.opacity * 100))
             self.colormap.setCurrentText(self.settings.colormap)
             self.overlay_box.setChecked(self.settings.show_overlay)
@@ -323,7 +374,7 @@ class CaseView(QWidget):
             self.fstOverrideEdited.emit(self.case, value)
 
     def _load_metadata(self, meta: Metadata) -> None:
-        with QSignalBlocker(self.age), QSignalBlocker(self.sex), QSignalBlocker(self.site):
+        with signals_blocked(self.age, self.sex, self.site):
             self.age.setValue(-1 if meta.age is None else round(meta.age))
             i = self.sex.findData(meta.sex)
             self.sex.setCurrentIndex(i if i >= 0 else self.sex.findData("unknown"))
@@ -362,13 +413,14 @@ class CaseView(QWidget):
         self.view.set_placeholder("This file could not be read, so there is no image to show." if err
                                   else "Loading the image…")
         if image_changed or not same:
-            img = case.display if case.display is not None else case.thumb
+            img = (case.display_qimage if case.display_qimage is not None
+                   else case.display if case.display is not None else case.thumb)
             self.view.set_image(img, keep_view=same)
         pred = case.prediction
         self.view.set_cam(pred.cam if pred is not None else None)
         self.view.set_overlay_visible(self.overlay_box.isChecked())
         self._load_metadata(case.metadata)
-        with QSignalBlocker(self.fst_combo):
+        with signals_blocked(self.fst_combo):
             i = self.fst_combo.findData(case.fst_override)
             self.fst_combo.setCurrentIndex(max(0, i))
         if pred is None:

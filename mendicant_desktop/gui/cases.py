@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPixmap
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from mendicant_desktop.core.metadata import Metadata
@@ -34,6 +34,7 @@ class Case:
     metadata: Metadata = field(default_factory=Metadata)
     x: np.ndarray | None = field(default=None, repr=False)
     display: np.ndarray | None = field(default=None, repr=False)
+    display_qimage: QImage | None = field(default=None, repr=False)  # the same pixels, ready for Qt
     thumb: np.ndarray | None = field(default=None, repr=False)
     pending_bytes: bytes | None = field(default=None, repr=False)  # pasted image data until scored
     width: int = 0

@@ -125,7 +125,7 @@ class MainWindow(QMainWindow):
                                  "Save the selected case as a PDF report", "pdf")
         self.act_csv = self._act("Export session (&CSV)…", self.export_csv_dialog, "Ctrl+Shift+E",
                                  "Save every case of this session as CSV (the batch columns)", "csv")
-        self.act_quit = self._act("&Quit", self.close, K.Quit)
+        self.act_quit = self._act("&Quit", self.close, "Ctrl+Q")
         self.act_overlay = self._act("Toggle &heat map", self.assess.view.toggle_overlay, "Ctrl+H",
                                      "Show or hide the Grad-CAM heat map", "heatmap")
         self.act_next = self._act("&Next case", self.assess.next_case, ["Ctrl+Down", "Ctrl+J"], "Select the next case")

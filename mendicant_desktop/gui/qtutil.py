@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QObject
 from PySide6.QtGui import QColor, QIcon, QImage
 
 from mendicant_desktop.core.bundle import resources_dir
@@ -78,3 +80,14 @@ def load_stylesheet() -> str:
 
 def risk_colour(risk: str | None) -> QColor:
     return HIGH if risk == "high" else LOW if risk == "low" else MUTED
+
+
+@contextlib.contextmanager
+def signals_blocked(*objects: QObject) -> Iterator[None]:
+    """Block the objects' signals inside the block (a plain-Python QSignalBlocker)."""
+    previous = [o.blockSignals(True) for o in objects]
+    try:
+        yield
+    finally:
+        for o, was in zip(objects, previous):
+            o.blockSignals(was)

@@ -31,6 +31,7 @@ PORTABLE_MARKER = "portable.txt"
 PORTABLE_DIR = "MENDICANT-settings"
 
 
+
 def executable_dir() -> Path:
     """Folder of the running executable (the PyInstaller app, else the Python interpreter)."""
     return Path(sys.executable).resolve().parent

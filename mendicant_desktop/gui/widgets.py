@@ -9,6 +9,7 @@ from PySide6.QtGui import (
     QColor,
     QFont,
     QFontMetrics,
+    QImage,
     QLinearGradient,
     QPainter,
     QPainterPath,
@@ -101,14 +102,15 @@ class ImageView(QGraphicsView):
             painter.restore()
 
     # -- content --------------------------------------------------------------------------------
-    def set_image(self, rgb: np.ndarray | None, *, keep_view: bool = False) -> None:
+    def set_image(self, rgb: np.ndarray | QImage | None, *, keep_view: bool = False) -> None:
+        """Show an RGB array or a ready QImage (prepared on a worker thread: cheaper on the GUI thread)."""
         if rgb is None:
             self._base.setPixmap(QPixmap())
             self._overlay.setPixmap(QPixmap())
             self._image_size = QSize()
             self._cam = None
             return
-        pm = QPixmap.fromImage(rgb_to_qimage(rgb))
+        pm = QPixmap.fromImage(rgb if isinstance(rgb, QImage) else rgb_to_qimage(rgb))
         self._base.setPixmap(pm)
         self._image_size = pm.size()
         self.scene().setSceneRect(QRectF(0, 0, pm.width(), pm.height()))
@@ -201,7 +203,7 @@ class ColormapLegend(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._lut = colormap_lut("jet")
-        self.setMinimumWidth(160)
+        self.setMinimumWidth(120)
         self.setFixedHeight(34)
         self.setToolTip("Heat-map colours: how much each region influenced the model's top class (Grad-CAM).")
 
@@ -225,8 +227,9 @@ class ColormapLegend(QWidget):
         p.drawRect(bar)
         p.setPen(MUTED)
         y = int(bar.bottom()) + 2 + fm.ascent()
-        p.drawText(2, y, "low influence")
-        t = "high influence"
+        narrow = self.width() < 2 * fm.horizontalAdvance("high influence") + 16
+        p.drawText(2, y, "low" if narrow else "low influence")
+        t = "high" if narrow else "high influence"
         p.drawText(self.width() - 2 - fm.horizontalAdvance(t), y, t)
         p.end()
 
@@ -283,7 +286,6 @@ class ProbabilityBars(QWidget):
                     else:
                         cur = cand
                 lines.append(cur)
-                lines = lines[:2] if len(lines) <= 2 else [lines[0], " ".join(lines[1:])]
             h = max(22, len(lines) * line_h + 8)
             rows.append((y, h, lines))
             y += h
@@ -295,7 +297,7 @@ class ProbabilityBars(QWidget):
         return QSize(320, (rows[-1][0] + rows[-1][1] + 2) if rows else 24)
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802
-        return QSize(260, self.sizeHint().height())
+        return QSize(240, self.sizeHint().height())
 
     def hasHeightForWidth(self) -> bool:  # noqa: N802
         return True

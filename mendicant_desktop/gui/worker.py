@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +31,7 @@ T = TypeVar("T")
 __all__ = ["BackgroundOp", "TaskContext", "Worker", "WorkerSignals", "scoring_pool"]
 
 _scoring_pool: QThreadPool | None = None
+
 
 
 def scoring_pool() -> QThreadPool:
@@ -153,12 +155,16 @@ class _Relay(QObject):
                 op._finished()
         finally:
             BackgroundOp._running.discard(op)
+            # The pool thread may still be returning from Worker.run() when this queued call arrives:
+            # keep the runnable alive a while longer instead of freeing it under the pool's feet.
+            BackgroundOp._graveyard.append(op.worker)
 
 
 class BackgroundOp(Generic[T]):
     """Builder for one background operation (see the module docstring)."""
 
     _running: set[BackgroundOp] = set()
+    _graveyard: deque[Worker | None] = deque(maxlen=256)
 
     def __init__(
         self,

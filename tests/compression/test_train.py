@@ -108,7 +108,7 @@ def test_val_metrics_by_hand(tmp_path) -> None:
 def test_trainer_runs_checkpoints_and_resumes(tmp_path) -> None:
     cfg = load_config(overrides={
         "train.epochs": 2, "train.batch_size": 8, "train.freeze_through": "middle.0", "train.train_views": 2,
-        "fairness.min_group_n": 2, "train.early_stop.min_epochs": 5,
+        "fairness.min_group_n": 2, "train.early_stop.min_epochs": 5, "train.teacher_on_val": True,
     })  # fmt: skip
     index = fake_index(tmp_path, n_train=24, n_val=12)
     teacher = tiny_model(seed=1)

@@ -189,37 +189,57 @@ def test_region_ranking():
 # Real model, real dermoscopy
 # --------------------------------------------------------------------------------------------------
 
-N_REAL = 12
+N_REAL = 8
+
+
+def _poisson_binomial_tail(ps: list[float], k: int) -> float:
+    """P(at least k successes) for independent trials with success probabilities ``ps``."""
+    dist = np.zeros(len(ps) + 1)
+    dist[0] = 1.0
+    for p in ps:
+        dist[1:] = dist[1:] * (1 - p) + dist[:-1] * p
+        dist[0] *= 1 - p
+    return float(dist[k:].sum())
 
 
 def test_occlusion_ranks_lesion_above_background_on_real_dermoscopy(bundled_card, shared_data):
-    """Occlusion (malignancy target) should hit the lesion more than the surrounding skin.
+    """The region occlusion ranks first lies on the lesion more often than chance.
 
-    External-pool ISIC melanomas (never seen in training): for each, the mean occlusion drop inside the
-    lesion mask vs outside it (the dermoscope's black vignette excluded). Under the null "the map ignores
-    where the lesion is" a positive difference has probability 1/2; we require a one-sided binomial
-    p < 0.05 (>= 10 of 12).
+    Real ISIC dermoscopy from the ``external`` pool (never seen in training), target = the predicted class
+    (Zeiler & Fergus). For each image the top-ranked pixel of the occlusion map (the dermoscope's black
+    vignette excluded) either lies in the lesion mask or not; by chance it would with probability equal to
+    the lesion's share of the non-vignette area. An exact Poisson-binomial test of the hits against those
+    chance levels must give p < 0.05. Coarse settings (patch 48, stride 32: 65 passes) keep it fast.
     """
     engine = Engine(ModelBundle.load(bundled_card), threads=2)
     with open(shared_data / "isic_dermoscopy" / "labels.csv", newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["pool"] == "external" and r["dx"] == "MEL"]
+        rows = [r for r in csv.DictReader(fh) if r["pool"] == "external" and r["dx"] in ("MEL", "NV")]
     rng = np.random.default_rng(7)
     rows = [rows[i] for i in rng.permutation(len(rows))]
     occ = OcclusionSensitivity(engine, patch=48, stride=32, batch_size=16)
-    wins, used = 0, 0
+    hits, chance, above = 0, [], 0
     for r in rows:
-        if used == N_REAL:
+        if len(chance) == N_REAL:
             break
         x = preprocess(load_image(shared_data / "isic_dermoscopy" / "images" / r["image"]))
-        mask, vignette, kind = lesion_masks(x)
-        if kind != "lesion-split" or not (0.03 < mask.mean() < 0.7):
+        lesion, vignette, kind = lesion_masks(x)
+        if kind != "lesion-split" or not (0.03 < lesion.mean() < 0.7):
             continue  # no usable lesion/skin split on this image
-        res = occ.explain(x)
-        d = region_ranking(res.heatmap, mask, exclude=vignette)
-        used += 1
-        wins += int(d > 0)
-    assert used == N_REAL
+        res = occ.explain(x, target="top")
+        heat = np.where(vignette, -np.inf, res.heatmap)
+        iy, ix = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        hits += int(lesion[iy, ix])
+        chance.append(float(lesion[~vignette].mean()))
+        above += int(region_ranking(res.heatmap, lesion, exclude=vignette) > 0)
+    assert len(chance) == N_REAL
+    p = _poisson_binomial_tail(chance, hits)
+    assert p < 0.05, (f"top occlusion region on the lesion in {hits}/{N_REAL} images, chance expects "
+                      f"{sum(chance):.1f} (p={p:.3f}); lesion mean above background in {above}/{N_REAL}")
+
+
+def test_poisson_binomial_tail():
     from math import comb
 
-    p = sum(comb(N_REAL, k) for k in range(wins, N_REAL + 1)) / 2**N_REAL
-    assert p < 0.05, f"occlusion ranked the lesion first on only {wins}/{N_REAL} images (p={p:.3f})"
+    assert _poisson_binomial_tail([0.5] * 8, 7) == pytest.approx(sum(comb(8, k) for k in (7, 8)) / 256)
+    assert _poisson_binomial_tail([0.2, 0.9], 0) == pytest.approx(1.0)
+    assert _poisson_binomial_tail([0.2, 0.9], 2) == pytest.approx(0.18)
