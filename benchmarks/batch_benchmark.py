@@ -152,7 +152,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=None, help="model card; default the bundled model")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--rss-inputs", type=int, default=10_000, help="inputs for the streaming RSS run (0: skip)")
     ap.add_argument("--profile-images", type=int, default=400, help="images for the profile (0: skip)")
     ap.add_argument("--top", type=int, default=18)

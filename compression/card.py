@@ -216,8 +216,14 @@ def _withhold(groups: dict[str, Any]) -> dict[str, Any]:
             out[g] = d
         else:
             keep = {k: d[k] for k in ("n", "n_pos", "sufficient") if k in d}
-            keep["note"] = ("no images" if not d.get("n") else
-                            "too few images (n < 30 or < 5 positives/negatives): no figure reported")
+            n, n_pos = int(d.get("n", 0)), int(d.get("n_pos", 0))
+            if n == 0:
+                keep["note"] = "no images"
+            elif n_pos == 0 or n_pos == n:
+                keep["note"] = "only one class present (AUROC undefined): no figure reported"
+            else:
+                keep["note"] = (f"too few images for a figure (n={n}, {n_pos} positive, {n - n_pos} negative; "
+                                "needs n >= 30 with >= 5 of each)")  # fmt: skip
             out[g] = keep
     return out
 

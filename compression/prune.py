@@ -14,7 +14,10 @@ Decisions
 - ``prune.keep_feature_channels = true`` keeps block14's output (C = 2048): the Grad-CAM feature map, the
   ``features`` ONNX output and ``img_fc_w`` (C, 264) of ``head.npz`` keep the reference's shapes, and the
   head needs no input surgery. block14's *inner* width (sepconv1 out) is pruned, which takes most of the
-  block's MACs anyway.
+  block's MACs anyway. (Torch-Pruning 1.6 forms no prunable group for block14's output in any case: the
+  global mean feeding ``img_fc`` is not traced as a channel coupling, so ``false`` changes nothing today.)
+  Only block14's output *producers* (``sepconv2.sep.pointwise`` and ``sepconv2.bn``) are ignored: its
+  depthwise conv is coupled to the inner width, and ignoring it would freeze that group too.
 - The head's Linear layers are never pruned (their out widths are the ``head.npz`` contract).
 - ``prune.ignore`` lists module prefixes left whole (by default the stem and the first two entry blocks:
   cheap, and they carry the low-level colour features skin-tone fairness depends on).

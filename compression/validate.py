@@ -454,12 +454,14 @@ def gate_checks(result: dict[str, Any], gate: dict[str, float], targets: dict[st
         gm = groups.get(g)
         if gm is None:
             continue
-        if gm["n"] >= targets["fst_min_n"]:
-            row("target", f"FST {g} AUROC (n={gm['n']})", _get(gm, "auroc"), ">=", targets["fst_group_auroc"])
+        n, n_pos = int(gm["n"]), int(gm["n_pos"])
+        if n >= targets["fst_min_n"] and min(n_pos, n - n_pos) >= 5:
+            row("target", f"FST {g} AUROC (n={n})", _get(gm, "auroc"), ">=", targets["fst_group_auroc"])
         else:
-            rows.append({"kind": "target", "name": f"FST {g} AUROC (n={gm['n']})", "value": None, "op": ">=",
+            rows.append({"kind": "target", "name": f"FST {g} AUROC (n={n})", "value": None, "op": ">=",
                          "bound": targets["fst_group_auroc"], "met": None,
-                         "note": f"n < {targets['fst_min_n']}: too few to judge"})  # fmt: skip
+                         "note": f"too few to judge (needs n >= {targets['fst_min_n']} with >= 5 positives and "
+                                 f">= 5 negatives; has {n_pos}/{n - n_pos})"})  # fmt: skip
     row("target", "PAD per-FST AUROC gap", gap_c, "<=", targets["fst_gap"])
     return rows
 

@@ -22,7 +22,7 @@ from typing import Any
 from . import EXIT_CODES_HELP, ExitCode, scoring
 from .discover import InputItem, count_inputs, iter_inputs
 from .metadata_csv import MetadataTable, load_metadata_csv
-from .scoring import iter_scored, score_paths
+from .scoring import DEFAULT_BATCH_SIZE, iter_scored, score_paths
 from .writers import (
     COLUMNS,
     OutputFileError,
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model card (.json) to use; default $MENDICANT_MODEL, else the bundled model")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for inference and for decoding (default: up to 4, the core count)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per inference batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="B",
+                   help=f"images per inference batch (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--quiet", action="store_true", help="no progress bar (the final summary line is still printed)")
     p.add_argument("--debug", action="store_true", help="log details and show tracebacks of internal errors")
     return p

@@ -26,6 +26,8 @@ from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.preprocess import load_image, preprocess
 from mendicant_desktop.core.skintone import estimate_skin_tone
 
+from .text import pct
+
 _IMAGE_COLS = ("image", "img_id", "image_id", "file", "filename")
 _FST_COLS = ("fst", "fitspatrick", "fitzpatrick")
 _SEX_COLS = ("sex", "gender")
@@ -301,7 +303,7 @@ def to_html(run: AuditRun, roc_png_b64: str = "", cal_png_b64: str = "", model_l
 table{{border-collapse:collapse}}td,th{{border:1px solid #d5dbe3;padding:4px 8px;text-align:left}}
 th{{background:#eef2f6}}.note{{color:#5b6673}}</style></head><body>
 <h1>Fairness audit by Fitzpatrick skin type</h1>
-<p>{e(model_line or run.model)} · operating threshold {run.threshold:.2f} · {len(run.scores)} images scored,
+<p>{e(model_line or run.model)} · operating threshold {pct(run.threshold)} ({run.threshold:.4g}) · {len(run.scores)} images scored,
 {len(run.failed)} failed, {len(run.skipped)} label rows unusable.</p>
 <table><tr>{''.join(f'<th>{e(c)}</th>' for c in TABLE_COLUMNS)}</tr>{''.join(rows)}</table>
 <p><b>{e(gap_text(res))}</b></p>

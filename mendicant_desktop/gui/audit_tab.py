@@ -29,6 +29,7 @@ from . import audit_runner as ar
 from .plots import GROUP_COLOURS, CalibrationPlot, RocPlot, Series
 from .qtutil import qimage_png_bytes
 from .services import Services
+from .text import pct
 from .worker import BackgroundOp
 
 GUI_COLUMNS = ar.TABLE_COLUMNS[:-1]  # the note goes into a spanned cell / tooltip
@@ -289,7 +290,7 @@ class AuditTab(QWidget):
         self.gap.setText(f"<b>{ar.gap_text(res)}</b>")
         n_est = sum(s == "estimated" for s in run.fst_source)
         self.status.setText(
-            f"{len(run.scores)} images scored with {run.model} at threshold {run.threshold:.2f}"
+            f"{len(run.scores)} images scored with {run.model} at threshold {pct(run.threshold)}"
             + (f"; skin type estimated from the image for {n_est}" if n_est else "")
             + "."
         )

@@ -17,6 +17,7 @@ from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, Prediction, SkinToneEstimate
 
 from .qtutil import ERROR, INK, MUTED, STATUS_COLOURS, rgb_to_qimage, risk_colour
+from .text import pct
 
 STATUSES = ("queued", "scoring", "done", "error")
 _ids = itertools.count(1)
@@ -108,7 +109,7 @@ class CaseListModel(QAbstractListModel):
             if c.prediction is not None:
                 p = c.prediction
                 tip.append(f"Top class: {CLASS_FULL_NAMES.get(p.top_class, p.top_class)} ({p.top_class})")
-                tip.append(f"Malignancy {100 * p.malignancy:.1f}% — {p.risk.upper()} band")
+                tip.append(f"Malignancy {pct(p.malignancy)} — {p.risk.upper()} band (threshold {pct(p.threshold)})")
             tip += [f"⚠ {w}" for w in c.warnings]
             return "\n".join(tip)
         if role == Qt.ItemDataRole.AccessibleTextRole:
@@ -208,7 +209,7 @@ class CaseDelegate(QStyledItemDelegate):
             bf.setBold(True)
             bf.setPointSizeF(max(7.0, option.font.pointSizeF() * 0.9))
             bfm = QFontMetrics(bf)
-            text = f"{'HIGH' if pred.risk == 'high' else 'LOW'} {100 * pred.malignancy:.0f}%"
+            text = f"{'HIGH' if pred.risk == 'high' else 'LOW'} {pct(pred.malignancy)}"
             badge_w = bfm.horizontalAdvance(text) + 14
             br = QRectF(r.right() - pad - badge_w, r.y() + pad, badge_w, bfm.height() + 6)
             p.setPen(Qt.PenStyle.NoPen)
@@ -229,7 +230,7 @@ class CaseDelegate(QStyledItemDelegate):
                    QFontMetrics(bold).elidedText(case.name, Qt.TextElideMode.ElideMiddle, int(name_w)))
         p.setFont(option.font)
         if pred is not None:
-            line2 = f"{CLASS_FULL_NAMES.get(pred.top_class, pred.top_class)} ({pred.top_class}) {100 * pred.top_k[0][1]:.0f}%"
+            line2 = f"{CLASS_FULL_NAMES.get(pred.top_class, pred.top_class)} ({pred.top_class}) {pct(pred.top_k[0][1])}"
             p.setPen(INK)
         elif case.status == "error":
             line2 = case.error or "could not be read"

@@ -212,7 +212,7 @@ class MainWindow(QMainWindow):
         c = engine.card
         thr = self.services.threshold
         self.model_label.setText(f"Model: {c.name} {c.version} ✔ verified · {engine.threads} thread(s) · "
-                                 f"threshold {thr:.2f}")
+                                 f"threshold {text.pct(thr)}")
         self.model_label.setToolTip(f"sha256 {c.sha256}")
         self._update_actions()
 

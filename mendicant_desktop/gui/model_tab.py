@@ -11,10 +11,11 @@ from PySide6.QtWidgets import QTextBrowser, QVBoxLayout, QWidget
 from mendicant_desktop.core.results import CLASS_FULL_NAMES
 
 from .services import Services
+from .text import pct
 
 _SKIP_CARD_KEYS = {"format_version", "name", "version", "file", "sha256", "size_bytes", "head", "class_names",
                    "input", "outputs", "preprocessing", "threshold", "provenance", "metrics", "malignant_classes",
-                   "malignancy_score"}
+                   "malignancy_score", "intended_use", "limitations"}
 
 
 def _e(v: object) -> str:
@@ -45,6 +46,44 @@ def _is_scalar(v: Any) -> bool:
                                             and any(isinstance(t, (dict, list)) for t in v))
 
 
+def _metric(v: Any) -> str:
+    if isinstance(v, float) and not math.isnan(v) and 0.0 <= v <= 1.0:
+        return f"{v:.3f}"
+    return _fmt(v)
+
+
+def _group_table(groups: dict[str, dict[str, Any]]) -> str:
+    """Rows = groups (e.g. skin types). ``x`` and ``x_ci95`` share one cell, "x (lo–hi)"; a row without any
+    figure (an insufficient group) shows its note across the metric columns instead of a row of dashes."""
+    cols: list[str] = []
+    for r in groups.values():
+        for c in r:
+            if c not in cols and not (c.endswith("_ci95") and c[:-5] in r):
+                cols.append(c)
+    info = [c for c in cols if c in ("n", "n_pos", "sufficient", "fst_source")]
+    notes = [c for c in cols if c == "note"]
+    metrics = [c for c in cols if c not in info and c not in notes]
+    head = "".join(f"<th align='left'>{_e(c.replace('_', ' '))}</th>" for c in info)
+    head += "".join(f"<th align='left'>{_e(c.replace('_', ' '))}{' (95% CI)' if any(c + '_ci95' in r for r in groups.values()) else ''}</th>"
+                    for c in metrics)
+    body = []
+    for name, r in groups.items():
+        cells = "".join(f"<td>{_fmt(r.get(c))}</td>" for c in info)
+        has_figures = any(r.get(c) is not None for c in metrics)
+        if not has_figures and r.get("note"):
+            cells += f"<td colspan='{max(1, len(metrics))}' style='color:#6b7480'>{_e(r['note'])}</td>"
+        else:
+            for c in metrics:
+                val = _metric(r.get(c))
+                ci = r.get(c + "_ci95")
+                if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci and r.get(c) is not None:
+                    val += f" ({float(ci[0]):.3f}–{float(ci[1]):.3f})"
+                cells += f"<td>{val}</td>"
+        body.append(f"<tr><td><b>{_e(name)}</b></td>{cells}</tr>")
+    return ("<table border='1' cellpadding='4' cellspacing='0' style='border-color:#d5dbe3'>"
+            f"<tr><th></th>{head}</tr>{''.join(body)}</table>")
+
+
 def render_mapping(d: dict[str, Any], depth: int = 0) -> str:
     """Nested dict -> HTML: scalars as a key/value table; dicts of flat dicts (e.g. per-FST) as one table."""
     if not d:
@@ -53,27 +92,48 @@ def render_mapping(d: dict[str, Any], depth: int = 0) -> str:
     nested = {k: v for k, v in d.items() if isinstance(v, dict)}
     parts = []
     if scalars:
-        parts.append("<table cellpadding='3' cellspacing='0'>" + "".join(
-            f"<tr><td style='color:#5b6673; padding-right:14px'>{_e(k)}</td><td>{_fmt(v)}</td></tr>"
-            for k, v in scalars.items()) + "</table>")
+        rows = []
+        for k, v in scalars.items():
+            if k.endswith("_ci95") and k[:-5] in scalars:
+                continue  # shown with its estimate
+            val = _metric(v)
+            ci = scalars.get(k + "_ci95")
+            if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci and v is not None:
+                val += f" (95% CI {float(ci[0]):.3f}–{float(ci[1]):.3f})"
+            rows.append(f"<tr><td style='color:#5b6673; padding-right:14px'>{_e(k)}</td><td>{val}</td></tr>")
+        parts.append("<table cellpadding='3' cellspacing='0'>" + "".join(rows) + "</table>")
     for k, v in nested.items():
         h = "h4" if depth else "h3"
         rows = v.values()
         if v and all(isinstance(r, dict) and all(_is_scalar(x) for x in r.values()) for r in rows):
-            cols: list[str] = []
-            for r in v.values():
-                for c in r:
-                    if c not in cols:
-                        cols.append(c)
-            head = "".join(f"<th align='left'>{_e(c)}</th>" for c in cols)
-            body = "".join(
-                f"<tr><td><b>{_e(name)}</b></td>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>"
-                for name, r in v.items())
-            parts.append(f"<{h}>{_e(k)}</{h}><table border='1' cellpadding='4' cellspacing='0' "
-                         f"style='border-color:#d5dbe3'><tr><th></th>{head}</tr>{body}</table>")
+            parts.append(f"<{h}>{_e(k)}</{h}>" + _group_table(v))
         else:
             parts.append(f"<{h}>{_e(k)}</{h}>" + render_mapping(v, depth + 1))
     return "".join(parts)
+
+
+def _as_items(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        return [str(t) for t in v]
+    if isinstance(v, dict):
+        return [f"{k}: {t}" for k, t in v.items()]
+    return [str(v)]
+
+
+def _use_and_limits(raw: dict[str, Any]) -> str:
+    """The card's intended use and limitations, shown before any number (clinicians read these first)."""
+    out = []
+    use = _as_items(raw.get("intended_use"))
+    if use:
+        out.append("<h3>Intended use</h3>" + "".join(f"<p>{_e(u)}</p>" for u in use))
+    lim = _as_items(raw.get("limitations"))
+    if lim:
+        out.append("<h3>Limitations</h3><table width='100%' cellpadding='6' style='background:#fff4e0; "
+                   "border:1px solid #e8c88a'><tr><td><ul style='margin:0'>"
+                   + "".join(f"<li>{_e(x)}</li>" for x in lim) + "</ul></td></tr></table>")
+    return "".join(out)
 
 
 def card_html(services: Services) -> str:
@@ -87,8 +147,8 @@ def card_html(services: Services) -> str:
     c = eng.card
     size_mb = c.size_bytes / 1e6
     thr_user = services.settings.threshold
-    thr = (f"{c.threshold:.3f} (model default)" if thr_user is None
-           else f"{thr_user:.3f} (set in Settings; model default {c.threshold:.3f})")
+    thr = (f"{c.threshold:.3f} = {pct(c.threshold)} (model default)" if thr_user is None
+           else f"{thr_user:.3f} = {pct(thr_user)} (set in Settings; model default {c.threshold:.3f})")
     classes = "".join(f"<li>{_e(CLASS_FULL_NAMES.get(n, n))} ({_e(n)})</li>" for n in c.class_names)
     extra = {k: v for k, v in c.raw.items() if k not in _SKIP_CARD_KEYS}
     load = f" in {services.load_seconds:.2f} s" if services.load_seconds else ""
@@ -104,6 +164,7 @@ def card_html(services: Services) -> str:
 <tr><td style='color:#5b6673'>Malignancy score</td><td>{_e(c.raw.get('malignancy_score', 'p(mel) + p(bcc) + p(akiec)'))}</td></tr>
 <tr><td style='color:#5b6673'>Inference</td><td>ONNX Runtime, CPU, {eng.threads} thread(s)</td></tr>
 </table>
+{_use_and_limits(c.raw)}
 <h3>Classes</h3><ul>{classes}</ul>
 <h3>Metrics</h3>{render_mapping(c.metrics, 1)}
 <p style='color:#5b6673'>Figures come from the model card, computed by the developers on held-out data. An interval

@@ -27,6 +27,7 @@ from . import text
 from .cases import Case
 from .pipeline import downscale
 from .qtutil import rgb_to_qimage
+from .text import pct
 
 #: The batch CSV's columns (``--batch``), in order; the GUI appends its own columns after them, starting with
 #: the batch mode's ``--metadata`` columns.
@@ -138,19 +139,19 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
         f"<tr><td style='color:#5b6673'>Model sha256</td><td style='{mono}'>{e(d.model_sha256)}</td></tr>",
         "</table>",
         "<table cellspacing='6' style='margin-top:4px'><tr><td align='center'><img src='mendicant://image' "
-        "width='290'><br>Original</td>",
+        "width='250'><br>Original</td>",
     ]
     if d.overlay_img is not None:
         target = pred.cam_target or pred.top_class if pred is not None else ""
-        parts.append(f"<td align='center'><img src='mendicant://overlay' width='290'><br>Grad-CAM ({e(d.colormap)}) "
+        parts.append(f"<td align='center'><img src='mendicant://overlay' width='250'><br>Grad-CAM ({e(d.colormap)}) "
                      f"for {e(text.class_label(target)) if target != 'malignancy' else 'the malignancy score'}</td>")
     parts.append("</tr></table>")
     if pred is not None:
         parts += [
             f"<h3 {h3}>Assessment</h3>",
             f"<p style='font-size: 11pt; margin:0'><b style='color:{risk_col}'>Malignancy score "
-            f"{100 * pred.malignancy:.1f}% — {pred.risk.upper()} band</b> (operating threshold "
-            f"{100 * pred.threshold:.0f}%)</p>",
+            f"{pct(pred.malignancy)} — {pred.risk.upper()} band</b> (operating threshold "
+            f"{pct(pred.threshold)})</p>",
             f"<p style='margin-top:4px'>{e(text.summary(pred, c.warnings))}</p>",
             "<table cellpadding='2' cellspacing='0' border='0'>"
             "<tr><th align='left'>Class</th><th align='left'>Code</th><th align='right'>Probability</th><th></th></tr>",

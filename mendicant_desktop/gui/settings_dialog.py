@@ -54,7 +54,7 @@ class SettingsDialog(QDialog):
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setDecimals(3)
-        self.threshold.setSingleStep(0.01)
+        self.threshold.setSingleStep(0.005)
         self.threshold.setValue(settings.effective_threshold(model_threshold or 0.5))
         self.threshold.setToolTip("Malignancy score at or above which a case is in the HIGH band.")
         self.reset_thr = QPushButton("Reset to model default")

@@ -29,6 +29,18 @@ FST_DESCRIPTIONS = {
 }
 
 
+def pct(p: float) -> str:
+    """A probability as a percentage, with a decimal where it matters (small values, low thresholds)."""
+    v = 100.0 * float(p)
+    if v != v:  # nan
+        return "–"
+    if 0 < v < 0.1:
+        return "<0.1%"
+    if v < 10 or 90 < v < 100:
+        return f"{v:.1f}%"
+    return f"{v:.0f}%"
+
+
 def class_label(code: str) -> str:
     return f"{CLASS_FULL_NAMES.get(code, code)} ({code})"
 
@@ -40,14 +52,14 @@ def malignancy_definition() -> str:
 def summary(pred: Prediction, warnings: list[str] | None = None) -> str:
     """Two or three short sentences a clinician can read at a glance."""
     top, p_top = pred.top_k[0]
-    first = f"Most likely: {class_label(top)} {100 * p_top:.0f}%"
+    first = f"Most likely: {class_label(top)} {pct(p_top)}"
     if len(pred.top_k) > 1:
         second, p2 = pred.top_k[1]
-        first += f"; next {class_label(second)} {100 * p2:.0f}%"
+        first += f"; next {class_label(second)} {pct(p2)}"
     side = "at or above" if pred.risk == "high" else "below"
     parts = [
         first + ".",
-        f"The malignancy score, {100 * pred.malignancy:.0f}%, is {side} the {100 * pred.threshold:.0f}% operating "
+        f"The malignancy score, {pct(pred.malignancy)}, is {side} the {pct(pred.threshold)} operating "
         f"threshold ({pred.risk.upper()} band).",
     ]
     if pred.risk == "high" and top not in MALIGNANT_CLASSES:

@@ -33,6 +33,7 @@ from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
 from mendicant_desktop.core.saliency import colormap_lut, upsample_cam
 
 from .qtutil import ACCENT, GRID, HIGH, INK, LOW, MUTED, rgb_to_qimage, rgba_to_qimage
+from .text import pct
 
 OVERLAY_SIDE = 512  # the coloured heat map is built at this size and smoothly scaled by Qt
 
@@ -340,7 +341,7 @@ class ProbabilityBars(QWidget):
                 p.drawRoundedRect(fill, 4, 4)
             p.setPen(INK)
             p.drawText(QRectF(bar_x + bar_w, y, pct_w, rh), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
-                       f"{100 * prob:.1f}%")
+                       "<0.1%" if 0 < prob < 0.0005 else f"{100 * prob:.1f}%")
         p.end()
 
 
@@ -356,7 +357,7 @@ class RiskGauge(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("Malignancy score = p(melanoma) + p(basal cell carcinoma) + p(actinic keratosis / "
                         "intraepithelial carcinoma).\nAt or above the operating threshold the case is in the "
-                        "HIGH band.")
+                        "HIGH band.\nThe bar is stretched so the threshold sits in its middle.")
 
     def set_value(self, score: float | None, threshold: float, risk: str | None) -> None:
         self._score, self._threshold, self._risk = score, float(threshold), risk
@@ -384,25 +385,38 @@ class RiskGauge(QWidget):
             return
         band = "HIGH" if self._risk == "high" else "LOW"
         p.setPen(colour)
-        head = f"Malignancy score {100 * self._score:.1f}%  —  {band} band"
+        head = f"Malignancy score {pct(self._score)}  —  {band} band"
         p.drawText(0, fm.ascent() + 2, QFontMetrics(big).elidedText(head, Qt.TextElideMode.ElideRight, w))
         p.setFont(self.font())
-        # track with the threshold tick
+        # Track with the threshold tick. The scale is stretched so that the threshold sits in the middle
+        # (0..t on the left half, t..100% on the right): with a low threshold (a few percent) a linear bar
+        # would squeeze everything that matters into its first pixels.
+        t = min(0.999, max(0.001, self._threshold))
+
+        def pos(v: float) -> float:
+            v = max(0.0, min(1.0, v))
+            frac = 0.5 * v / t if v <= t else 0.5 + 0.5 * (v - t) / (1 - t)
+            return bar.x() + frac * bar.width()
+
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor("#e8edf2"))
         p.drawRoundedRect(bar, 5, 5)
-        fill = QRectF(bar.x(), bar.y(), max(0.0, min(1.0, self._score)) * bar.width(), bar.height())
+        fill = QRectF(bar.x(), bar.y(), pos(self._score) - bar.x(), bar.height())
         if fill.width() > 0.5:
             p.setBrush(colour)
             p.drawRoundedRect(fill, 5, 5)
-        tx = bar.x() + self._threshold * bar.width()
+        tx = pos(t)
         p.setPen(QPen(INK, 2))
         p.drawLine(QPointF(tx, bar.top() - 4), QPointF(tx, bar.bottom() + 4))
-        label = f"threshold {100 * self._threshold:.0f}%"
-        lw = fm.horizontalAdvance(label)
-        lx = min(max(0.0, tx - lw / 2), w - lw)
+        y = bar.bottom() + 6 + fm.ascent()
         p.setPen(MUTED)
-        p.drawText(QPointF(lx, bar.bottom() + 6 + fm.ascent()), label)
+        p.drawText(QPointF(bar.x(), y), "0%")
+        end = "100%"
+        p.drawText(QPointF(bar.right() - fm.horizontalAdvance(end), y), end)
+        label = f"threshold {pct(self._threshold)}"
+        lw = fm.horizontalAdvance(label)
+        p.setPen(INK)
+        p.drawText(QPointF(min(max(0.0, tx - lw / 2), w - lw), y), label)
         p.end()
 
 

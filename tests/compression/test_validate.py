@@ -6,6 +6,7 @@ are derived from the teacher's own scores (so the teacher's AUROCs are 1 and a b
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -251,3 +252,30 @@ def test_limits_come_from_the_config_and_match_the_fallback():
     gate, targets = V._limits(cfg)
     assert gate == V.GATE_FALLBACK
     assert targets == V.TARGETS_FALLBACK
+
+
+# --------------------------------------------------------------------------------------------------
+# The gate on the committed artifact (CI): real data, real teacher
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gate_passes_on_the_bundled_model(bundled_card, shared_data, monkeypatch, capsys, tmp_path):
+    from compression.export import default_models_dir
+
+    monkeypatch.delenv("MENDICANT_CACHE", raising=False)  # reuse the developer's prediction cache if present
+    teacher = default_models_dir() / "reference_fp32.onnx"
+    if not teacher.is_file():
+        from compression.reference import find_sklesion_wheel
+
+        try:
+            find_sklesion_wheel(download=False)
+        except (FileNotFoundError, RuntimeError, ValueError) as exc:
+            pytest.skip(f"sklesion wheel cache absent: {exc}")
+    out = tmp_path / "gate.json"
+    rc = V.main([str(bundled_card), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    res = json.loads(out.read_text())
+    assert res["data"]["ham10000"] == 0 and res["data"]["n"] >= 300
+    assert res["seconds"] < 300, f"the gate took {res['seconds']} s (limit 5 min)"

@@ -27,11 +27,11 @@ def test_model_tab_renders_card_metrics(qtbot, tiny_bundle, tmp_path, settings_p
     qtbot.waitUntil(lambda: services.engine is not None or services.error is not None, timeout=20_000)
     assert services.engine is not None, services.error
     txt = win.model_tab.browser.toPlainText()
-    for needle in ("tiny-test-model", d["sha256"], "Verified", "pad_malignancy_per_fst", "0.77 – 0.85", "88",
-                   "Melanoma (mel)", "calibration", "0.500 (model default)"):
+    for needle in ("tiny-test-model", d["sha256"], "Verified", "pad_malignancy_per_fst", "0.810 (95% CI 0.770–0.850)", "88",
+                   "Melanoma (mel)", "calibration", "0.500 = 50% (model default)"):
         assert needle in txt, needle
     win.settings.threshold = 0.3
-    assert "0.300 (set in Settings" in win.model_tab.browser.toPlainText()
+    assert "0.300 = 30% (set in Settings" in win.model_tab.browser.toPlainText()
     win.close()
 
 

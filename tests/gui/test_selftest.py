@@ -35,3 +35,10 @@ def test_selftest_fails_cleanly_without_a_valid_model(tmp_path):
     r = _run(["--selftest", "--model", str(bad)], tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "selftest FAILED" in r.stderr and "not valid JSON" in r.stderr
+
+
+def test_selftest_with_the_bundled_model(bundled_card, tmp_path):
+    """The shipped model: verified by sha256, loaded, a generated image scored and displayed."""
+    r = _run(["--selftest"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "selftest OK" in r.stdout and bundled_card.stem in r.stdout
