@@ -40,8 +40,8 @@ def default_card() -> Path | None:
     return cards[0] if cards else None
 
 
-def run_cli(paths: list[Path], out: Path, card: Path, extra: list[str]) -> tuple[int, float, float, str]:
-    """Run the CLI; return (exit code, wall seconds, child peak RSS in MB, stderr tail)."""
+def run_cli(paths: list[Path], out: Path, card: Path, extra: list[str]) -> tuple[int, float, float, float, str]:
+    """Run the CLI; return (exit code, wall s, child peak RSS MB, child CPU s (user+sys), stderr tail)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "mendicant_desktop", "--batch", *map(str, paths), "--out", str(out),
            "--model", str(card), "--quiet", *extra]
@@ -53,7 +53,19 @@ def run_cli(paths: list[Path], out: Path, card: Path, extra: list[str]) -> tuple
         secs = time.perf_counter() - t0
         err.seek(0)
         tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:]
-    return proc.returncode, secs, usage.ru_maxrss / 1024.0, (tail[0] if tail else "")
+    cpu = usage.ru_utime + usage.ru_stime
+    return proc.returncode, secs, usage.ru_maxrss / 1024.0, cpu, (tail[0] if tail else "")
+
+
+def report(label: str, n: int, secs: float, rss: float, cpu: float, rc: int, tail: str, load: tuple) -> None:
+    cores = os.cpu_count() or 1
+    print(f"\n[{label}] {n} images in {secs:.1f} s wall (incl. start-up) = {n / secs:.1f} images/s; "
+          f"peak RSS {rss:.0f} MB; exit {rc}")
+    if n:
+        print(f"    CPU {cpu:.1f} s = {1000 * cpu / n:.1f} ms per image -> {cores * n / cpu:.1f} images/s if the "
+              f"{cores} cores were all ours; it got {cpu / secs:.2f} cores on average "
+              f"(load average before/after: {load[0]:.1f} / {os.getloadavg()[0]:.1f})")
+    print(f"    {tail}")
 
 
 def rows_in(out: Path) -> int:
@@ -73,31 +85,33 @@ def stage_timings(files: list[Path], card: Path, threads: int, batch_size: int) 
     t = dict.fromkeys(("read+sha256", "decode", "preprocess", "skin tone", "inference"), 0.0)
     xs = []
     for f in files:
-        a = time.perf_counter()
+        a = time.process_time()
         data = f.read_bytes()
         hashlib.sha256(data).hexdigest()
-        b = time.perf_counter()
+        b = time.process_time()
         rgb = load_image(data)
-        c = time.perf_counter()
+        c = time.process_time()
         xs.append(preprocess(rgb, engine.input_size))
-        d = time.perf_counter()
+        d = time.process_time()
         estimate_skin_tone(rgb)
-        e = time.perf_counter()
+        e = time.process_time()
         t["read+sha256"] += b - a
         t["decode"] += c - b
         t["preprocess"] += d - c
         t["skin tone"] += e - d
     engine.predict_preprocessed(np.stack(xs[:batch_size]), cam=False)  # warm-up
-    a = time.perf_counter()
+    a = time.process_time()
     for s in range(0, len(xs), batch_size):
         engine.predict_preprocessed(np.stack(xs[s:s + batch_size]), cam=False)
-    t["inference"] = time.perf_counter() - a
+    t["inference"] = time.process_time() - a
     total = sum(t.values())
-    print(f"\nserial stage timings on {len(files)} images (inference: {threads} ORT threads, batch {batch_size}):")
+    print(f"\nCPU time per stage, serial, on {len(files)} images (process CPU time, so other users' load does "
+          f"not inflate it; inference: {threads} ORT threads, batch {batch_size}):")
     for k, v in t.items():
         print(f"  {k:<12} {1000 * v / len(files):7.2f} ms/image  {100 * v / total:5.1f}%")
-    print(f"  {'total':<12} {1000 * total / len(files):7.2f} ms/image  -> {len(files) / total:.1f} images/s on one "
-          "thread of Python work")
+    cores = os.cpu_count() or 1
+    print(f"  {'total':<12} {1000 * total / len(files):7.2f} ms/image  -> at most {cores * len(files) / total:.1f} "
+          f"images/s on {cores} idle cores")
 
 
 def profile_pipeline(files: list[Path], card: Path, threads: int | None, batch_size: int, top: int) -> None:
@@ -156,6 +170,7 @@ def main() -> int:
     ap.add_argument("--rss-inputs", type=int, default=10_000, help="inputs for the streaming RSS run (0: skip)")
     ap.add_argument("--profile-images", type=int, default=400, help="images for the profile (0: skip)")
     ap.add_argument("--top", type=int, default=18)
+    ap.add_argument("--profile-only", action="store_true", help="skip the two CLI runs")
     args = ap.parse_args()
 
     card = args.model or default_card()
@@ -172,27 +187,27 @@ def main() -> int:
 
     mc = ModelCard.load(card)
     print(f"model: {mc.name} {mc.version} ({card.name}); cpus: {os.cpu_count()}; "
+          f"load average: {os.getloadavg()[0]:.1f}; "
           f"threads: {args.threads or 'default'}; batch size: {args.batch_size}")
 
     with tempfile.TemporaryDirectory(prefix="mendicant-bench-") as tmp:
+        if args.profile_only:
+            args.rss_inputs = 0
         tmpd = Path(tmp)
         out = tmpd / "shared.csv"
-        rc, secs, rss, tail = run_cli(folders, out, card, extra)
-        n = rows_in(out)
-        print(f"\n[1] ../shared/data: {n} images in {secs:.1f} s wall (incl. start-up) = {n / secs:.1f} images/s; "
-              f"peak RSS {rss:.0f} MB; exit {rc}")
-        print(f"    {tail}")
+        if not args.profile_only:
+            load = os.getloadavg()
+            rc, secs, rss, cpu, tail = run_cli(folders, out, card, extra)
+            report("1: ../shared/data", rows_in(out), secs, rss, cpu, rc, tail, load)
         if args.rss_inputs:
             links = tmpd / "links"
             links.mkdir()
             for i in range(args.rss_inputs):
                 os.symlink(files[i % len(files)], links / f"{i:06d}_{files[i % len(files)].name}")
             out2 = tmpd / "links.csv"
-            rc, secs, rss, tail = run_cli([links], out2, card, extra)
-            n = rows_in(out2)
-            print(f"\n[2] {args.rss_inputs} inputs (symlinks): {n} rows in {secs:.1f} s = {n / secs:.1f} images/s; "
-                  f"peak RSS {rss:.0f} MB; exit {rc}")
-            print(f"    {tail}")
+            load = os.getloadavg()
+            rc, secs, rss, cpu, tail = run_cli([links], out2, card, extra)
+            report(f"2: {args.rss_inputs} inputs (symlinks)", rows_in(out2), secs, rss, cpu, rc, tail, load)
     if args.profile_images:
         step = max(1, len(files) // args.profile_images)
         sample = files[::step][: args.profile_images]

@@ -188,9 +188,33 @@ def installed_size(module: str) -> int:
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files
                          if not os.path.islink(os.path.join(dirpath, f)))
         if "." not in module:
-            for libs in p.parent.glob(f"{module}.libs"):
+            for libs in p.parent.glob(f"{module.replace('_', '?')}*.libs"):
                 total += sum(f.stat().st_size for f in libs.iterdir() if f.is_file())
     return total
+
+
+# naive-only files that belong to a module exclusion although their path does not name the module
+_EXTRA_PATHS = {
+    "numpy/Pillow extras": ("pillow.libs/", "PIL/"),  # libavif/freetype/harfbuzz of PIL._avif/_imagingft
+    "stdlib extras": ("_tcl_data/", "_tk_data/", "tcl8/", "libtcl", "libtk", "libsqlite3", "libssl",
+                      "python3.11/lib-dynload/_ssl", "python3.11/lib-dynload/_tkinter",
+                      "python3.11/lib-dynload/_sqlite3", "python3.11/lib-dynload/_curses"),
+}
+
+
+def _is_stdlib(module: str) -> bool:
+    top = module.split(".")[0]
+    return top in sys.stdlib_module_names or top in ("test", "_tkinter", "_ssl", "_sqlite3", "_curses")
+
+
+def _group_installed(mods: list[str]) -> int | None:
+    """Installed size of a group's third-party modules (stdlib modules are not counted); None if all stdlib."""
+    third = [m for m in mods if not _is_stdlib(m)]
+    if not third:
+        return None
+    # a module whose parent package is also listed is already counted with it
+    third = [m for m in third if not any(m.startswith(o + ".") for o in third if o != m)]
+    return sum(installed_size(m) for m in third)
 
 
 def _group_of_path(rel: str) -> str | None:
@@ -199,6 +223,10 @@ def _group_of_path(rel: str) -> str | None:
     group = X.file_rule_for(inner)
     if group:
         return group
+    for g in X.MODULE_EXCLUDES:
+        for prefix, paths in _EXTRA_PATHS.items():
+            if g.startswith(prefix) and inner.startswith(paths):
+                return g
     for g, (_reason, mods) in X.MODULE_EXCLUDES.items():
         for m in mods:
             pref = m.replace(".", "/")
@@ -331,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             m = None
             src = "run with --naive to measure"
         mods = X.MODULE_EXCLUDES.get(g, (None, []))[1]
-        inst = sum(installed_size(mm) for mm in mods if "." not in mm or mm.startswith("PySide6.")) if mods else None
+        inst = _group_installed(mods) if mods else None
         rows.append({"group": g, "reason": reason, "saved_bytes": m, "how": src, "installed_bytes": inst})
     for g, v in rules.items():
         if g not in dict(X.all_groups()):
@@ -345,8 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         saved = "   n/a" if r["saved_bytes"] is None else f"{r['saved_bytes'] / MB:6.1f}"
         inst = "     -" if r["installed_bytes"] is None else f"{r['installed_bytes'] / MB:7.1f}"
         print(f"  {r['group'][:62]:62s} {saved}   {inst}")
+    if naive_total is not None:
+        module_sum = sum(r["saved_bytes"] or 0 for r in rows if r["group"] in X.MODULE_EXCLUDES)
+        other = sum(unattributed.values())
+        report["unattributed_bytes"] = other
+        print(f"module excludes attributed: {module_sum / MB:.1f} MB; naive-only files/modules not named by any "
+              f"exclusion (transitive dependencies of excluded packages): {other / MB:.1f} MB")
     if unattributed:
-        print("naive-only files/modules not named by any exclusion (transitive or hook-collected):")
+        print("largest naive-only files/modules not named by any exclusion:")
         for k, v in list(report["unattributed_naive_only"].items())[:15]:
             print(f"  {v / MB:6.2f} MB  {k}")
     if args.json:

@@ -71,10 +71,15 @@ def resolve_model(arg: str | None, tmp: Path) -> tuple[str, str]:
 
 def cold_start(card: str, runs: int, tmp: Path) -> list[float]:
     env = {**os.environ, "MENDICANT_MODEL": card, "MENDICANT_CONFIG_DIR": str(tmp / "cfg")}
+    # An installed app (wheel or PyInstaller bundle) starts from compiled bytecode; a development shell with
+    # PYTHONDONTWRITEBYTECODE=1 would recompile every module on every start (~0.3 s here). Cache bytecode in
+    # the temp dir (not in the repo); the first run, which compiles, is reported separately.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
     if sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
         env.setdefault("QT_QPA_PLATFORM", "offscreen")
     times = []
-    for _ in range(runs):
+    for _ in range(runs + 1):
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "mendicant_desktop", "--exit-when-ready"], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -194,10 +199,11 @@ def main() -> int:
               f"QT_QPA_PLATFORM={os.environ.get('QT_QPA_PLATFORM', 'default')}")
         if not args.skip_cold:
             cold = cold_start(card, args.runs, tmp)
+            first, cold = cold[0], cold[1:]
             med = statistics.median(cold)
             print(f"cold start to window with model loaded: median {med:.2f} s over {len(cold)} runs "
-                  f"(min {min(cold):.2f}, max {max(cold):.2f}; first {cold[0]:.2f}) — target <= {COLD_TARGET_S} s: "
-                  f"{'MET' if med <= COLD_TARGET_S else 'MISSED'}")
+                  f"(min {min(cold):.2f}, max {max(cold):.2f}; the very first, compiling bytecode: {first:.2f}) — "
+                  f"target <= {COLD_TARGET_S} s: {'MET' if med <= COLD_TARGET_S else 'MISSED'}")
         drops, info = drop_to_result(card, args.runs, tmp)
         med = 1000 * statistics.median(drops)
         print(f"drop-to-result, 4000x3000 JPEG ({info['jpeg_mb']:.1f} MB): median {med:.0f} ms over {len(drops)} "

@@ -72,9 +72,9 @@ def main() -> int:
         dt = time.perf_counter() - t0
         times.append(dt)
         lesion, background, kind = lesion_masks(preprocess(rgb))
-        d = region_ranking(res.heatmap, lesion, exclude=background) if kind == "lesion-split" else float("nan")
+        d = region_ranking(res.magnitude, lesion, exclude=background) if kind == "lesion-split" else float("nan")
         ranks.append(d)
-        print(f"  {name}: {dt:6.2f} s  (malignancy {res.base_score:.3f}, lesion-minus-background drop {d:+.4f})")
+        print(f"  {name}: {dt:6.2f} s  (malignancy {res.base_score:.3f}, lesion-minus-background |change| {d:+.4f})")
     x = np.repeat(preprocess(imgs[0][1])[None], args.batch_size, axis=0)
     meta = np.zeros((args.batch_size, 10), np.float32)
     meta[:, 2] = meta[:, 7] = meta[:, 9] = 1.0
@@ -87,7 +87,7 @@ def main() -> int:
           f"n={len(times)}); raw throughput {thr:.1f} forward passes/s at batch {args.batch_size}")
     ok = [r for r in ranks if np.isfinite(r)]
     if ok:
-        print(f"lesion ranked above background on {sum(r > 0 for r in ok)}/{len(ok)} images")
+        print(f"occlusion sensitivity higher on the lesion than on the background on {sum(r > 0 for r in ok)}/{len(ok)} images")
     return 0
 
 

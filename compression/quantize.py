@@ -438,7 +438,7 @@ def quantize_int8_static(
     per_channel: bool = True,
     head_fp32: bool = True,
     batch_size: int = 4,
-    stride: int = 2,
+    stride: int = 1,
     percentile: float = 99.999,
     log: Callable[[str], None] | None = None,
 ) -> Path:
@@ -459,8 +459,10 @@ def quantize_int8_static(
                           skip_symbolic_shape=False)  # fmt: skip
         exclude = nodes_to_exclude(pre) if head_fp32 else []
         reader = ArrayCalibrationReader(images, meta, positions, batch_size=batch_size)
+        # One batch per collect step unless told otherwise: bounded memory for the histogram calibrators, and
+        # ORT's entropy collector cannot stack a short last batch with a full one in the same step.
         stride = max(1, min(int(stride), len(reader)))
-        while len(reader) % stride:
+        while len(reader) % stride or (len(positions) % batch_size and stride > 1):
             stride -= 1
         extra = {
             "ActivationSymmetric": False,

@@ -31,6 +31,7 @@ from .writers import (
     columns_for,
     keep_latest_rows,
     output_format,
+    path_key,
     read_existing,
 )
 
@@ -220,7 +221,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
             log.warning("removed a partial last row from %s (the previous run was killed mid-write)", out)
 
         def skip(path: str, sha256: str) -> bool:
-            return sha256 in done.get(clean_text(path), ())
+            return sha256 in done.get(path_key(clean_text(path)), ())
 
     if args.overwrite and exists:
         os.unlink(out)
@@ -255,7 +256,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
             else:
                 writer.write(scored.row)
                 counts[scored.row["status"]] += 1
-                if existing is not None and scored.row["image"] in existing.paths:
+                if existing is not None and path_key(scored.row["image"]) in existing.paths:
                     superseded = True
             bar.update(1)
         interrupted = stop.event.is_set()

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,18 +53,27 @@ def clean_text(s: str) -> str:
     return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def path_key(image: str) -> str:
+    """How ``--resume`` compares paths: ``data/a.jpg``, ``./data/a.jpg`` and its absolute form are one input."""
+    return os.path.normcase(os.path.abspath(image)) if image else ""
+
+
+def _json_value(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _csv_cell(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return repr(v)
+        return repr(v) if math.isfinite(v) else ""
     return str(v)
 
 
 def format_line(row: dict[str, Any], columns: Sequence[str], fmt: str) -> str:
     """One complete output line (with its newline) for ``row``."""
     if fmt == "jsonl":
-        return json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False, allow_nan=False) + "\n"
+        return json.dumps({c: _json_value(row.get(c)) for c in columns}, ensure_ascii=False, allow_nan=False) + "\n"
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow([_csv_cell(row.get(c)) for c in columns])
     return buf.getvalue()
@@ -112,8 +122,8 @@ class ExistingRows:
     """What ``--resume`` needs from an existing output file."""
 
     columns: tuple[str, ...] | None
-    done: dict[str, set[str]] = field(default_factory=dict)  # image -> sha256s with an ok row for this model
-    paths: set[str] = field(default_factory=set)  # every image that has a row
+    done: dict[str, set[str]] = field(default_factory=dict)  # path_key -> sha256s with an ok row for this model
+    paths: set[str] = field(default_factory=set)  # path_key of every image that has a row
     rows: int = 0
     duplicates: bool = False  # some image has more than one row
     truncated_tail: bool = False  # a partial last line (killed mid-write) was removed
@@ -161,7 +171,7 @@ def read_existing(path: str | os.PathLike, fmt: str, model_sha256: str) -> Exist
     rows = _iter_rows(good, fmt, p, out)
     seen: set[str] = set()
     for row in rows:
-        image = row.get("image") or ""
+        image = path_key(row.get("image") or "")
         out.rows += 1
         if image in seen:
             out.duplicates = True
@@ -217,10 +227,10 @@ def keep_latest_rows(path: str | os.PathLike, fmt: str) -> int:
         header, records = _parse_csv(text)
         if header is None:
             return 0
-        keyed = [(r[0] if r else "", r) for r in records if r]
+        keyed = [(path_key(r[0]), r) for r in records if r]
     else:
         header = None
-        keyed = [(json.loads(line).get("image", ""), line) for line in text.splitlines() if line.strip()]
+        keyed = [(path_key(json.loads(line).get("image", "")), line) for line in text.splitlines() if line.strip()]
     last = {k: i for i, (k, _) in enumerate(keyed)}
     kept = [rec for i, (k, rec) in enumerate(keyed) if last[k] == i]
     removed = len(keyed) - len(kept)

@@ -294,10 +294,12 @@ def occlusion_positions(size: int, patch: int, stride: int) -> list[int]:
 @dataclass(frozen=True)
 class OcclusionResult:
     """``heatmap`` (H, W) float32 at model-input resolution: the mean drop of the target score over the
-    patches covering each pixel (negative where occluding *raised* the score). ``grid`` holds the drop per
-    patch position (rows = y offsets ``ys``, cols = x offsets ``xs``)."""
+    patches covering each pixel (negative where occluding *raised* the score). ``magnitude`` is the mean
+    absolute change instead: how sensitive the score is to hiding each pixel, whatever the direction.
+    ``grid`` holds the drop per patch position (rows = y offsets ``ys``, cols = x offsets ``xs``)."""
 
     heatmap: np.ndarray = field(repr=False)
+    magnitude: np.ndarray = field(repr=False)
     grid: np.ndarray = field(repr=False)
     ys: tuple[int, ...]
     xs: tuple[int, ...]
@@ -308,9 +310,12 @@ class OcclusionResult:
     n_passes: int
     seconds: float
 
-    def normalized(self) -> np.ndarray:
-        """The positive part of ``heatmap`` scaled to [0, 1] (for :func:`core.saliency.overlay`)."""
-        pos = np.maximum(self.heatmap, 0.0)
+    def normalized(self, kind: str = "drop") -> np.ndarray:
+        """A map in [0, 1] for :func:`core.saliency.overlay`: the positive part of ``heatmap`` (``'drop'``,
+        where hiding the region lowers the score) or ``magnitude`` (``'magnitude'``), scaled by its peak."""
+        if kind not in ("drop", "magnitude"):
+            raise ValueError(f"kind must be 'drop' or 'magnitude', got {kind!r}")
+        pos = np.maximum(self.heatmap if kind == "drop" else self.magnitude, 0.0)
         peak = float(pos.max())
         return (pos / peak).astype(np.float32) if peak > 0 else np.zeros_like(pos, dtype=np.float32)
 
@@ -432,13 +437,15 @@ class OcclusionSensitivity:
             if progress is not None:
                 progress(done, total)
         acc = np.zeros((h, w), dtype=np.float64)
+        mag = np.zeros((h, w), dtype=np.float64)
         cnt = np.zeros((h, w), dtype=np.float64)
         for d, (y, x0) in zip(drops, positions, strict=True):
             acc[y : y + ph, x0 : x0 + pw] += d
+            mag[y : y + ph, x0 : x0 + pw] += abs(d)
             cnt[y : y + ph, x0 : x0 + pw] += 1
-        heat = (acc / np.maximum(cnt, 1)).astype(np.float32)
+        cnt = np.maximum(cnt, 1)
         return OcclusionResult(
-            heatmap=heat, grid=drops.reshape(len(ys), len(xs)).astype(np.float32), ys=tuple(ys), xs=tuple(xs),
+            heatmap=(acc / cnt).astype(np.float32), magnitude=(mag / cnt).astype(np.float32), grid=drops.reshape(len(ys), len(xs)).astype(np.float32), ys=tuple(ys), xs=tuple(xs),
             base_score=base, target=target_name, patch=self.patch, stride=self.stride, n_passes=total,
             seconds=time.perf_counter() - t0,
         )

@@ -68,9 +68,11 @@ def build_window(settings_path: str | os.PathLike | None = None, card: str | os.
 
     settings = AppSettings(settings_path)
     services = Services(settings, card)
-    window = MainWindow(services)
     if load:
+        # Start verifying/loading first: it runs on a worker while the window is built here. Its result
+        # arrives through the event loop, i.e. after the window exists and has connected its slots.
         services.load_model()
+    window = MainWindow(services)
     return services, window
 
 

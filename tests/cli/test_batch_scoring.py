@@ -23,6 +23,7 @@ from mendicant_desktop.cli.writers import (
     columns_for,
     format_line,
     keep_latest_rows,
+    path_key,
     read_existing,
     read_rows,
 )
@@ -130,7 +131,8 @@ def test_writer_rows_and_partial_tail_recovery(tmp_path):
         out.write_bytes(good + format_line({"image": "d, \"q\".jpg", "status": "ok"}, cols, fmt).encode()[:-9])
         ex = read_existing(out, fmt, "m")
         assert ex.truncated_tail and out.read_bytes() == good
-        assert ex.done == {"a\nb.jpg": {"s1"}} and ex.paths == {"a\nb.jpg", "c.jpg"} and not ex.duplicates
+        assert ex.done == {path_key("a\nb.jpg"): {"s1"}} and ex.paths == {path_key("a\nb.jpg"), path_key("c.jpg")}
+        assert not ex.duplicates
         rows = read_rows(out)
         assert rows[0]["image"] == "a\nb.jpg" and rows[1]["error"] == "bad"
         with RowWriter(out, cols, fmt, append=True) as w:

@@ -293,8 +293,48 @@ def _window_viewable(display: str, title_part: str) -> bool:
     return False
 
 
-def test_cold_start_to_window_on_x11(exe, model_args, tmp_path):
-    """Real X server (Xvfb): time from exec to the main window being mapped; the xcb plugin must load."""
+def _evict_from_page_cache(folder: Path) -> bool:
+    """Drop the bundle's files (only those) from the OS page cache, so the next start reads them from disk."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return True
+
+
+def _time_to_window(exe: Path, model_args: list[str], display: str, cfg: Path) -> tuple[float | None, str]:
+    env = _env(DISPLAY=display, MENDICANT_CONFIG_DIR=str(cfg))
+    t0 = time.perf_counter()
+    app = subprocess.Popen([str(exe), *model_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    shown = None
+    while time.perf_counter() - t0 < 30 and app.poll() is None:
+        if _window_viewable(display, "MENDICANT"):
+            shown = time.perf_counter() - t0
+            break
+        time.sleep(0.01)
+    app.terminate()
+    try:
+        out = app.communicate(timeout=15)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        app.kill()
+        out = app.communicate()[0].decode(errors="replace")
+    return shown, out
+
+
+def test_cold_start_to_window_on_x11(exe, frozen_dist, model_args, tmp_path):
+    """Real X server (Xvfb): time from exec to the main window being mapped (the xcb plugin must load).
+
+    Cold: the bundle's files are first evicted from the page cache (posix_fadvise), as after a reboot;
+    then a warm start. The budget applies to the cold start."""
     xvfb, xwininfo = shutil.which("Xvfb"), shutil.which("xwininfo")
     if not (xvfb and xwininfo) or not sys.platform.startswith("linux"):
         pytest.skip("Xvfb/xwininfo not installed: the start-up time is covered by the offscreen self-test")
@@ -306,27 +346,16 @@ def test_cold_start_to_window_on_x11(exe, model_args, tmp_path):
         while time.monotonic() < deadline and subprocess.run(
                 [xwininfo, "-root"], capture_output=True, env={**os.environ, "DISPLAY": display}).returncode:
             time.sleep(0.05)
-        env = _env(DISPLAY=display, MENDICANT_CONFIG_DIR=str(tmp_path / "cfg"))
-        t0 = time.perf_counter()
-        app = subprocess.Popen([str(exe), *model_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        shown = None
-        while time.perf_counter() - t0 < 30 and app.poll() is None:
-            if _window_viewable(display, "MENDICANT"):
-                shown = time.perf_counter() - t0
-                break
-            time.sleep(0.02)
-        app.terminate()
-        try:
-            out = app.communicate(timeout=15)[0].decode(errors="replace")
-        except subprocess.TimeoutExpired:
-            app.kill()
-            out = app.communicate()[0].decode(errors="replace")
+        evicted = _evict_from_page_cache(frozen_dist)
+        cold, out = _time_to_window(exe, model_args, display, tmp_path / "cfg")
+        assert cold is not None, f"the main window never appeared on {display}:\n{out[-3000:]}"
+        warm, _ = _time_to_window(exe, model_args, display, tmp_path / "cfg")
     finally:
         server.terminate()
         server.wait(timeout=10)
-    assert shown is not None, f"the main window never appeared on {display}:\n{out[-3000:]}"
-    print(f"\n[frozen] cold start to window (X11, Xvfb): {shown:.2f} s")
-    assert shown <= COLD_START_BUDGET_S, f"start to window took {shown:.2f} s > {COLD_START_BUDGET_S} s"
+    label = "cold (bundle evicted from page cache)" if evicted else "first"
+    print(f"\n[frozen] start to window (X11, Xvfb): {label} {cold:.2f} s, warm {warm or float('nan'):.2f} s")
+    assert cold <= COLD_START_BUDGET_S, f"start to window took {cold:.2f} s > {COLD_START_BUDGET_S} s"
 
 
 def _archive_names(exe: Path) -> list[str]:
