@@ -22,6 +22,7 @@ MODEL_SIZE: tuple[int, int] = (254, 254)
 #: Refuse images above this many pixels before decoding them (decompression bombs).
 #: 100 MP is well above any camera a clinic uses (a 4000x3000 phone photo is 12 MP).
 DEFAULT_MAX_PIXELS = 100_000_000
+_EXIF_ORIENTATION = 0x0112
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
@@ -113,7 +114,8 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            if im.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
+                im = ImageOps.exif_transpose(im) or im
             rgb = _to_rgb8(im)
     except ImageLoadError as exc:
         if exc.path is None and name is not None:
@@ -165,10 +167,10 @@ def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     in_h, in_w = img.shape[:2]
     y0, y1, wy = _axis_weights(in_h, out_h)
     x0, x1, wx = _axis_weights(in_w, out_w)
-    src = img if img.dtype == np.float32 else img.astype(np.float32)
-    # Rows first: only out_h rows of the (possibly huge) source are touched.
-    top = src[y0]
-    bot = src[y1]
+    # Rows first, gathered before the float conversion: only 2*out_h rows of a (possibly 12 MP)
+    # source are ever converted to float32.
+    top = img[y0].astype(np.float32, copy=False)
+    bot = img[y1].astype(np.float32, copy=False)
     rows = top + (bot - top) * wy[:, None, None]
     left = rows[:, x0]
     right = rows[:, x1]

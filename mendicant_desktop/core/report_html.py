@@ -487,7 +487,10 @@ gets no number at all: any statistic on so few images would be noise that looks 
 also left out of the gaps. An audit with insufficient dark-skin groups has <i>not</i> shown the model to be fair
 on dark skin; collect more labelled images of those groups.</li>
 <li><b>AUROC gap</b> is the best minus the worst AUROC over the sufficient skin types, with its own bootstrap
-interval; an interval that excludes 0 is evidence of a real difference between groups.</li>
+interval. A best-minus-worst difference is never negative and noise alone spreads small groups apart, so the gap
+and its interval lean high and the interval cannot contain 0 even when the groups do not differ. Read it as "how
+large a gap the data allow"; whether two groups really differ is shown by their own AUROC intervals (overlap =
+no demonstrated difference).</li>
 <li><b>Skin type source.</b> Where the labels file gave no Fitzpatrick type, the engine's ITA estimate from the
 skin around the lesion was used and the group is marked as estimated; images where neither exists form the group
 "unknown", which is reported but never compared.</li>
