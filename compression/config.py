@@ -149,6 +149,14 @@ def fst_list(key: str, v: Any) -> tuple[str, ...]:
     return items
 
 
+def dataset_list(key: str, v: Any) -> tuple[str, ...]:
+    items = str_list(key, v) if v != [] else ()
+    bad = [s for s in items if s not in ("isic", "pad")]
+    if bad or len(set(items)) != len(items):
+        raise _fail(key, 'a list of distinct data sets from "isic", "pad"', v)
+    return items
+
+
 def freeze_stage(key: str, v: Any) -> str:
     ok = isinstance(v, str) and (
         v in ("none", "stem", "block13")
@@ -247,6 +255,7 @@ class TrainConfig:
     feature_dihedral: bool = _f(boolean, True)
     kd_all_views: bool = _f(boolean, False)
     teacher_on_val: bool = _f(boolean, False)
+    kd_datasets: tuple[str, ...] = _f(dataset_list, ("isic", "pad"))
     time_budget_minutes: float = _f(pos_float, 75.0)
     cache_dtype: str = _f(one_of("float16", "float32"), "float16")
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)

@@ -183,9 +183,11 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None,
     loss = tc.ce_weight * ce + tc.malignant_weight * bce
     parts = {"ce": float(ce.detach()), "bce": float(bce.detach())}
     if teacher_logits is not None and tc.kd_weight > 0:
-        kd = kd_loss(logits, teacher_logits, tc.temperature)
-        loss = loss + tc.kd_weight * kd
-        parts["kd"] = float(kd.detach())
+        valid = ~torch.isnan(teacher_logits).any(1)  # rows without soft targets (kd_datasets) add no KD
+        if bool(valid.any()):
+            kd = kd_loss(logits[valid], teacher_logits[valid], tc.temperature) * valid.float().mean()
+            loss = loss + tc.kd_weight * kd
+            parts["kd"] = float(kd.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts
 
@@ -273,14 +275,18 @@ class FeatureCache:
         probe = prefix_forward(student, torch.from_numpy(np.asarray(index.images[self.positions[:1]], np.float32)), through)
         shape = (n, self.views, *probe.shape[1:])
         dtype = np.float16 if cfg.train.cache_dtype == "float16" else np.float32
+        def empty_tlog() -> np.ndarray:
+            return np.full((n, self.teacher_views, len(CLASSES)), np.nan, np.float32)
+
         if start == 0 or not fpath.is_file():
             start = 0
             feats = np.lib.format.open_memmap(fpath, mode="w+", dtype=dtype, shape=shape)
-            tlog = np.zeros((n, self.teacher_views, len(CLASSES)), np.float32) if teacher is not None else None
+            tlog = empty_tlog() if teacher is not None else None
         else:
             feats = np.load(fpath, mmap_mode="r+")
             tlog = np.load(tpath) if (teacher is not None and tpath.is_file()) else (
-                np.zeros((n, self.teacher_views, len(CLASSES)), np.float32) if teacher is not None else None)  # fmt: skip
+                empty_tlog() if teacher is not None else None)  # fmt: skip
+        kd_sets = set(cfg.train.kd_datasets) if self.split == "train" else {"isic", "pad"}
         student.eval()
         t0 = time.time()
         for a in range(start, n, batch):
@@ -297,7 +303,12 @@ class FeatureCache:
                         for j, p in enumerate(pos)])  # fmt: skip
                 feats[a : a + len(pos), v] = prefix_forward(student, x, through).numpy().astype(dtype)
                 if teacher is not None and v < self.teacher_views:
-                    tlog[a : a + len(pos), v] = teacher.logits(x, meta).numpy()
+                    use = np.array([index.records[int(p)].dataset in kd_sets for p in pos])
+                    rows = np.full((len(pos), len(CLASSES)), np.nan, np.float32)
+                    if use.any():
+                        sel = torch.from_numpy(np.flatnonzero(use))
+                        rows[use] = teacher.logits(x[sel], meta[sel]).numpy()
+                    tlog[a : a + len(pos), v] = rows
             done = a + len(pos)
             if (done // batch) % 8 == 0 or done == n:
                 feats.flush()

@@ -1,4 +1,4 @@
-; Inno Setup 6 script for MENDICANT Desktop (Windows x64). Installs the PyInstaller onedir build.
+; Inno Setup 6.3+ script for MENDICANT Desktop (Windows x64). Installs the PyInstaller onedir build.
 ;
 ;   pyinstaller --noconfirm build.spec                        (on Windows: dist\mendicant-desktop\)
 ;   iscc /DAppVersion=0.1.0 installer\windows\mendicant.iss   -> dist\mendicant-desktop-0.1.0-windows-x64-setup.exe

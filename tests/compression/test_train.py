@@ -58,6 +58,20 @@ def test_distillation_loss_parts() -> None:
     assert "kd" not in no_teacher
 
 
+def test_kd_only_on_rows_with_soft_targets() -> None:
+    tc = load_config(overrides={"train.kd_weight": 1.0}).train
+    logits = torch.randn(4, 7)
+    teacher = torch.randn(4, 7)
+    labels = torch.tensor([0, 1, 2, 3])
+    mal = torch.tensor([1, 1, 0, 0])
+    masked = teacher.clone()
+    masked[2:] = float("nan")  # e.g. PAD rows when train.kd_datasets = ["isic"]
+    _, parts = distillation_loss(logits, masked, labels, mal, tc)
+    assert parts["kd"] == pytest.approx(float(kd_loss(logits[:2], teacher[:2], tc.temperature)) * 0.5, rel=1e-5)
+    _, none = distillation_loss(logits, torch.full((4, 7), float("nan")), labels, mal, tc)
+    assert "kd" not in none and math.isfinite(none["loss"])
+
+
 @pytest.mark.parametrize("through", ["none", "stem", "entry.2", "middle.1", "block13"])
 def test_prefix_suffix_equal_full_forward(through: str) -> None:
     model = tiny_model()
@@ -125,6 +139,9 @@ def test_trainer_runs_checkpoints_and_resumes(tmp_path) -> None:
     assert metrics["teacher_val"] is not None and len(metrics["history"]) == 3
     feats = np.load(tmp_path / "train" / "cache" / "prefix_train.npy", mmap_mode="r")
     assert feats.shape[:2] == (24, 2)
+    tlog = np.load(tmp_path / "train" / "cache" / "teacher_train.npy")
+    is_pad = np.array([index.records[i].dataset == "pad" for i in index.indices("train")])
+    assert np.isnan(tlog[is_pad]).all() and np.isfinite(tlog[~is_pad]).all()  # kd_datasets = ["isic"]
     # frozen prefix untouched, suffix trained
     s0 = tiny_model(seed=2)
     torch.testing.assert_close(student.backbone.conv1.conv.weight, s0.backbone.conv1.conv.weight)
