@@ -3,14 +3,15 @@
 The bundle is built once per session with ``pyinstaller build.spec`` into a temporary folder (a few
 minutes), unless ``MENDICANT_FROZEN_DIST`` names an existing build (``dist/mendicant-desktop``, e.g.
 the one ``installer/build.sh`` or a separate CI step just made). Such a build is reused only when it is
-fresh: newer than every source it was made from and of the same app version; otherwise this test
-rebuilds. PyInstaller missing is a failure, not a skip: install the ``build`` extra.
+fresh (its executable is newer than every file under ``mendicant_desktop/``, ``resources/``,
+``installer/`` and ``build.spec``; ``test_version`` then checks the version); otherwise this test rebuilds. PyInstaller missing is a failure, not a skip: install the ``build`` extra.
 
 Model: the bundled one when ``resources/models`` has a card, else a tiny test model passed with
 ``--model`` (the real model is verified by the rest of the suite).
 
 Env knobs: ``MENDICANT_FROZEN_DIST`` (reuse), ``MENDICANT_BUNDLE_BUDGET_MB`` (default 250),
-``MENDICANT_COLD_START_BUDGET_S`` (default 3.0, checked against the self-test's own start-to-window time).
+``MENDICANT_COLD_START_BUDGET_S`` (default 3.0: start to main window on X11 under Xvfb, and the
+self-test's window + model ready time; wall time when the machine is not overloaded, else CPU time).
 """
 
 from __future__ import annotations
