@@ -238,7 +238,10 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
     if total == 0:
         _err("mendicant-desktop --batch: no image files found under " + " ".join(args.batch))
     counts = {"ok": 0, "error": 0, "skipped": 0}
-    writer = RowWriter(out, columns, fmt, append=bool(args.resume))
+    try:
+        writer = RowWriter(out, columns, fmt, append=bool(args.resume))
+    except OSError as exc:
+        raise _Usage(f"cannot write --out {out}: {exc.strerror or exc}") from None
     t0 = time.perf_counter()
     interrupted = False
     superseded = False

@@ -30,10 +30,18 @@ def ita_to_fst(ita: float) -> str:
     return "VI"
 
 
+_C = np.arange(256, dtype=np.float64) / 255.0
+_SRGB_TO_LINEAR = np.where(_C <= 0.04045, _C / 12.92, ((_C + 0.055) / 1.055) ** 2.4)
+
+
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB uint8 (..., 3) -> CIELAB (..., 3) float64, D65 white, the CIE 1976 formulas."""
-    c = np.asarray(rgb, dtype=np.float64) / 255.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    arr = np.asarray(rgb)
+    if arr.dtype == np.uint8:
+        lin = _SRGB_TO_LINEAR[arr]  # 256-entry table: same values, no per-pixel power
+    else:
+        c = arr.astype(np.float64) / 255.0
+        lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     m = np.array(
         [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
     )
