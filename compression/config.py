@@ -255,6 +255,7 @@ class TrainConfig:
     feature_dihedral: bool = _f(boolean, True)
     kd_all_views: bool = _f(boolean, False)
     teacher_on_val: bool = _f(boolean, False)
+    meta_dropout: float = _f(unit_closed, 0.5)
     kd_datasets: tuple[str, ...] = _f(dataset_list, ("isic", "pad"))
     time_budget_minutes: float = _f(pos_float, 75.0)
     cache_dtype: str = _f(one_of("float16", "float32"), "float16")

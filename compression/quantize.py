@@ -132,7 +132,12 @@ def agreement(p_ref: np.ndarray, p_q: np.ndarray, *, f_signal: float | None = No
         "sqnr_db_probs": sqnr_db(p_ref, p_q),
     }
     if f_signal is not None and f_noise is not None:
-        out["sqnr_db_features"] = (float("inf") if f_noise == 0 else 10.0 * float(np.log10(f_signal / f_noise)))
+        if f_noise == 0:
+            out["sqnr_db_features"] = float("inf")
+        elif f_signal == 0:
+            out["sqnr_db_features"] = float("-inf")
+        else:
+            out["sqnr_db_features"] = 10.0 * float(np.log10(f_signal / f_noise))
     return out
 
 

@@ -18,10 +18,20 @@ Loss: ``ce_weight * CE(dx7, label smoothing) + malignant_weight * BCE(p(mel)+p(b
 score (the sum the model card and the gate use) itself a training target: PAD's actinic keratoses are dx7
 ``akiec`` yet benign, so CE alone would push them towards the "malignant" sum.
 
+Teacher soft targets are cached once (identity view) for the data sets in ``train.kd_datasets`` (default
+dermoscopy only: on the PAD clinical crops the teacher is at chance, AUROC 0.57, so its targets there would
+only pull the student back); rows without targets add no KD term.
+
+Metadata: with probability ``train.meta_dropout`` a training image's metadata is replaced by the "unknown"
+encoding. In PAD-UFES-20 as shipped here, all 490 images without a clinician FST are also non-biopsied,
+benign and without sex/age: "metadata missing => benign" is a perfect shortcut there, which the dropout
+breaks (unknown metadata then also occurs with malignant lesions). For the same reason the selection score
+uses the PAD AUROC on the FST-labelled (biopsied) images; the overall PAD AUROC is still reported.
+
 Sampling: class-balanced (``balance = "class"``: every dx7 class equally often; ``"domain_class"``: every
 (data set, dx7) cell equally often). Cosine LR after a linear warm-up. Every epoch: validation metrics
 overall, ISIC external melanoma-vs-nevus AUROC, PAD malignancy AUROC and per-FST AUROC with n and the gap;
-early stopping on the validation score (mean of the two AUROCs) and on fairness degradation (the PAD
+early stopping on the validation score (mean of ISIC external and FST-labelled PAD AUROC) and on fairness degradation (the PAD
 per-FST AUROC gap).
 """
 
@@ -40,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mendicant_desktop.core.audit import auroc as _core_auroc
+from mendicant_desktop.core.metadata import encode_metadata
 
 from .config import Config
 from .data import CLASSES, MALIGNANT_CLASS_IDX, DataIndex, balanced_indices, balanced_weights
@@ -219,10 +230,16 @@ def val_metrics(probs: np.ndarray, index: DataIndex, positions: np.ndarray, cfg:
         sufficient = len(ks) >= cfg.fairness.min_group_n and n_pos >= 5 and len(ks) - n_pos >= 5
         groups[fst] = {"n": len(ks), "n_pos": n_pos, "sufficient": sufficient,
                        "auroc": auroc(y_mal[ks], mal[ks]) if ks else float("nan")}  # fmt: skip
+    known = [k for k in pad if recs[k].fst_source == "label"]
+    out["pad_known_n"] = len(known)
+    out["pad_known_auroc"] = auroc(y_mal[known], mal[known]) if known else float("nan")
     out["pad_fst"] = groups
     suff = [g["auroc"] for g in groups.values() if g["sufficient"] and not math.isnan(g["auroc"])]
     out["pad_fst_gap"] = float(max(suff) - min(suff)) if len(suff) >= 2 else float("nan")
-    vals = [v for v in (out["isic_external_auroc"], out["pad_auroc"]) if not math.isnan(v)]
+    # Selection score: ISIC external + PAD on the clinician-labelled (biopsied) images. The PAD images without
+    # an FST label are all non-biopsied, benign and without sex/age: a metadata shortcut inflates "pad_auroc".
+    pad_sel = out["pad_known_auroc"] if not math.isnan(out["pad_known_auroc"]) else out["pad_auroc"]
+    vals = [v for v in (out["isic_external_auroc"], pad_sel) if not math.isnan(v)]
     out["score"] = float(np.mean(vals)) if vals else float("nan")
     return out
 
@@ -230,6 +247,7 @@ def val_metrics(probs: np.ndarray, index: DataIndex, positions: np.ndarray, cfg:
 def _fmt(m: dict[str, Any]) -> str:
     fst = " ".join(f"{k}:{v['auroc']:.3f}(n={v['n']})" for k, v in m["pad_fst"].items() if v["n"])
     return (f"score {m['score']:.4f} | ISIC ext mel-nv {m['isic_external_auroc']:.4f} | PAD {m['pad_auroc']:.4f} "
+            f"(FST-labelled {m['pad_known_auroc']:.4f}, n={m['pad_known_n']}) "
             f"| gap {m['pad_fst_gap']:.3f} | acc {m['accuracy']:.3f} | FST {fst}")  # fmt: skip
 
 
@@ -433,7 +451,10 @@ class PruningTrainer:
                 fl = rng.integers(0, 2, size=len(ks))
                 feats = torch.stack([dihedral(f, int(r), bool(x), (1, 2)) for f, r, x in zip(feats, rk, fl, strict=True)])
             pos = self.train_pos[ks]
-            meta = torch.from_numpy(self.index.meta[pos])
+            meta_np = self.index.meta[pos].copy()
+            if self.tc.meta_dropout > 0:  # break the "metadata missing => benign" shortcut of PAD
+                meta_np[rng.random(len(pos)) < self.tc.meta_dropout] = encode_metadata(None)
+            meta = torch.from_numpy(meta_np)
             tl = None
             if self.train_tlog is not None:
                 tv = np.where(views < self.train_tlog.shape[1], views, 0)
