@@ -150,15 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=(*STAGES, "build"))
     p.add_argument("rest", nargs="*", help="arguments passed to the stage (e.g. validate MODEL)")
     p.add_argument("--config", default=None, help="config TOML (default: compression/config.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=2 (TOML syntax for the value)",
+    )
     p.add_argument("--name", default=None, help="run name (overrides run.name)")
     p.add_argument("--stages", default=None, help="build only: comma-separated subset, e.g. data,prune,train")
     p.add_argument("--deadline", default=None, help="train: stop gracefully by this UTC time (HH:MM or ISO)")
     p.add_argument("--no-resume", action="store_true", help="train: ignore an existing checkpoint")
     p.add_argument("--resume", action="store_true", help="train: resume from the last checkpoint (default)")
-    p.add_argument("--model", default=os.environ.get("MENDICANT_MODEL"),
-                   help="validate: model card (default $MENDICANT_MODEL)")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("MENDICANT_MODEL"),
+        help="validate: model card (default $MENDICANT_MODEL)",
+    )
     return p
 
 

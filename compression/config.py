@@ -349,7 +349,9 @@ def _cross_checks(obj: Any, prefix: str) -> None:
                 f"{prefix}privileged and {prefix}unprivileged must not overlap, both contain {sorted(both)}"
             )
     if isinstance(obj, TrainConfig) and obj.batch_size < 2:
-        raise ConfigError(f"{prefix}batch_size must be at least 2 (BatchNorm in train mode), got {obj.batch_size}")
+        raise ConfigError(
+            f"{prefix}batch_size must be at least 2 (BatchNorm in train mode), got {obj.batch_size}"
+        )
 
 
 _SECTION_TYPES: dict[str, type] = {

@@ -133,7 +133,9 @@ def read_records(data_dir: str | Path) -> list[Record]:
     pad_csv = data_dir / PAD / "labels.csv"
     for p in (isic_csv, pad_csv):
         if not p.is_file():
-            raise ConfigError(f"data.shared_data: {p} not found (set MENDICANT_SHARED_DATA or data.shared_data)")
+            raise ConfigError(
+                f"data.shared_data: {p} not found (set MENDICANT_SHARED_DATA or data.shared_data)"
+            )
     with open(isic_csv, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             code = _dx7(row["dx"], row["dx7"])
@@ -334,7 +336,9 @@ def build_data(cfg: Config, run_dir: str | Path, *, log: Any = print) -> DataInd
     with open(ddir / "records.json", "w", encoding="utf-8") as fh:
         json.dump([asdict(r) for r in records], fh)
     for s in ("train", "val"):
-        _write_manifest(run_dir / "manifests" / f"{s}.csv", records, [i for i, r in enumerate(records) if r.split == s])
+        _write_manifest(
+            run_dir / "manifests" / f"{s}.csv", records, [i for i, r in enumerate(records) if r.split == s]
+        )
     summary = summarize(records)
     summary["shared_data"] = str(src)
     summary["seconds"] = round(time.time() - t0, 1)
@@ -403,7 +407,9 @@ class ImageDataset:
     generator (see :func:`compression.train.augment_image`).
     """
 
-    def __init__(self, index: DataIndex, positions: Sequence[int], transform: Any = None, seed: int = 0) -> None:
+    def __init__(
+        self, index: DataIndex, positions: Sequence[int], transform: Any = None, seed: int = 0
+    ) -> None:
         self.index = index
         self.positions = np.asarray(positions, np.int64)
         self.transform = transform

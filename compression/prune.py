@@ -182,13 +182,17 @@ def _example(model: ReferenceNet, input_size: int, n: int = 1) -> tuple[torch.Te
     return torch.full((n, input_size, input_size, 3), 127.0), torch.zeros(n, model.head.dims.meta_dim)
 
 
-def layer_spatial_sizes(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[nn.Module, tuple[int, int]]:
+def layer_spatial_sizes(
+    model: nn.Module, example: tuple[torch.Tensor, ...]
+) -> dict[nn.Module, tuple[int, int]]:
     """Output (H, W) of every Conv2d for one forward of ``example`` ((1, 1) for Linear)."""
     sizes: dict[nn.Module, tuple[int, int]] = {}
     hooks = []
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(lambda mod, i, o: sizes.__setitem__(mod, tuple(o.shape[-2:]))))
+            hooks.append(
+                m.register_forward_hook(lambda mod, i, o: sizes.__setitem__(mod, tuple(o.shape[-2:])))
+            )
         elif isinstance(m, nn.Linear):
             sizes[m] = (1, 1)
     try:
@@ -436,7 +440,9 @@ class FairPruner:
 
     # -- groups ------------------------------------------------------------------------------------
     def groups(self) -> list[Any]:
-        return list(self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=[nn.Conv2d, nn.Linear]))
+        return list(
+            self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=[nn.Conv2d, nn.Linear])
+        )
 
     def _gkey(self, group: Any) -> str:
         return self.names[group[0][0].target.module]
@@ -587,7 +593,9 @@ def _layer_macs_dw(m: nn.Module, hw: tuple[int, int], cin: int, cout: int) -> in
 
 
 def prune_done(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / "prune" / "pruned.pt").is_file() and (Path(run_dir) / "prune" / "report.json").is_file()
+    return (Path(run_dir) / "prune" / "pruned.pt").is_file() and (
+        Path(run_dir) / "prune" / "report.json"
+    ).is_file()
 
 
 def _fst_subset_positions(index: Any, positions: np.ndarray, fair: FairnessConfig) -> dict[str, np.ndarray]:
@@ -599,7 +607,9 @@ def _fst_subset_positions(index: Any, positions: np.ndarray, fair: FairnessConfi
     }
 
 
-def _image_batches(index: Any, positions: np.ndarray, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _image_batches(
+    index: Any, positions: np.ndarray, batch_size: int
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, len(positions), batch_size):
         sel = np.sort(positions[i : i + batch_size])
         yield torch.from_numpy(np.asarray(index.images[sel], np.float32)), torch.from_numpy(index.meta[sel])
@@ -637,7 +647,11 @@ def run_prune(cfg: Config, run_dir: str | Path, index: Any, teacher: ReferenceNe
         t0 = time.time()
         pruner.estimate(batches)
         info = pruner.prune_step(tm, tr)
-        n_cal = max(pc.batch_size, pc.bn_recalibration_images // 2) if k < pc.steps else pc.bn_recalibration_images
+        n_cal = (
+            max(pc.batch_size, pc.bn_recalibration_images // 2)
+            if k < pc.steps
+            else pc.bn_recalibration_images
+        )
         if pc.bn_recalibration_images > 0:
             cal = rng.choice(train, size=min(len(train), n_cal), replace=False)
             recalibrate_bn(model, _image_batches(index, cal, 16))

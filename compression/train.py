@@ -73,6 +73,7 @@ __all__ = [
     "PruningTrainer",
     "train_done",
     "run_train",
+    "student_from_checkpoint",
 ]
 
 MEL, NV = CLASSES.index("mel"), CLASSES.index("nv")
@@ -122,13 +123,13 @@ def suffix_forward(model: ReferenceNet, feat: torch.Tensor, meta: torch.Tensor, 
                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Cached prefix activation + metadata -> (logits, feature map)."""
     x = feat
-    for name in stage_names(model)[_split(model, through):]:
+    for name in stage_names(model)[_split(model, through) :]:
         x = _stage(model, name)(x)
     return model.head(x.mean(dim=(2, 3)), meta), x
 
 
 def suffix_modules(model: ReferenceNet, through: str) -> list[nn.Module]:
-    names = stage_names(model)[_split(model, through):]
+    names = stage_names(model)[_split(model, through) :]
     b = model.backbone
     mods: list[nn.Module] = []
     for n in names:
@@ -136,7 +137,13 @@ def suffix_modules(model: ReferenceNet, through: str) -> list[nn.Module]:
             mods += [model.normalization, b.conv1, b.conv2]
         else:
             kind, _, k = n.partition(".")
-            mods.append(b.entry[int(k)] if kind == "entry" else b.middle[int(k)] if kind == "middle" else getattr(b, n))
+            mods.append(
+                b.entry[int(k)]
+                if kind == "entry"
+                else b.middle[int(k)]
+                if kind == "middle"
+                else getattr(b, n)
+            )
     return mods
 
 
@@ -217,9 +224,15 @@ def val_metrics(probs: np.ndarray, index: DataIndex, positions: np.ndarray, cfg:
     labels = np.array([r.label for r in recs])
     out["accuracy"] = float((probs.argmax(1) == labels).mean()) if len(recs) else float("nan")
     out["malignancy_auroc"] = auroc(y_mal, mal)
-    ext = [k for k, r in enumerate(recs) if r.dataset == "isic" and r.pool == "external" and r.dx in ("MEL", "NV")]
+    ext = [
+        k
+        for k, r in enumerate(recs)
+        if r.dataset == "isic" and r.pool == "external" and r.dx in ("MEL", "NV")
+    ]
     out["isic_external_n"] = len(ext)
-    out["isic_external_auroc"] = auroc([recs[k].dx == "MEL" for k in ext], probs[ext, MEL]) if ext else float("nan")
+    out["isic_external_auroc"] = (
+        auroc([recs[k].dx == "MEL" for k in ext], probs[ext, MEL]) if ext else float("nan")
+    )
     pad = [k for k, r in enumerate(recs) if r.dataset == "pad"]
     out["pad_n"] = len(pad)
     out["pad_auroc"] = auroc(y_mal[pad], mal[pad]) if pad else float("nan")
@@ -259,7 +272,9 @@ def _fmt(m: dict[str, Any]) -> str:
 class FeatureCache:
     """``prefix_<split>.npy`` (N, V, C, H, W) and ``teacher_<split>.npy`` (N, Vt, 7); resumable."""
 
-    def __init__(self, folder: Path, split: str, positions: np.ndarray, views: int, teacher_views: int) -> None:
+    def __init__(
+        self, folder: Path, split: str, positions: np.ndarray, views: int, teacher_views: int
+    ) -> None:
         self.folder = folder
         self.split = split
         self.positions = positions
@@ -290,9 +305,12 @@ class FeatureCache:
         start = int(prog.get("n_done", 0))
         fpath = self.folder / f"prefix_{self.split}.npy"
         tpath = self.folder / f"teacher_{self.split}.npy"
-        probe = prefix_forward(student, torch.from_numpy(np.asarray(index.images[self.positions[:1]], np.float32)), through)
+        probe = prefix_forward(
+            student, torch.from_numpy(np.asarray(index.images[self.positions[:1]], np.float32)), through
+        )
         shape = (n, self.views, *probe.shape[1:])
         dtype = np.float16 if cfg.train.cache_dtype == "float16" else np.float32
+
         def empty_tlog() -> np.ndarray:
             return np.full((n, self.teacher_views, len(CLASSES)), np.nan, np.float32)
 
@@ -334,7 +352,9 @@ class FeatureCache:
                     np.save(tpath, tlog)
                 self.progress_path.write_text(json.dumps({"n_done": done, "n": n, "done": done == n}))
                 rate = (time.time() - t0) / max(1, done - start)
-                log(f"cache[{self.split}]: {done}/{n} images ({rate:.2f}s/image, ~{rate * (n - done) / 60:.1f} min left)")
+                log(
+                    f"cache[{self.split}]: {done}/{n} images ({rate:.2f}s/image, ~{rate * (n - done) / 60:.1f} min left)"
+                )
         del feats
 
 
@@ -445,11 +465,15 @@ class PruningTrainer:
                 break
             ks = np.sort(order[b * bs : (b + 1) * bs])
             views = rng.integers(0, self.tc.train_views, size=len(ks))
-            feats = torch.from_numpy(np.stack([self.train_feats[k, v] for k, v in zip(ks, views, strict=True)]).astype(np.float32))
+            feats = torch.from_numpy(
+                np.stack([self.train_feats[k, v] for k, v in zip(ks, views, strict=True)]).astype(np.float32)
+            )
             if self.tc.feature_dihedral:
                 rk = rng.integers(0, 4, size=len(ks))
                 fl = rng.integers(0, 2, size=len(ks))
-                feats = torch.stack([dihedral(f, int(r), bool(x), (1, 2)) for f, r, x in zip(feats, rk, fl, strict=True)])
+                feats = torch.stack(
+                    [dihedral(f, int(r), bool(x), (1, 2)) for f, r, x in zip(feats, rk, fl, strict=True)]
+                )
             pos = self.train_pos[ks]
             meta_np = self.index.meta[pos].copy()
             if self.tc.meta_dropout > 0:  # break the "metadata missing => benign" shortcut of PAD
@@ -560,7 +584,13 @@ class PruningTrainer:
             parts, stopped = self.train_epoch(e)
             m = self.evaluate()
             self.epoch = e
-            rec = {"epoch": e, "train": parts, "val": m, "seconds": round(time.time() - t0, 1), "partial": stopped}
+            rec = {
+                "epoch": e,
+                "train": parts,
+                "val": m,
+                "seconds": round(time.time() - t0, 1),
+                "partial": stopped,
+            }
             self.history.append(rec)
             improved = self._eligible(m) and (self.best is None or m["score"] > self.best["val"]["score"])
             if improved:
@@ -579,7 +609,7 @@ class PruningTrainer:
                 stop_reason = f"no better val score for {es.patience} epochs"
                 break
             ref_gap = self.best["val"]["pad_fst_gap"] if self.best else float("nan")
-            recent = [h["val"]["pad_fst_gap"] for h in self.history[-es.patience:] if h["epoch"] > 0]
+            recent = [h["val"]["pad_fst_gap"] for h in self.history[-es.patience :] if h["epoch"] > 0]
             if (e >= es.min_epochs and not math.isnan(ref_gap) and len(recent) == es.patience
                     and all(g > ref_gap + es.gap_tolerance for g in recent)):  # fmt: skip
                 stop_reason = "fairness degradation (per-FST gap)"
@@ -607,3 +637,13 @@ def run_train(cfg: Config, run_dir: str | Path, index: DataIndex, teacher: Refer
     student = load_student(Path(run_dir) / "prune" / "pruned.pt")
     trainer = PruningTrainer(cfg, run_dir, index, student, teacher, log=log, deadline=deadline)
     return trainer.fit(resume=resume)
+
+
+def student_from_checkpoint(run_dir: str | Path, epoch: int) -> ReferenceNet:
+    """The student after ``epoch`` (from ``<run>/train/checkpoints/epoch_NNN.pt``) as a ReferenceNet (eval)."""
+    run_dir = Path(run_dir)
+    model = load_student(run_dir / "prune" / "pruned.pt")
+    payload = torch.load(run_dir / "train" / "checkpoints" / f"epoch_{epoch:03d}.pt", map_location="cpu",
+                         weights_only=False)  # fmt: skip
+    model.load_state_dict(payload["model"])
+    return model.eval()

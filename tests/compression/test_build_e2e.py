@@ -34,8 +34,17 @@ def test_build_stages_on_subset(repo_root, shared_data, tmp_path) -> None:
     proc = _run(repo_root, ["build", "--stages", "data,prune,train", *common], env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "e2e"
-    for rel in ("manifests/train.csv", "manifests/val.csv", "data/summary.json", "prune/pruned.pt",
-                "prune/report.json", "train/student.pt", "train/metrics.json", "train/train.log", "train/DONE"):
+    for rel in (
+        "manifests/train.csv",
+        "manifests/val.csv",
+        "data/summary.json",
+        "prune/pruned.pt",
+        "prune/report.json",
+        "train/student.pt",
+        "train/metrics.json",
+        "train/train.log",
+        "train/DONE",
+    ):
         assert (run / rel).is_file(), rel
     header = (run / "manifests" / "val.csv").read_text().splitlines()[0].split(",")
     assert "sha256" in header and "patient_id" in header and "fst_source" in header

@@ -64,7 +64,9 @@ def test_magnitude_and_taylor_match_hand_computation() -> None:
     # residual group: the magnitude spans every coupled producer of the trunk channel
     entry = model.backbone.entry[-1]
     trunk = pruner.importance.components(_group_with(pruner, entry.shortcut.conv))
-    producers = [entry.sepconv2.sep.pointwise, entry.shortcut.conv] + [m.sepconv3.sep.pointwise for m in model.backbone.middle]
+    producers = [entry.sepconv2.sep.pointwise, entry.shortcut.conv] + [
+        m.sepconv3.sep.pointwise for m in model.backbone.middle
+    ]
     hand = torch.sqrt(sum(p.weight.detach().double().flatten(1).pow(2).sum(1) for p in producers))
     torch.testing.assert_close(trunk["magnitude"], hand)
     bns = [entry.sepconv2.bn, entry.shortcut.bn] + [m.sepconv3.bn for m in model.backbone.middle]
@@ -125,7 +127,9 @@ def test_coupling_safe_pruning_keeps_shapes_and_residuals(tmp_path) -> None:
     assert model.head.img_fc.in_features == 48
     w = widths_of(model)
     b = model.backbone
-    assert b.entry[-1].shortcut.conv.out_channels == w.trunk == b.entry[-1].sepconv2.sep.pointwise.out_channels
+    assert (
+        b.entry[-1].shortcut.conv.out_channels == w.trunk == b.entry[-1].sepconv2.sep.pointwise.out_channels
+    )
     for m in b.middle:
         assert m.sepconv1.sep.depthwise.in_channels == w.trunk == m.sepconv3.sep.pointwise.out_channels
     assert b.block13.shortcut.conv.in_channels == w.trunk
@@ -145,7 +149,7 @@ def test_channel_target_and_group_limits() -> None:
     total = pruner.prunable_channels()
     x, meta, y = inputs(4)
     pruner.estimate([(x, meta, y, "any")])
-    (tm, tr), = pruner.schedule()
+    ((tm, tr),) = pruner.schedule()
     pruner.prune_step(tm, tr)
     remaining = sum(len(g[0][1]) for g in pruner.groups())
     assert total - remaining == round(total * 0.3)
@@ -165,7 +169,9 @@ def test_ignored_prefixes_stay_whole() -> None:
         pruner.prune_step(tm, tr)
     b = model.backbone
     assert (b.conv1.conv.out_channels, b.conv2.conv.out_channels) == (16, 16)
-    assert b.entry[0].sepconv1.sep.pointwise.out_channels == 16 and b.entry[0].shortcut.conv.out_channels == 16
+    assert (
+        b.entry[0].sepconv1.sep.pointwise.out_channels == 16 and b.entry[0].shortcut.conv.out_channels == 16
+    )
 
 
 def test_bn_recalibration_uses_batch_statistics() -> None:

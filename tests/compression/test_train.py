@@ -41,7 +41,9 @@ def test_kd_loss_hand_case_and_zero() -> None:
     t = 2.0
     pt = torch.softmax(teacher / t, 1)
     ps = torch.softmax(student / t, 1)
-    assert float(kd_loss(student, teacher, t)) == pytest.approx(float(t * t * (pt * (pt / ps).log()).sum()), rel=1e-6)
+    assert float(kd_loss(student, teacher, t)) == pytest.approx(
+        float(t * t * (pt * (pt / ps).log()).sum()), rel=1e-6
+    )
 
 
 def test_distillation_loss_parts() -> None:
@@ -67,7 +69,9 @@ def test_kd_only_on_rows_with_soft_targets() -> None:
     masked = teacher.clone()
     masked[2:] = float("nan")  # e.g. PAD rows when train.kd_datasets = ["isic"]
     _, parts = distillation_loss(logits, masked, labels, mal, tc)
-    assert parts["kd"] == pytest.approx(float(kd_loss(logits[:2], teacher[:2], tc.temperature)) * 0.5, rel=1e-5)
+    assert parts["kd"] == pytest.approx(
+        float(kd_loss(logits[:2], teacher[:2], tc.temperature)) * 0.5, rel=1e-5
+    )
     _, none = distillation_loss(logits, torch.full((4, 7), float("nan")), labels, mal, tc)
     assert "kd" not in none and math.isfinite(none["loss"])
 
@@ -142,6 +146,13 @@ def test_trainer_runs_checkpoints_and_resumes(tmp_path) -> None:
     tlog = np.load(tmp_path / "train" / "cache" / "teacher_train.npy")
     is_pad = np.array([index.records[i].dataset == "pad" for i in index.indices("train")])
     assert np.isnan(tlog[is_pad]).all() and np.isfinite(tlog[~is_pad]).all()  # kd_datasets = ["isic"]
+    from compression.prune import load_student
+    from compression.train import student_from_checkpoint
+
+    best = load_student(tmp_path / "train" / "student.pt")
+    again = student_from_checkpoint(tmp_path, metrics["best_epoch"])
+    x, meta, _ = inputs(2)
+    torch.testing.assert_close(best(x, meta)[0], again(x, meta)[0])
     # frozen prefix untouched, suffix trained
     s0 = tiny_model(seed=2)
     torch.testing.assert_close(student.backbone.conv1.conv.weight, s0.backbone.conv1.conv.weight)
