@@ -136,7 +136,11 @@ def _gate_for(onnx: Path, gates: list[dict[str, Any]], run_dir: Path) -> tuple[d
         if d.get("sha256") == sha:
             return d, _rel(g["path"], run_dir), ""
         stale.append(_rel(g["path"], run_dir))
-    note = f"gate result(s) {', '.join(stale)} are for an older {onnx.name} (sha256 differs); ignored" if stale else ""
+    note = (
+        f"gate result(s) {', '.join(stale)} are for an older {onnx.name} (sha256 differs); ignored"
+        if stale
+        else ""
+    )
     return None, None, note
 
 
@@ -212,11 +216,15 @@ def stage_times(run_dir: Path, prune: Any, train: Any, gate: Any) -> list[dict[s
         return (lines[-1][0] - lines[0][0]).total_seconds(), f"{stage}.log (first to last line)"
 
     data_s = _num(_get(_read_json(run_dir / "data" / "summary.json"), "seconds"))
-    rows.append({"stage": "data", "seconds": data_s, "source": "data/summary.json" if data_s is not None else None})
+    rows.append(
+        {"stage": "data", "seconds": data_s, "source": "data/summary.json" if data_s is not None else None}
+    )
     steps = _get(prune, "steps") or []
     ps = [_num(s.get("seconds_total")) for s in steps if isinstance(s, dict)]
     if ps and all(x is not None for x in ps):
-        rows.append({"stage": "prune", "seconds": round(sum(ps), 1), "source": "prune/report.json (sum of steps)"})
+        rows.append(
+            {"stage": "prune", "seconds": round(sum(ps), 1), "source": "prune/report.json (sum of steps)"}
+        )
     else:
         s, src = span("prune")
         rows.append({"stage": "prune", "seconds": s, "source": src or None})
@@ -319,7 +327,8 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     for g in gates:
         d = g["data"]
         if _bundled(d.get("model")) and not any(
-                o["model"] == d.get("model") and o["sha256"] == d.get("sha256") for o in others):
+            o["model"] == d.get("model") and o["sha256"] == d.get("sha256") for o in others
+        ):
             others.append({"model": d.get("model"), "sha256": d.get("sha256"), "source": _rel(g["path"], run_dir),
                            "size_mb": _num(d.get("size_mb")), "latency_ratio": _num(_get(d, "latency", "ratio_p50")),
                            "metrics": _metrics_from_gate(d["candidate"]), "gate_passed": bool(d.get("gate_passed")),
@@ -327,7 +336,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
 
     status = status_line(shipped_gate["data"] if shipped_gate else None)
     history = []
-    for h in (_get(train, "history") or []):
+    for h in _get(train, "history") or []:
         v = h.get("val") or {}
         history.append({"epoch": h.get("epoch"), "loss": _num(_get(h, "train", "loss")), "seconds": _num(h.get("seconds")),
                         "score": _num(v.get("score")), **_metrics_from_train(v)})  # fmt: skip
@@ -335,21 +344,47 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "generated_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "status": status,
-        "gate": None if not shipped_gate else {
-            "source": shipped_gate["source"], "model": shipped_gate["data"].get("model"),
-            "sha256": shipped_gate["data"].get("sha256"), "passed": bool(shipped_gate["data"].get("gate_passed")),
-            "checks": shipped_gate["data"].get("checks") or [], "targets_met": shipped_gate["data"].get("targets_met"),
+        "gate": None
+        if not shipped_gate
+        else {
+            "source": shipped_gate["source"],
+            "model": shipped_gate["data"].get("model"),
+            "sha256": shipped_gate["data"].get("sha256"),
+            "passed": bool(shipped_gate["data"].get("gate_passed")),
+            "checks": shipped_gate["data"].get("checks") or [],
+            "targets_met": shipped_gate["data"].get("targets_met"),
             "targets_total": shipped_gate["data"].get("targets_total"),
-            "latency": shipped_gate["data"].get("latency"), "data": shipped_gate["data"].get("data")},
+            "latency": shipped_gate["data"].get("latency"),
+            "data": shipped_gate["data"].get("data"),
+        },
         "models": models,
         "other_gate_results": others,
-        "prune": None if not isinstance(prune, dict) else {k: prune.get(k) for k in (
-            "macs_before", "macs_after", "params_before", "params_after", "mac_ratio", "param_ratio", "steps",
-            "layers", "widths")},
-        "train": None if not isinstance(train, dict) else {
-            "stop_reason": train.get("stop_reason"), "epochs_run": train.get("epochs_run"),
-            "best_epoch": train.get("best_epoch"), "wall_seconds": train.get("wall_seconds"),
-            "freeze_through": train.get("freeze_through"), "history": history},
+        "prune": None
+        if not isinstance(prune, dict)
+        else {
+            k: prune.get(k)
+            for k in (
+                "macs_before",
+                "macs_after",
+                "params_before",
+                "params_after",
+                "mac_ratio",
+                "param_ratio",
+                "steps",
+                "layers",
+                "widths",
+            )
+        },
+        "train": None
+        if not isinstance(train, dict)
+        else {
+            "stop_reason": train.get("stop_reason"),
+            "epochs_run": train.get("epochs_run"),
+            "best_epoch": train.get("best_epoch"),
+            "wall_seconds": train.get("wall_seconds"),
+            "freeze_through": train.get("freeze_through"),
+            "history": history,
+        },
         "stage_times": stage_times(run_dir, prune, train, shipped_gate),
         "notes": notes,
         "installed": False,
@@ -358,11 +393,15 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
 
 def status_line(gate: dict[str, Any] | None) -> str:
     if not gate:
-        return ("gate not run on the shipped candidate (no validate/*.json for quantize/student_int8.onnx) — "
-                "not measured; the bundled model was not replaced")
+        return (
+            "gate not run on the shipped candidate (no validate/*.json for quantize/student_int8.onnx) — "
+            "not measured; the bundled model was not replaced"
+        )
     if gate.get("gate_passed"):
-        return (f"gate passed ({gate.get('targets_met')}/{gate.get('targets_total')} targets met) — the candidate "
-                "may replace the bundled model")
+        return (
+            f"gate passed ({gate.get('targets_met')}/{gate.get('targets_total')} targets met) — the candidate "
+            "may replace the bundled model"
+        )
     missed = []
     for c in gate.get("checks") or []:
         if c.get("kind") == "limit" and c.get("met") is False:
@@ -371,8 +410,10 @@ def status_line(gate: dict[str, Any] | None) -> str:
             txt = f"{c.get('name')} {_f4(v)} (needs {c.get('op')} {_f4(b)}"
             txt += f"; {c['note']})" if c.get("note") else ")"
             missed.append(txt)
-    return (f"gate FAILED: {'; '.join(missed) or 'see the checks'} — the bundled model in resources/models/ "
-            "was not replaced")
+    return (
+        f"gate FAILED: {'; '.join(missed) or 'see the checks'} — the bundled model in resources/models/ "
+        "was not replaced"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,7 +459,12 @@ def render_markdown(rep: dict[str, Any], *, plots: Sequence[str] = (), generated
               "the run's files (named under each table); a value the run did not measure reads "
               f"\"{NM}\"._", ""]  # fmt: skip
     else:
-        L += [f"# Compression report: run `{Path(rep['run_dir']).name}`", "", f"Generated {rep['generated_utc']}.", ""]
+        L += [
+            f"# Compression report: run `{Path(rep['run_dir']).name}`",
+            "",
+            f"Generated {rep['generated_utc']}.",
+            "",
+        ]
     L += [f"**Status:** {rep['status']}", ""]
     g = rep.get("gate")
 
@@ -460,8 +506,11 @@ def render_markdown(rep: dict[str, Any], *, plots: Sequence[str] = (), generated
 
     L += ["## Gate and targets (shipped candidate)", ""]
     if g:
-        L += [f"Model `{g['model']}` (sha256 `{str(g['sha256'])[:12]}`), from `{g['source']}`; targets met: "
-              f"{g.get('targets_met')}/{g.get('targets_total')}.", ""]
+        L += [
+            f"Model `{g['model']}` (sha256 `{str(g['sha256'])[:12]}`), from `{g['source']}`; targets met: "
+            f"{g.get('targets_met')}/{g.get('targets_total')}.",
+            "",
+        ]
         rows = [[c.get("kind"), c.get("name"), _f4(c.get("value")), f"{c.get('op')} {_f4(c.get('bound'))}",
                  _met(c.get("met")), c.get("note") or ""] for c in g["checks"]]  # fmt: skip
         L += _table(["kind", "check", "value", "bound", "result", "note"], rows) + [""]
@@ -489,8 +538,11 @@ def render_markdown(rep: dict[str, Any], *, plots: Sequence[str] = (), generated
         L += _table(["epoch", "train loss", "ISIC ext.", "PAD", "PAD FST-labelled", "FST I", "FST II", "FST III",
                      "FST IV", "gap", "score", "s"], rows) + [""]  # fmt: skip
         if tr["history"]:
-            L += [f"Per-epoch FST AUROCs are printed even for groups too small to judge (FST I n={_n_of(tr, 'I')}, "
-                  f"FST IV n={_n_of(tr, 'IV')}); the gate withholds those.", ""]
+            L += [
+                f"Per-epoch FST AUROCs are printed even for groups too small to judge (FST I n={_n_of(tr, 'I')}, "
+                f"FST IV n={_n_of(tr, 'IV')}); the gate withholds those.",
+                "",
+            ]
         for p in plots:
             L += [f"![{Path(p).stem}]({p})", ""]
     else:
@@ -512,9 +564,19 @@ def render_markdown(rep: dict[str, Any], *, plots: Sequence[str] = (), generated
         rows = []
         for name, r in (pr.get("layers") or {}).items():
             o, i = r.get("out") or [None, None], r.get("in") or [None, None]
-            rows.append([f"`{name}`", f"{i[0]} → {i[1]}", f"{o[0]} → {o[1]}", _fmt(r.get("in_sparsity"), ".3f"),
-                         _fmt(r.get("out_sparsity"), ".3f"), _fmt(_num(r.get("macs")) and r["macs"] / 1e6, ".2f", " M")])
-        L += _table(["layer", "in channels", "out channels", "in sparsity", "out sparsity", "MACs after"], rows) + [""]
+            rows.append(
+                [
+                    f"`{name}`",
+                    f"{i[0]} → {i[1]}",
+                    f"{o[0]} → {o[1]}",
+                    _fmt(r.get("in_sparsity"), ".3f"),
+                    _fmt(r.get("out_sparsity"), ".3f"),
+                    _fmt(_num(r.get("macs")) and r["macs"] / 1e6, ".2f", " M"),
+                ]
+            )
+        L += _table(
+            ["layer", "in channels", "out channels", "in sparsity", "out sparsity", "MACs after"], rows
+        ) + [""]
     else:
         L += [f"Pruning: {NM}.", ""]
 
@@ -656,8 +718,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m compression report", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", default=None, help="run folder (default: the config's run folder)")
     p.add_argument("--docs", default=str(DOCS_MD), help="generated results document ('' to skip)")
-    p.add_argument("--install", action="store_true",
-                   help="copy the shipped candidate into resources/models/ (only if its gate passed)")
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="copy the shipped candidate into resources/models/ (only if its gate passed)",
+    )
     p.add_argument("--models-dir", default=str(REPO_ROOT / "resources" / "models"))
     return p
 
