@@ -98,7 +98,7 @@ def cold_start(card: str, runs: int, tmp: Path) -> list[float]:
 def drop_to_result(card: str, runs: int, tmp: Path) -> tuple[list[float], dict[str, float]]:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
     from PySide6.QtWidgets import QApplication
 
@@ -136,7 +136,7 @@ def drop_to_result(card: str, runs: int, tmp: Path) -> tuple[list[float], dict[s
         n_before = len(shown)
         win.assess.clear()  # each drop becomes the first, selected case, as in real use
         app.processEvents()
-        QApplication.sendEvent(win, QDragEnterEvent(QPointF(300, 300), Qt.DropAction.CopyAction, mime,
+        QApplication.sendEvent(win, QDragEnterEvent(QPoint(300, 300), Qt.DropAction.CopyAction, mime,
                                                     Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
         t0 = time.perf_counter()
         QApplication.sendEvent(win, QDropEvent(QPointF(300, 300), Qt.DropAction.CopyAction, mime,
