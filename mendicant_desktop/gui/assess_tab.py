@@ -7,7 +7,7 @@ from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
-from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, QThreadPool, Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from mendicant_desktop.core.errors import ImageLoadError
+from mendicant_desktop.core.explain import OcclusionSensitivity
 from mendicant_desktop.core.metadata import SEXES, SITES, Metadata
 from mendicant_desktop.core.preprocess import load_image
 from mendicant_desktop.core.skintone import estimate_skin_tone
@@ -45,6 +46,9 @@ from .worker import BackgroundOp, scoring_pool
 #: Decoded display copies kept in memory; older ones are re-read from disk when selected again.
 DISPLAY_CACHE = 12
 
+#: ``OcclusionSensitivity`` settings of "Detailed explanation" (the engine's defaults: 226 passes per image).
+OCCLUSION = {"patch": 32, "stride": 16, "batch_size": 16}
+
 
 class AssessTab(QWidget):
     queueChanged = Signal(int, int, int)  # done, errors, total
@@ -57,6 +61,10 @@ class AssessTab(QWidget):
         self.settings = services.settings
         self.model = CaseListModel(self)
         self._ops: dict[int, BackgroundOp] = {}
+        self._occl_ops: dict[int, BackgroundOp] = {}  # "Detailed explanation" runs, by case id
+        self.occlusion_params = dict(OCCLUSION)
+        self._occl_pool = QThreadPool(self)  # one at a time, apart from the scoring queue
+        self._occl_pool.setMaxThreadCount(1)
         self._cache: OrderedDict[int, Case] = OrderedDict()
         self._paste_n = 0
 
@@ -113,6 +121,8 @@ class AssessTab(QWidget):
         self.list.selectionModel().currentChanged.connect(self._current_changed)
         self.view.metadataEdited.connect(self.set_metadata)
         self.view.fstOverrideEdited.connect(self.set_fst_override)
+        self.view.explainRequested.connect(self.explain_case)
+        self.view.explainCancelRequested.connect(self.cancel_explain)
         self.btn_remove.clicked.connect(self.remove_current)
         self.btn_clear.clicked.connect(self.clear)
         services.engineChanged.connect(self._engine_ready)
@@ -185,6 +195,7 @@ class AssessTab(QWidget):
             case.scored = datetime.now()
             case.status = "done"
             case.prediction = a.prediction
+            case.clear_occlusion()
             self._touch(case)
             if case.metadata != meta:  # edited while it was being scored
                 self.set_metadata(case, case.metadata, force=True)
@@ -229,6 +240,8 @@ class AssessTab(QWidget):
         if meta == case.metadata and not force:
             return
         case.metadata = meta
+        self.cancel_explain(case)
+        case.clear_occlusion()  # it explained the score under the old metadata
         engine = self.services.engine
         if engine is None or case.x is None or case.status == "error":
             return  # scored with the new metadata when its turn comes
@@ -252,6 +265,73 @@ class AssessTab(QWidget):
 
         BackgroundOp(self, op=lambda ctx: rescore(engine, x, meta, threshold), success=ok).failure(
             failed).run_in_background()
+
+    # ---- detailed explanation (occlusion sensitivity) ------------------------------------------
+    def explain_current(self) -> None:
+        case = self.current_case()
+        if case is not None:
+            self.explain_case(case)
+
+    def explain_case(self, case: Case) -> BackgroundOp | None:
+        """Occlusion sensitivity of the malignancy score, in the background; the size-of-change map is
+        stored on the case and shown as the "Occlusion" heat map."""
+        engine = self.services.engine
+        if (engine is None or case.x is None or case.status != "done" or case.id in self._occl_ops):
+            return None
+        x, meta = case.x, case.metadata
+        occ = OcclusionSensitivity(engine, **self.occlusion_params)
+
+        def op(ctx):
+            res = occ.explain(x, meta, target="malignancy", progress=lambda d, t: ctx.progress(d, t),
+                              cancel=lambda: ctx.cancelled)
+            return res.normalized("magnitude"), res
+
+        def progress(done: int, total: int, _txt: str) -> None:
+            if case.occlusion_progress is not None:
+                case.occlusion_progress = (done, total)
+                self.view.show_explain_state(case)
+
+        def ok(value) -> None:
+            heat, res = value
+            self._end_explain(case)
+            if case.metadata != meta or case.x is not x or case.status == "error":
+                self._changed(case)
+                return  # stale: the case changed meanwhile
+            case.occlusion = heat
+            case.occlusion_info = f"{res.n_passes} passes, {res.patch} px patch, {res.seconds:.1f} s"
+            if case is self.current_case():
+                self.view.set_mode("Occlusion")
+            self._changed(case)
+            self.message.emit(f"{case.name}: detailed explanation ready ({res.seconds:.1f} s)")
+
+        def failed(exc: BaseException) -> None:
+            self._end_explain(case)
+            self.message.emit(f"Detailed explanation of {case.name} failed: {exc}")
+            self._changed(case)
+
+        def cancelled() -> None:
+            self._end_explain(case)
+            self.message.emit(f"Detailed explanation of {case.name} cancelled")
+            self._changed(case)
+
+        case.occlusion_progress = (0, occ.n_passes())
+        bop = (BackgroundOp(self, op=op, success=ok).failure(failed).with_progress(progress)
+               .on_cancel(cancelled).run_in_background(self._occl_pool))
+        self._occl_ops[case.id] = bop
+        self._changed(case)
+        return bop
+
+    def _end_explain(self, case: Case) -> None:
+        self._occl_ops.pop(case.id, None)
+        case.occlusion_progress = None
+
+    def cancel_explain(self, case: Case) -> None:
+        op = self._occl_ops.get(case.id)
+        if op is not None:
+            op.cancel()
+
+    def explaining(self, case: Case) -> bool:
+        return case.id in self._occl_ops
 
     def set_fst_override(self, case: Case, value: str | None) -> None:
         case.fst_override = value or None
@@ -376,6 +456,7 @@ class AssessTab(QWidget):
         op = self._ops.pop(case.id, None)
         if op is not None:
             op.cancel()
+        self.cancel_explain(case)
         self._cache.pop(case.id, None)
         self.model.remove(case)
         self._update_stack()
@@ -387,7 +468,7 @@ class AssessTab(QWidget):
         self._emit_queue()
 
     def clear(self) -> None:
-        for op in list(self._ops.values()):
+        for op in list(self._ops.values()) + list(self._occl_ops.values()):
             op.cancel()
         self._ops.clear()
         self._cache.clear()
@@ -398,7 +479,7 @@ class AssessTab(QWidget):
         self._emit_queue()
 
     def cancel_all(self) -> None:
-        for op in list(self._ops.values()):
+        for op in list(self._ops.values()) + list(self._occl_ops.values()):
             op.cancel()
 
 

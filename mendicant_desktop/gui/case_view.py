@@ -11,6 +11,8 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QProgressBar,
+    QPushButton,
     QScrollArea,
     QSizePolicy,
     QSlider,
@@ -62,11 +64,17 @@ class CaseView(QWidget):
     metadataEdited = Signal(object, object)  # Case, Metadata
     fstOverrideEdited = Signal(object, object)  # Case, str | None
     resultShown = Signal(object)  # Case (a scored case is on screen, overlay included)
+    explainRequested = Signal(object)  # Case: run occlusion sensitivity ("Detailed explanation")
+    explainCancelRequested = Signal(object)  # Case
+
+    #: Overlay sources the mode combo offers (the occlusion one only once a case has its map).
+    MODES = ("Grad-CAM", "Occlusion")
 
     def __init__(self, settings: AppSettings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.settings = settings
         self.case: Case | None = None
+        self._mode = "Grad-CAM"  # the overlay the user chose; Occlusion falls back when a case has none
         self._sexes: tuple[str, ...] = SEXES
         self._sites: tuple[str, ...] = SITES
 
@@ -117,6 +125,12 @@ class CaseView(QWidget):
         bar.addWidget(self.op_label)
         bar.addWidget(self.opacity)
         bar.addWidget(self.colormap)
+        self.mode = QComboBox()
+        self.mode.addItems(list(self.MODES))
+        self.mode.setToolTip("Heat map shown: Grad-CAM (with every assessment) or occlusion sensitivity "
+                             "(after \u201cDetailed explanation\u201d)")
+        self.mode.setAccessibleName("Heat-map source")
+        bar.addWidget(self.mode)
         bar.addStretch(1)
         self.btn_out = self._tool("−", "Zoom out (Ctrl+-)")
         self.btn_in = self._tool("+", "Zoom in (Ctrl++)")
@@ -126,6 +140,26 @@ class CaseView(QWidget):
             bar.addWidget(b)
         ll.addWidget(self.image_tools)
 
+        self.explain_row = QWidget()
+        er = QHBoxLayout(self.explain_row)
+        er.setContentsMargins(0, 0, 0, 0)
+        er.setSpacing(6)
+        self.btn_explain = QPushButton("Detailed explanation…")
+        self.btn_explain.setToolTip(
+            "Occlusion sensitivity: hide each part of the image in turn and measure how much the malignancy "
+            "score changes. Runs in the background; this takes several seconds.")
+        self.explain_bar = QProgressBar()
+        self.explain_bar.setMaximumHeight(16)
+        self.explain_bar.setFormat("Occlusion %p%")
+        self.explain_bar.setAccessibleName("Detailed explanation progress")
+        self.btn_explain_cancel = QPushButton("Cancel")
+        self.btn_explain_cancel.setToolTip("Stop the detailed explanation")
+        er.addWidget(self.btn_explain)
+        er.addWidget(self.explain_bar, 1)
+        er.addWidget(self.btn_explain_cancel)
+        er.addStretch(0)
+        ll.addWidget(self.explain_row)
+
         self.view = ImageView()
         ll.addWidget(self.view, 1)
         self.legend_row = QWidget()
@@ -133,6 +167,8 @@ class CaseView(QWidget):
         leg.setContentsMargins(0, 0, 0, 0)
         self.cam_caption = QLabel("")
         self.cam_caption.setObjectName("Muted")
+        self.cam_caption.setWordWrap(True)  # a long caption must never widen the image column
+        self.cam_caption.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.legend = ColormapLegend()
         self.legend.set_colormap(settings.colormap)
         leg.addWidget(self.cam_caption, 1)
@@ -243,6 +279,9 @@ class CaseView(QWidget):
         self.overlay_box.toggled.connect(self._overlay_toggled)
         self.opacity.valueChanged.connect(self._opacity_changed)
         self.colormap.currentTextChanged.connect(self._colormap_changed)
+        self.mode.currentTextChanged.connect(self._mode_changed)
+        self.btn_explain.clicked.connect(self.request_explain)
+        self.btn_explain_cancel.clicked.connect(self._cancel_explain)
         self.btn_in.clicked.connect(lambda: self.view.zoom_by(1.25))
         self.btn_out.clicked.connect(lambda: self.view.zoom_by(0.8))
         self.btn_fit.clicked.connect(self.view.fit)
@@ -326,8 +365,85 @@ class CaseView(QWidget):
         self.view.set_overlay_visible(on)
         self.opacity.setEnabled(on)
         self.colormap.setEnabled(on)
+        self.mode.setEnabled(on and self.case is not None and self.case.occlusion is not None)
         if self.settings.show_overlay != on:
             self.settings.show_overlay = on
+
+    def _mode_changed(self, name: str) -> None:
+        if not name or self.case is None or self.mode.signalsBlocked():
+            return
+        self._mode = name
+        self._show_overlay(self.case)
+
+    def set_mode(self, name: str) -> None:
+        """Switch the heat map between "Grad-CAM" and "Occlusion" (if the case has an occlusion map)."""
+        if name not in self.MODES:
+            raise ValueError(f"unknown overlay mode {name!r}")
+        self._mode = name
+        if self.case is not None:
+            self._show_overlay(self.case)
+
+    @property
+    def overlay_mode(self) -> str:
+        """The heat map on screen now: "Grad-CAM" or "Occlusion"."""
+        return self.mode.currentText()
+
+    def can_explain(self, case: Case | None = None) -> bool:
+        case = case if case is not None else self.case
+        return (case is not None and case.status == "done" and case.x is not None
+                and case.occlusion_progress is None)
+
+    def request_explain(self) -> None:
+        if self.can_explain():
+            self.explainRequested.emit(self.case)
+
+    def _cancel_explain(self) -> None:
+        if self.case is not None and self.case.occlusion_progress is not None:
+            self.explainCancelRequested.emit(self.case)
+
+    def _show_overlay(self, case: Case) -> None:
+        """Grad-CAM or occlusion map on the image, mode combo and caption to match."""
+        pred = case.prediction
+        occl = case.occlusion is not None and case.status != "error"
+        effective = "Occlusion" if occl and self._mode == "Occlusion" else "Grad-CAM"
+        with signals_blocked(self.mode):
+            self.mode.setCurrentText(effective)
+        self.mode.setEnabled(occl and self.overlay_box.isChecked())
+        self.mode.setToolTip("Heat map shown: Grad-CAM or occlusion sensitivity" if occl else
+                             "Run \u201cDetailed explanation\u201d to add the occlusion-sensitivity map")
+        if effective == "Occlusion":
+            self.view.set_cam(case.occlusion)
+            self.cam_caption.setText("Occlusion sensitivity of the malignancy score")
+            self.cam_caption.setToolTip("How much hiding each region (the image's mean colour over a sliding "
+                                        "patch) changes the malignancy score, whatever the direction"
+                                        + (f"; {case.occlusion_info}" if case.occlusion_info else ""))
+        else:
+            self.cam_caption.setToolTip("")
+            self.view.set_cam(pred.cam if pred is not None else None)
+            if pred is None:
+                self.cam_caption.setText("")
+            else:
+                target = pred.cam_target or pred.top_class
+                self.cam_caption.setText(f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
+                                         else "Grad-CAM for the malignancy score")
+        self.view.set_overlay_visible(self.overlay_box.isChecked())
+
+    def show_explain_state(self, case: Case) -> None:
+        """Button or progress bar + Cancel, for the case on screen."""
+        if case is not self.case:
+            return
+        running = case.occlusion_progress is not None
+        self.explain_row.setVisible(case.status != "error")
+        self.btn_explain.setVisible(not running)
+        self.btn_explain.setEnabled(self.can_explain(case))
+        self.btn_explain.setText("Recompute detailed explanation…" if case.occlusion is not None
+                                 else "Detailed explanation…")
+        self.explain_bar.setVisible(running)
+        self.btn_explain_cancel.setVisible(running)
+        if running:
+            done, total = case.occlusion_progress
+            self.explain_bar.setRange(0, max(total, 0))
+            self.explain_bar.setValue(min(done, total) if total else 0)
 
     def _opacity_changed(self, v: int) -> None:
         self.view.set_opacity(v / 100.0)
@@ -395,6 +511,7 @@ class CaseView(QWidget):
             self.cam_caption.setText("")
             self.image_tools.setVisible(False)
             self.legend_row.setVisible(False)
+            self.explain_row.setVisible(False)
             return
         self.title.setText(case.name)
         self.title.setToolTip(case.source)
@@ -417,8 +534,8 @@ class CaseView(QWidget):
                    else case.display if case.display is not None else case.thumb)
             self.view.set_image(img, keep_view=same)
         pred = case.prediction
-        self.view.set_cam(pred.cam if pred is not None else None)
-        self.view.set_overlay_visible(self.overlay_box.isChecked())
+        self._show_overlay(case)
+        self.show_explain_state(case)
         self._load_metadata(case.metadata)
         with signals_blocked(self.fst_combo):
             i = self.fst_combo.findData(case.fst_override)
@@ -427,14 +544,10 @@ class CaseView(QWidget):
             self.gauge.set_value(None, 0.5, None)
             self.bars.clear()
             self.summary.setText("Scoring…" if case.status in ("queued", "scoring") else "")
-            self.cam_caption.setText("")
         else:
             self.gauge.set_value(pred.malignancy, pred.threshold, pred.risk)
             self.bars.set_probabilities(pred.class_names, pred.probabilities)
             self.summary.setText(text.summary(pred, case.warnings))
-            target = pred.cam_target or pred.top_class
-            self.cam_caption.setText(f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
-                                     else "Grad-CAM for the malignancy score")
         self.warn_card.setVisible(bool(case.warnings) and not err)
         self.warn_text.setText("<br>".join(f"⚠ {w}" for w in case.warnings))
         self._show_skin(case)

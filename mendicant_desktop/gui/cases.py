@@ -48,6 +48,11 @@ class Case:
     domain_warnings: list[str] = field(default_factory=list)
     added: datetime = field(default_factory=datetime.now)
     scored: datetime | None = None
+    # "Detailed explanation": occlusion size-of-change map of the malignancy score, normalised to [0, 1]
+    # (model-input frame); dropped when the metadata changes or the case is re-scored.
+    occlusion: np.ndarray | None = field(default=None, repr=False)
+    occlusion_info: str = ""
+    occlusion_progress: tuple[int, int] | None = None  # (done, total) while one is running, else None
     _pixmap: QPixmap | None = field(default=None, repr=False)
 
     @property
@@ -70,6 +75,10 @@ class Case:
         if self.fst_override:
             return "clinician"
         return "estimated" if self.skin is not None and self.skin.known else "unknown"
+
+    def clear_occlusion(self) -> None:
+        self.occlusion = None
+        self.occlusion_info = ""
 
     def thumbnail(self) -> QPixmap | None:
         if self._pixmap is None and self.thumb is not None:

@@ -128,6 +128,9 @@ class MainWindow(QMainWindow):
         self.act_quit = self._act("&Quit", self.close, "Ctrl+Q")
         self.act_overlay = self._act("Toggle &heat map", self.assess.view.toggle_overlay, "Ctrl+H",
                                      "Show or hide the Grad-CAM heat map", "heatmap")
+        self.act_explain = self._act("&Detailed explanation…", self.assess.explain_current, None,
+                                     "Occlusion sensitivity of the selected case (runs in the background; "
+                                     "this takes several seconds)")
         self.act_next = self._act("&Next case", self.assess.next_case, ["Ctrl+Down", "Ctrl+J"], "Select the next case")
         self.act_prev = self._act("P&revious case", self.assess.previous_case, ["Ctrl+Up", "Ctrl+K"],
                                   "Select the previous case")
@@ -158,6 +161,7 @@ class MainWindow(QMainWindow):
         m = mb.addMenu("&View")
         for a in (self.act_overlay, self.act_fit, self.act_zoom_in, self.act_zoom_out):
             m.addAction(a)
+        m.addAction(self.act_explain)
         m.addSeparator()
         m.addAction(self.act_next)
         m.addAction(self.act_prev)
@@ -206,6 +210,7 @@ class MainWindow(QMainWindow):
         case = self.assess.current_case()
         self.act_pdf.setEnabled(case is not None and case.status == "done" and self.services.engine is not None)
         self.act_csv.setEnabled(self.assess.model.rowCount() > 0)
+        self.act_explain.setEnabled(self.services.engine is not None and self.assess.view.can_explain(case))
 
     # ---- status -------------------------------------------------------------------------------
     def _engine_ready(self, engine) -> None:
