@@ -1,12 +1,11 @@
-"""Top-level dispatch for ``mendicant-desktop``: headless modes first, the GUI only when asked for.
+"""Headless dispatch for ``mendicant-desktop``: ``--batch``, ``--audit``, ``--version``, ``--help``.
 
-Qt is imported lazily and only for the GUI paths, so ``--batch``/``--audit``/``--version`` work on a
-machine with no display and no Qt platform plugin.
+``mendicant_desktop.__main__`` calls :func:`run_headless` first and starts the GUI only when it returns
+None, so these modes work on a machine with no display and no Qt platform plugin.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from mendicant_desktop import __version__
@@ -34,8 +33,13 @@ def version_text() -> str:
     return f"mendicant-desktop {__version__}\n{model}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+def run_headless(args: Sequence[str]) -> int | None:
+    """Run a headless mode if ``args`` ask for one; None means "not headless: open the window".
+
+    The GUI is started by ``mendicant_desktop.__main__``, outside this package, so that nothing in
+    ``cli`` ever imports Qt (an import-linter contract).
+    """
+    args = list(args)
     if "--batch" in args:
         from .batch import main as batch_main
 
@@ -50,9 +54,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] in (["--help"], ["-h"]):
         print(USAGE)
         return int(ExitCode.OK)
-    try:
-        from mendicant_desktop.gui.app import main as gui_main
-    except ImportError as exc:
-        print(f"mendicant-desktop: the GUI is unavailable ({exc}); headless modes still work.", file=sys.stderr)
-        return int(ExitCode.USAGE)
-    return int(gui_main(args))
+    return None

@@ -1,6 +1,6 @@
 """GUI entry point: ``mendicant-desktop [IMAGE ...]`` and ``mendicant-desktop --selftest [--screenshot PNG]``.
 
-``main(argv) -> int`` is called by :mod:`mendicant_desktop.cli.main` for every argument list that is not
+``main(argv) -> int`` is called by :mod:`mendicant_desktop.__main__` for every argument list that is not
 a headless mode. The model card is ``--model CARD`` > ``MENDICANT_MODEL`` > the bundled model.
 """
 
