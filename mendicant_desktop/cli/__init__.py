@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import enum
 
 
@@ -21,3 +22,14 @@ EXIT_CODES_HELP = """exit codes:
   2    usage or configuration error (bad arguments, or a model that fails verification)
   130  interrupted by Ctrl-C or SIGTERM; rows written so far are kept and valid
   1    unexpected internal error (traceback only with --debug)"""
+
+
+class UsageError(Exception):
+    """A usage or configuration problem: its message is printed and the exit code is 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of exiting, so callers map it to ExitCode.USAGE."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: error: {message}\n{self.format_usage().strip()}")

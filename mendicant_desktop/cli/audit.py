@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from . import EXIT_CODES_HELP, ExitCode
+from . import EXIT_CODES_HELP, ArgumentParser, ExitCode, UsageError
 
 log = logging.getLogger("mendicant_desktop.audit")
 
@@ -64,17 +64,8 @@ estimate. Optional age, sex/gender and site/region/localization columns are fed 
 --metadata does. Images are scored through the --batch pipeline. The report is one self-contained HTML file."""
 
 
-class _Usage(Exception):
-    """A usage/configuration problem: message printed, exit code 2."""
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _Usage(f"{self.prog}: error: {message}\n{self.format_usage().strip()}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(
+    p = ArgumentParser(
         prog="mendicant-desktop --audit",
         usage="mendicant-desktop --audit LABELS.csv --images DIR --out REPORT.html [options]",
         description=DESCRIPTION,
@@ -131,11 +122,11 @@ def _read_text(path: str) -> str:
         with open(path, "rb") as fh:
             raw = fh.read()
     except FileNotFoundError:
-        raise _Usage(f"labels file not found: {path}") from None
+        raise UsageError(f"labels file not found: {path}") from None
     except IsADirectoryError:
-        raise _Usage(f"labels file {path} is a folder") from None
+        raise UsageError(f"labels file {path} is a folder") from None
     except OSError as exc:
-        raise _Usage(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -170,7 +161,7 @@ def resolve_image(images_dir: str, name: str) -> str:
 
 
 def read_labels(path: str, images_dir: str) -> Labels:
-    """Parse LABELS.csv. Raises :class:`_Usage` for a file that cannot be a labels file at all."""
+    """Parse LABELS.csv. Raises :class:`UsageError` for a file that cannot be a labels file at all."""
     from mendicant_desktop.core.audit import dx_to_malignant, parse_fst
 
     text = _read_text(path)
@@ -182,17 +173,17 @@ def read_labels(path: str, images_dir: str) -> Labels:
     try:
         header = next(reader)
     except StopIteration:
-        raise _Usage(f"labels file {path} is empty") from None
+        raise UsageError(f"labels file {path} is empty") from None
     except csv.Error as exc:
-        raise _Usage(f"labels file {path} is not a readable CSV file ({exc})") from None
+        raise UsageError(f"labels file {path} is not a readable CSV file ({exc})") from None
     norm = [h.strip().lower() for h in header]
     i_img = _pick(norm, IMAGE_COLUMNS)
     if i_img is None:
-        raise _Usage(f"labels file {path}: no image column; expected one of {', '.join(IMAGE_COLUMNS)} "
+        raise UsageError(f"labels file {path}: no image column; expected one of {', '.join(IMAGE_COLUMNS)} "
                      f"(found {', '.join(header)})")
     i_mal, i_dx, i_fst = _pick(norm, ("malignant",)), _pick(norm, ("dx",)), _pick(norm, FST_COLUMNS)
     if i_mal is None and i_dx is None:
-        raise _Usage(f"labels file {path}: needs a 'malignant' (0/1) or a 'dx' column (found {', '.join(header)})")
+        raise UsageError(f"labels file {path}: needs a 'malignant' (0/1) or a 'dx' column (found {', '.join(header)})")
     rows: list[LabelRow] = []
     skipped: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
@@ -233,7 +224,7 @@ def read_labels(path: str, images_dir: str) -> Labels:
             seen[key] = line
             rows.append(LabelRow(line, image, resolve_image(images_dir, image), mal, fst))
     except csv.Error as exc:
-        raise _Usage(f"labels file {path}: malformed CSV near line {reader.line_num} ({exc})") from None
+        raise UsageError(f"labels file {path}: malformed CSV near line {reader.line_num} ({exc})") from None
     return Labels(rows, skipped, any(c in META_COLUMNS for c in norm))
 
 
@@ -320,12 +311,12 @@ def _write_atomic(path: str, text: str) -> None:
 
 def _check_out(option: str, path: str, exts: tuple[str, ...]) -> None:
     if not path.lower().endswith(exts):
-        raise _Usage(f"{option} {path!r}: the file name must end in {' or '.join(exts)}")
+        raise UsageError(f"{option} {path!r}: the file name must end in {' or '.join(exts)}")
     if os.path.isdir(path):
-        raise _Usage(f"{option} {path!r} is a folder")
+        raise UsageError(f"{option} {path!r} is a folder")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise _Usage(f"{option} {path!r}: the folder {folder} does not exist")
+        raise UsageError(f"{option} {path!r}: the folder {folder} does not exist")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="mendicant-desktop: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return int(_run(build_parser(), args_list))
-    except _Usage as exc:
+    except UsageError as exc:
         _err(str(exc))
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
@@ -360,17 +351,17 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
     if args.json:
         _check_out("--json", args.json, (".json",))
     if not os.path.isdir(args.images):
-        raise _Usage(f"--images {args.images!r} is not a folder")
+        raise UsageError(f"--images {args.images!r} is not a folder")
     if args.threads is not None and args.threads < 1:
-        raise _Usage("--threads must be at least 1")
+        raise UsageError("--threads must be at least 1")
     if args.n_boot < 0:
-        raise _Usage("--n-boot must be 0 or more")
+        raise UsageError("--n-boot must be 0 or more")
     if args.seed < 0:
-        raise _Usage("--seed must be 0 or more")
+        raise UsageError("--seed must be 0 or more")
     if args.examples < 0:
-        raise _Usage("--examples must be 0 or more")
+        raise UsageError("--examples must be 0 or more")
     if args.threshold is not None and not (0.0 < args.threshold < 1.0):
-        raise _Usage(f"--threshold must lie strictly between 0 and 1, got {args.threshold}")
+        raise UsageError(f"--threshold must lie strictly between 0 and 1, got {args.threshold}")
 
     from mendicant_desktop import __version__
     from mendicant_desktop.core import audit as core_audit
@@ -386,20 +377,20 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
     labels = read_labels(args.audit, args.images)
     if not labels.rows:
         first = f" (e.g. {labels.skipped[0][0]}: {labels.skipped[0][1]})" if labels.skipped else ""
-        raise _Usage(f"labels file {args.audit}: no usable rows{first}")
+        raise UsageError(f"labels file {args.audit}: no usable rows{first}")
     metadata = None
     meta_source = args.metadata or (args.audit if labels.has_meta_columns else None)
     if meta_source:
         try:
             metadata = load_metadata_csv(meta_source)
         except MetadataError as exc:
-            raise _Usage(f"{'--metadata' if args.metadata else 'labels file metadata'}: {exc}") from None
+            raise UsageError(f"{'--metadata' if args.metadata else 'labels file metadata'}: {exc}") from None
     try:
         engine = build_engine(args.model, args.threads)
     except ModelVerificationError as exc:
-        raise _Usage(f"model verification failed: {exc}") from None
+        raise UsageError(f"model verification failed: {exc}") from None
     except MendicantError as exc:
-        raise _Usage(f"cannot load the model: {exc}") from None
+        raise UsageError(f"cannot load the model: {exc}") from None
     card = engine.card
     threshold = float(card.threshold if args.threshold is None else args.threshold)
     explain = not args.no_explain

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import EXIT_CODES_HELP, ExitCode, scoring
+from . import EXIT_CODES_HELP, ArgumentParser, ExitCode, UsageError, scoring
 from .discover import InputItem, count_inputs, iter_inputs
 from .metadata_csv import MetadataTable, load_metadata_csv
 from .scoring import DEFAULT_BATCH_SIZE, iter_scored, score_paths
@@ -50,17 +50,8 @@ unreadable) give a row with status=error and a reason; the run goes on. Each row
 flushed as soon as it is scored, so an interrupted run keeps every finished row; --resume completes it."""
 
 
-class _Usage(Exception):
-    """A usage/configuration problem: message printed, exit code 2."""
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _Usage(f"{self.prog}: error: {message}\n{self.format_usage().strip()}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(
+    p = ArgumentParser(
         prog="mendicant-desktop --batch",
         usage="mendicant-desktop --batch PATH [PATH ...] --out FILE [options]",
         description=DESCRIPTION,
@@ -136,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.install()  # from the start, so SIGTERM during start-up also ends with 130
     try:
         return int(_run(build_parser(), args_list, stop))
-    except _Usage as exc:
+    except UsageError as exc:
         _err(str(exc))
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
@@ -165,43 +156,43 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
 
     fmt = output_format(args.out)
     if fmt is None:
-        raise _Usage(f"--out {args.out!r}: the file name must end in .csv or .jsonl")
+        raise UsageError(f"--out {args.out!r}: the file name must end in .csv or .jsonl")
     if args.threads is not None and args.threads < 1:
-        raise _Usage("--threads must be at least 1")
+        raise UsageError("--threads must be at least 1")
     if args.batch_size < 1:
-        raise _Usage("--batch-size must be at least 1")
+        raise UsageError("--batch-size must be at least 1")
     if args.resume and args.overwrite:
-        raise _Usage("--resume and --overwrite contradict each other")
+        raise UsageError("--resume and --overwrite contradict each other")
     out = args.out
     if os.path.isdir(out):
-        raise _Usage(f"--out {out!r} is a folder")
+        raise UsageError(f"--out {out!r} is a folder")
     out_dir = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_dir):
-        raise _Usage(f"--out {out!r}: the folder {out_dir} does not exist")
+        raise UsageError(f"--out {out!r}: the folder {out_dir} does not exist")
     exists = os.path.exists(out) and os.path.getsize(out) > 0
     if exists and not (args.resume or args.overwrite):
-        raise _Usage(f"{out} already exists; use --resume to complete it, --overwrite to replace it, "
+        raise UsageError(f"{out} already exists; use --resume to complete it, --overwrite to replace it, "
                      "or choose another --out")
     if args.saliency_dir and os.path.exists(args.saliency_dir) and not os.path.isdir(args.saliency_dir):
-        raise _Usage(f"--saliency-dir {args.saliency_dir!r} is not a folder")
+        raise UsageError(f"--saliency-dir {args.saliency_dir!r} is not a folder")
 
     from mendicant_desktop.core.errors import MendicantError, MetadataError, ModelVerificationError
     from mendicant_desktop.core.results import CLASS_NAMES
 
     if args.saliency_target not in ("top", "malignancy", *CLASS_NAMES):
-        raise _Usage(f"--saliency-target must be top, malignancy or one of {', '.join(CLASS_NAMES)}")
+        raise UsageError(f"--saliency-target must be top, malignancy or one of {', '.join(CLASS_NAMES)}")
     metadata: MetadataTable | None = None
     if args.metadata:
         try:
             metadata = load_metadata_csv(args.metadata)
         except MetadataError as exc:
-            raise _Usage(f"--metadata: {exc}") from None
+            raise UsageError(f"--metadata: {exc}") from None
     try:
         engine = build_engine(args.model, args.threads)
     except ModelVerificationError as exc:
-        raise _Usage(f"model verification failed: {exc}") from None
+        raise UsageError(f"model verification failed: {exc}") from None
     except MendicantError as exc:
-        raise _Usage(f"cannot load the model: {exc}") from None
+        raise UsageError(f"cannot load the model: {exc}") from None
 
     columns = columns_for(metadata is not None, bool(args.saliency_dir))
     skip = None
@@ -210,9 +201,9 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
         try:
             existing = read_existing(out, fmt, engine.card.sha256)
         except OutputFileError as exc:
-            raise _Usage(f"--resume: {exc}") from None
+            raise UsageError(f"--resume: {exc}") from None
         if existing.columns is not None and tuple(existing.columns) != columns:
-            raise _Usage(f"--resume: {out} was written with other columns ({len(existing.columns)} vs {len(columns)}); "
+            raise UsageError(f"--resume: {out} was written with other columns ({len(existing.columns)} vs {len(columns)}); "
                          "use the same --metadata/--saliency-dir options as the first run")
         if existing.duplicates:
             keep_latest_rows(out, fmt)
@@ -241,7 +232,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
     try:
         writer = RowWriter(out, columns, fmt, append=bool(args.resume))
     except OSError as exc:
-        raise _Usage(f"cannot write --out {out}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write --out {out}: {exc.strerror or exc}") from None
     t0 = time.perf_counter()
     interrupted = False
     superseded = False

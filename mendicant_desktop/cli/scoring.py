@@ -15,7 +15,6 @@ import hashlib
 import io
 import logging
 import os
-import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +27,7 @@ from PIL import Image
 from mendicant_desktop.core.errors import ImageLoadError
 from mendicant_desktop.core.inference import Engine
 from mendicant_desktop.core.metadata import Metadata
-from mendicant_desktop.core.preprocess import DEFAULT_MAX_PIXELS, load_image, preprocess
+from mendicant_desktop.core.preprocess import DEFAULT_MAX_PIXELS, load_image, preprocess, read_image_file
 from mendicant_desktop.core.results import Prediction, SkinToneEstimate
 from mendicant_desktop.core.saliency import overlay
 from mendicant_desktop.core.skintone import estimate_skin_tone
@@ -39,8 +38,6 @@ from .writers import PROB_COLUMNS, clean_text, columns_for
 
 log = logging.getLogger(__name__)
 
-#: Files larger than this are not read (no camera or scanner image a clinic uses comes near it).
-MAX_FILE_BYTES = 1 << 30
 #: Images above this many pixels are decoded one at a time, bounding peak memory.
 LARGE_IMAGE_PIXELS = 8_000_000
 #: Saliency overlays are written at most this many pixels on their longest side.
@@ -54,33 +51,6 @@ MetadataSource = Union[MetadataTable, Callable[[str], Union[Metadata, MetaRecord
 
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
-
-
-def read_file(path: str) -> bytes:
-    """Read a whole input file; every failure is an :class:`ImageLoadError` with a readable reason."""
-    try:
-        # O_NONBLOCK: opening a FIFO must not hang the run; it is refused below as not a regular file.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise ImageLoadError("is a folder, not an image file", path)
-            if not stat.S_ISREG(st.st_mode):
-                raise ImageLoadError("not a regular file", path)
-            if st.st_size > MAX_FILE_BYTES:
-                raise ImageLoadError(f"file too large ({st.st_size / 2**20:.0f} MiB)", path)
-            data = fh.read()
-    except FileNotFoundError:
-        raise ImageLoadError("file not found (missing or removed)", path) from None
-    except PermissionError:
-        raise ImageLoadError("permission denied", path) from None
-    except IsADirectoryError:
-        raise ImageLoadError("is a folder, not an image file", path) from None
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read file: {exc.strerror or exc}", path) from None
-    if not data:
-        raise ImageLoadError("empty file (0 bytes)", path)
-    return data
 
 
 @dataclass
@@ -165,7 +135,7 @@ class _Preparer:
         sha = None
         meta = None
         try:
-            data = read_file(path)
+            data = read_image_file(path)
             sha = hashlib.sha256(data).hexdigest()
             if self.skip is not None and self.skip(path, sha):
                 return _SKIPPED

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import warnings
-from pathlib import Path
 from typing import Union
 
 import numpy as np
@@ -23,11 +23,44 @@ MODEL_SIZE: tuple[int, int] = (254, 254)
 #: 100 MP is well above any camera a clinic uses (a 4000x3000 phone photo is 12 MP).
 DEFAULT_MAX_PIXELS = 100_000_000
 _EXIF_ORIENTATION = 0x0112
+#: Files larger than this are not read (no camera or scanner image a clinic uses comes near it).
+MAX_FILE_BYTES = 1 << 30
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
 # A partially decoded image must never be scored: keep Pillow strict, whatever a caller set globally.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def read_image_file(path: str | os.PathLike, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a whole input file; every failure is an :class:`ImageLoadError` with a readable reason.
+
+    Shared by :func:`load_image` and the batch pipeline (which hashes the same bytes it decodes).
+    """
+    name = str(path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang a run; it is refused below as not a regular file.
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise ImageLoadError("is a folder, not an image file", name)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageLoadError("not a regular file", name)
+            if st.st_size > max_bytes:
+                raise ImageLoadError(f"file too large ({st.st_size / 2**20:.0f} MiB)", name)
+            data = fh.read()
+    except FileNotFoundError:
+        raise ImageLoadError("file not found (missing or removed)", name) from None
+    except PermissionError:
+        raise ImageLoadError("permission denied", name) from None
+    except IsADirectoryError:
+        raise ImageLoadError("is a folder, not an image file", name) from None
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read file: {exc.strerror or exc}", name) from None
+    if not data:
+        raise ImageLoadError("empty file (0 bytes)", name)
+    return data
 
 
 def _open(source: ImageSource) -> tuple[Image.Image, str | None]:
@@ -38,32 +71,8 @@ def _open(source: ImageSource) -> tuple[Image.Image, str | None]:
         if not data:
             raise ImageLoadError("empty file (0 bytes)")
         return Image.open(io.BytesIO(data)), None
-    path = Path(source)
     name = str(source)
-    try:
-        if path.is_dir():
-            raise ImageLoadError("is a folder, not an image file", name)
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageLoadError("file not found (missing or removed)", name) from None
-    except PermissionError:
-        raise ImageLoadError("permission denied", name) from None
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read file: {exc.strerror or exc}", name) from None
-    if size == 0:
-        raise ImageLoadError("empty file (0 bytes)", name)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise ImageLoadError("file not found (missing or removed)", name) from None
-    except PermissionError:
-        raise ImageLoadError("permission denied", name) from None
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read file: {exc.strerror or exc}", name) from None
-    if not data:
-        raise ImageLoadError("empty file (0 bytes)", name)
-    return Image.open(io.BytesIO(data)), name
+    return Image.open(io.BytesIO(read_image_file(name))), name
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:
