@@ -1,45 +1,33 @@
 """The Audit tab's work, without Qt: read a labelled CSV, score its images through the engine, audit.
 
-Label columns (case-insensitive): ``image`` (or ``img_id``/``image_id``); ``malignant`` (0/1) or ``dx``
-(ISIC/HAM/PAD codes, mapped by ``core.audit.dx_to_malignant``); ``fst`` (or ``fitspatrick``/
-``fitzpatrick``; 1-6, I-VI or empty -- empty means the ITA estimate is used and marked ``estimated``);
-optional ``age``, ``sex``/``gender``, ``site``/``region``/``localization`` fed to the model.
+The labels file is parsed by the headless audit (:func:`mendicant_desktop.cli.audit.read_labels`), so the tab
+and ``--audit`` accept exactly the same columns and report the same unusable rows; age/sex/site columns are
+read as ``--audit`` reads them (:func:`mendicant_desktop.cli.metadata_csv.load_metadata_csv`). The HTML export
+is the ``--audit`` report (:mod:`mendicant_desktop.core.report_html`), without the Grad-CAM section.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mendicant_desktop.cli import UsageError
+from mendicant_desktop.cli import audit as cli_audit
+from mendicant_desktop.cli.metadata_csv import MetadataTable, load_metadata_csv
 from mendicant_desktop.core import audit as core_audit
+from mendicant_desktop.core import report_html
 from mendicant_desktop.core.errors import CancelledError, ImageLoadError, MetadataError
 from mendicant_desktop.core.inference import Engine
 from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.preprocess import load_image, preprocess
 from mendicant_desktop.core.skintone import estimate_skin_tone
-
-from .text import pct
-
-_IMAGE_COLS = ("image", "img_id", "image_id", "file", "filename")
-_FST_COLS = ("fst", "fitspatrick", "fitzpatrick")
-_SEX_COLS = ("sex", "gender")
-_SITE_COLS = ("site", "region", "localization", "anatom_site_general")
-
-
-@dataclass
-class LabelRow:
-    image: str
-    malignant: int
-    fst: str  # 'I'..'VI' or 'unknown' (from the label)
-    metadata: Metadata
 
 
 @dataclass
@@ -56,6 +44,10 @@ class AuditRun:
     result: core_audit.AuditResult | None = None
     threshold: float = 0.5
     model: str = ""
+    labels_path: str = ""
+    images_dir: str = ""
+    n_boot: int = 1000
+    seed: int = 0
 
     def curves(self) -> dict[str, dict[str, np.ndarray]]:
         """ROC and calibration points overall and per group present."""
@@ -75,65 +67,22 @@ class AuditRun:
         return out
 
 
-def _pick(row: dict[str, str], names: tuple[str, ...]) -> str | None:
-    for n in names:
-        if n in row and row[n] is not None:
-            return row[n]
-    return None
-
-
-def read_labels(path: str | os.PathLike) -> tuple[list[LabelRow], list[tuple[str, str]]]:
-    """Parse the labels CSV; returns (usable rows, skipped (image, reason))."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None:
-            raise ValueError(f"{Path(path).name} is empty")
-        fields = [f.strip().lower() for f in reader.fieldnames]
-        if not any(c in fields for c in _IMAGE_COLS):
-            raise ValueError(f"{Path(path).name} has no image column (expected one of {', '.join(_IMAGE_COLS)})")
-        if "malignant" not in fields and "dx" not in fields:
-            raise ValueError(f"{Path(path).name} needs a 'malignant' (0/1) or a 'dx' column")
-        rows: list[LabelRow] = []
-        skipped: list[tuple[str, str]] = []
-        for raw in reader:
-            r = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-            image = _pick(r, _IMAGE_COLS) or ""
-            if not image:
-                skipped.append(("(blank)", "no image name"))
-                continue
-            mal: int | None = None
-            if r.get("malignant", "") != "":
-                try:
-                    v = float(r["malignant"])
-                    mal = int(v) if v in (0.0, 1.0) else None
-                except ValueError:
-                    mal = None
-            if mal is None and r.get("dx"):
-                mal = core_audit.dx_to_malignant(r["dx"])
-            if mal is None:
-                skipped.append((image, "no usable malignant/dx label"))
-                continue
-            try:
-                fst = core_audit.parse_fst(_pick(r, _FST_COLS) or "")
-            except ValueError as exc:
-                skipped.append((image, str(exc)))
-                continue
-            try:
-                meta = Metadata(age=r.get("age") or None, sex=_pick(r, _SEX_COLS) or "unknown",
-                                site=_pick(r, _SITE_COLS) or "unknown")
-            except MetadataError:
-                meta = Metadata()
-            rows.append(LabelRow(image=image, malignant=mal, fst=fst, metadata=meta))
-    return rows, skipped
-
-
-def _resolve(images_dir: Path, name: str) -> Path:
-    p = images_dir / name
-    if p.suffix == "" and not p.exists():
-        for ext in (".jpg", ".png", ".jpeg"):
-            if (images_dir / (name + ext)).exists():
-                return images_dir / (name + ext)
-    return p
+def read_inputs(labels_csv: str | os.PathLike, images_dir: str | os.PathLike
+                ) -> tuple[cli_audit.Labels, MetadataTable | None]:
+    """The labels (as ``--audit`` reads them) and the metadata from their age/sex/site columns, if any.
+    Raises ValueError with a readable message for a file that cannot be used at all."""
+    path = os.fspath(labels_csv)
+    try:
+        labels = cli_audit.read_labels(path, os.fspath(images_dir))
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+    metadata = None
+    if labels.has_meta_columns:
+        try:
+            metadata = load_metadata_csv(path)
+        except MetadataError as exc:
+            raise ValueError(f"labels file metadata: {exc}") from None
+    return labels, metadata
 
 
 def run_audit(
@@ -149,20 +98,23 @@ def run_audit(
     is_cancelled: Callable[[], bool] | None = None,
 ) -> AuditRun:
     """Score every labelled image through ``engine`` (no Grad-CAM) and audit per skin type."""
-    rows, skipped = read_labels(labels_csv)
+    labels, metadata = read_inputs(labels_csv, images_dir)
+    rows, skipped = labels.rows, labels.skipped
     if not rows:
-        raise ValueError("no usable rows in the labels file" + (f" ({skipped[0][1]})" if skipped else ""))
-    folder = Path(images_dir)
-    run = AuditRun(skipped=skipped, threshold=float(threshold), model=engine.card.name)
+        raise ValueError("no usable rows in the labels file"
+                         + (f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
+    run = AuditRun(skipped=list(skipped), threshold=float(threshold), model=engine.card.name,
+                   labels_path=os.path.abspath(labels_csv), images_dir=os.path.abspath(images_dir),
+                   n_boot=int(n_boot), seed=int(seed))
     total = len(rows)
-    pending: list[tuple[LabelRow, np.ndarray, str, str]] = []
+    pending: list[tuple[cli_audit.LabelRow, Metadata, np.ndarray, str, str]] = []
 
     def flush() -> None:
         if not pending:
             return
-        x = np.stack([p[1] for p in pending])
-        preds = engine.predict_preprocessed(x, [p[0].metadata for p in pending], cam=False, threshold=threshold)
-        for (row, _x, grp, src), pred in zip(pending, preds):
+        x = np.stack([p[2] for p in pending])
+        preds = engine.predict_preprocessed(x, [p[1] for p in pending], cam=False, threshold=threshold)
+        for (row, _meta, _x, grp, src), pred in zip(pending, preds):
             run.images.append(row.image)
             run.scores.append(min(1.0, max(0.0, float(pred.malignancy))))
             run.labels.append(row.malignant)
@@ -173,17 +125,23 @@ def run_audit(
     for i, row in enumerate(rows):
         if is_cancelled is not None and is_cancelled():
             raise CancelledError("audit cancelled")
-        try:
-            rgb = load_image(_resolve(folder, row.image))
-        except ImageLoadError as exc:
-            run.failed.append((row.image, exc.reason))
+        rgb: np.ndarray | None = None
+        rec = metadata.lookup(row.path) if metadata is not None else None
+        if rec is not None and rec.error:
+            run.failed.append((row.image, rec.error))
         else:
+            try:
+                rgb = load_image(row.path)
+            except ImageLoadError as exc:
+                run.failed.append((row.image, exc.reason))
+        if rgb is not None:
+            meta = rec.metadata if rec is not None and rec.metadata is not None else Metadata()
             if row.fst != "unknown":
                 grp, src = row.fst, "label"
             else:
                 est = estimate_skin_tone(rgb)
                 grp, src = est.fst, "estimated"
-            pending.append((row, preprocess(rgb, engine.input_size), grp, src))
+            pending.append((row, meta, preprocess(rgb, engine.input_size), grp, src))
             if len(pending) >= batch_size:
                 flush()
         if progress is not None and (i % 4 == 3 or i == total - 1):
@@ -283,35 +241,24 @@ def to_csv(run: AuditRun) -> str:
     return buf.getvalue()
 
 
-def to_html(run: AuditRun, roc_png_b64: str = "", cal_png_b64: str = "", model_line: str = "") -> str:
-    res = run.result
-    assert res is not None
-    e = html.escape
-    rows = []
-    for cells, suff in table_rows(res):
-        style = "" if suff else " style='color:#6b7480'"
-        rows.append("<tr" + style + ">" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    failed = "".join(f"<li>{e(a)}: {e(b)}</li>" for a, b in run.failed[:500])
-    skipped = "".join(f"<li>{e(a)}: {e(b)}</li>" for a, b in run.skipped[:500])
-    imgs = ""
-    if roc_png_b64:
-        imgs += f"<img alt='ROC curves' src='data:image/png;base64,{roc_png_b64}'>"
-    if cal_png_b64:
-        imgs += f"<img alt='Calibration plot' src='data:image/png;base64,{cal_png_b64}'>"
-    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>MENDICANT fairness audit</title>
-<style>body{{font-family:sans-serif;color:#1d2733;max-width:1100px;margin:24px auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #d5dbe3;padding:4px 8px;text-align:left}}
-th{{background:#eef2f6}}.note{{color:#5b6673}}</style></head><body>
-<h1>Fairness audit by Fitzpatrick skin type</h1>
-<p>{e(model_line or run.model)} · operating threshold {pct(run.threshold)} ({run.threshold:.4g}) · {len(run.scores)} images scored,
-{len(run.failed)} failed, {len(run.skipped)} label rows unusable.</p>
-<table><tr>{''.join(f'<th>{e(c)}</th>' for c in TABLE_COLUMNS)}</tr>{''.join(rows)}</table>
-<p><b>{e(gap_text(res))}</b></p>
-<p class="note">Groups with fewer than {core_audit.MIN_GROUP_N} images, or fewer than {core_audit.MIN_CLASS_N}
-positives or negatives, are marked insufficient: their figures are withheld and they are left out of the gap.
-FST source "estimated" means the skin type came from the image (ITA), not from a clinician.
-Intervals: stratified bootstrap, 95% percentile.</p>
-{imgs}
-<h2>Images that could not be scored ({len(run.failed)})</h2><ul>{failed or '<li>none</li>'}</ul>
-<h2>Label rows not used ({len(run.skipped)})</h2><ul>{skipped or '<li>none</li>'}</ul>
-</body></html>"""
+def model_card_dict(card: Any) -> dict[str, Any]:
+    """The model card as ``--audit`` hands it to the report (``card`` is an engine's ``ModelCard``)."""
+    return {**card.raw, "name": card.name, "version": card.version, "sha256": card.sha256,
+            "size_bytes": card.size_bytes, "threshold": card.threshold, "provenance": card.provenance,
+            "metrics": card.metrics}
+
+
+def to_report(run: AuditRun, model_card: Mapping[str, Any] | None = None, app_version: str = "") -> report_html.AuditReport:
+    """The ``--audit`` report for a GUI run. The tab scores without Grad-CAM, so there is no explanation
+    analysis (the report says so) and no per-image rows."""
+    card = dict(model_card) if model_card else {"name": run.model, "threshold": run.threshold}
+    return report_html.AuditReport(
+        result=run.result, model_card=card, scores=run.scores, labels=run.labels, groups=run.groups,
+        fst_sources=run.fst_source, failed=run.failed, skipped=run.skipped, labels_path=run.labels_path,
+        images_dir=run.images_dir, n_boot=run.n_boot, seed=run.seed, app_version=app_version,
+    )
+
+
+def to_html(run: AuditRun, model_card: Mapping[str, Any] | None = None, app_version: str = "") -> str:
+    """The self-contained HTML report, rendered exactly as ``--audit`` renders its own."""
+    return report_html.render_html(to_report(run, model_card, app_version))

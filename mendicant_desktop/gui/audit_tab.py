@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mendicant_desktop import __version__
+
 from . import audit_runner as ar
 from .plots import GROUP_COLOURS, CalibrationPlot, RocPlot, Series
-from .qtutil import qimage_png_bytes
 from .services import Services
 from .text import pct
 from .worker import BackgroundOp
@@ -324,12 +324,11 @@ class AuditTab(QWidget):
     # ---- export -------------------------------------------------------------------------------
     def export_html(self, path: str | Path) -> Path:
         assert self.run is not None
-        roc = base64.b64encode(qimage_png_bytes(self.roc.render_image())).decode("ascii")
-        cal = base64.b64encode(qimage_png_bytes(self.cal.render_image())).decode("ascii")
-        card = self.services.engine.card if self.services.engine is not None else None
-        line = f"{card.name} {card.version} (sha256 {card.sha256[:12]}…)" if card is not None else self.run.model
+        engine = self.services.engine
+        # the card of the model that scored this run (a model switched since then is not described)
+        card = ar.model_card_dict(engine.card) if engine is not None and engine.card.name == self.run.model else None
         p = Path(path)
-        p.write_text(ar.to_html(self.run, roc, cal, line), encoding="utf-8")
+        p.write_text(ar.to_html(self.run, card, __version__), encoding="utf-8")
         return p
 
     def export_csv(self, path: str | Path) -> Path:

@@ -65,7 +65,8 @@ def test_audit_tab_on_small_labelled_set(qtbot, window, shared_data, tmp_path):
     assert "AUROC gap" in tab.gap.text()
     assert progress
     html = tab.export_html(tmp_path / "audit.html").read_text(encoding="utf-8")
-    assert "data:image/png;base64," in html and "missing_file.jpg" in html and "insufficient" in html
+    # the --audit report: ROC and calibration drawn as inline SVG
+    assert "<svg" in html and "missing_file.jpg" in html and "insufficient" in html
     rows = list(csv.reader(tab.export_csv(tmp_path / "audit.csv").read_text(encoding="utf-8").splitlines()))
     assert rows[0][:3] == ["group", "n", "n_pos"]
     iii = next(r for r in rows if r and r[0] == "III")
@@ -97,17 +98,19 @@ def test_audit_cancel_and_bad_inputs(qtbot, window, tmp_path):
 
 
 def test_label_parsing(tmp_path):
-    from mendicant_desktop.gui.audit_runner import read_labels
+    from mendicant_desktop.gui.audit_runner import read_inputs
 
     p = tmp_path / "l.csv"
     p.write_text("img_id,dx,fitspatrick,gender,region,age\n"
                  "a.png,BCC,2,FEMALE,FACE,70\nb.png,NEV,,MALE,BACK,\nc.png,ACK,7,,,\nd.png,XYZ,1,,,\n",
                  encoding="utf-8")
-    rows, skipped = read_labels(p)
+    labels, metadata = read_inputs(p, tmp_path)
+    rows, skipped = labels.rows, labels.skipped
     assert [(r.image, r.malignant, r.fst) for r in rows] == [("a.png", 1, "II"), ("b.png", 0, "unknown")]
-    assert rows[0].metadata.site == "head-or-neck" and rows[0].metadata.sex == "female"
+    meta = metadata.lookup(rows[0].path).metadata
+    assert meta.site == "head-or-neck" and meta.sex == "female"
     assert [s[0] for s in skipped] == ["c.png", "d.png"]
     bad = tmp_path / "bad.csv"
     bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
     with pytest.raises(ValueError, match="image column"):
-        read_labels(bad)
+        read_inputs(bad, tmp_path)
