@@ -20,7 +20,6 @@ The shared data folder is ``$MENDICANT_SHARED_DATA`` if set, else ``<repo>/../sh
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from mendicant_desktop.core.bundle import sha256_file
 from mendicant_desktop.core.errors import ConfigError, MetadataError
 from mendicant_desktop.core.metadata import Metadata, encode_metadata
 from mendicant_desktop.core.preprocess import MODEL_SIZE, load_image, preprocess
@@ -240,14 +240,6 @@ def split_records(records: Sequence[Record], isic_val_fraction: float, pad_val_f
     return split
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------------------------------
 # The run's data index
 # --------------------------------------------------------------------------------------------------
@@ -315,7 +307,7 @@ def build_data(cfg: Config, run_dir: str | Path, *, log: Any = print) -> DataInd
     meta = np.zeros((n, 10), np.float32)
     for i, r in enumerate(records):
         path = src / r.relpath
-        r.sha256 = _sha256(path)
+        r.sha256 = sha256_file(path)
         rgb = load_image(path)
         images[i] = preprocess(rgb)
         meta[i] = encode_metadata(r.metadata if r.dataset == "pad" else None)

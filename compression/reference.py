@@ -26,7 +26,6 @@ config names, so the mapping is rebuilt from ``config.json`` in layer order and 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -42,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mendicant_desktop.core.bundle import sha256_file
 
 __all__ = [
     "CLASSES",
@@ -450,14 +451,6 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mendicant" / "wheels"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def find_sklesion_wheel(cache_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
     """Path of the verified ``sklesion==0.2.2`` wheel, downloading it with pip into the cache if needed.
 
@@ -481,7 +474,7 @@ def find_sklesion_wheel(cache_dir: str | os.PathLike | None = None, *, download:
                 f"could not download sklesion=={SKLESION_VERSION} into {cache}: "
                 f"{(proc.stderr or proc.stdout).strip()[-500:]}"
             )
-    digest = _sha256(wheel)
+    digest = sha256_file(wheel)
     if digest != SKLESION_WHEEL_SHA256:
         raise ValueError(
             f"{wheel} has SHA-256 {digest}, expected {SKLESION_WHEEL_SHA256} (corrupt or not the PyPI wheel)"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import math
 import re
@@ -35,6 +34,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from mendicant_desktop.core.bundle import sha256_file
 
 NM = "not measured"
 FSTS = ("I", "II", "III", "IV", "V", "VI")
@@ -78,14 +79,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _rel(path: Path, run_dir: Path) -> str:
@@ -132,7 +125,7 @@ def _gate_for(onnx: Path, gates: list[dict[str, Any]], run_dir: Path) -> tuple[d
             continue
         if _bundled(d.get("model")):
             continue
-        sha = sha or _sha256(onnx)
+        sha = sha or sha256_file(onnx)
         if d.get("sha256") == sha:
             return d, _rel(g["path"], run_dir), ""
         stale.append(_rel(g["path"], run_dir))
