@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import enum
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class ExitCode(enum.IntEnum):
@@ -33,3 +39,60 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: error: {message}\n{self.format_usage().strip()}")
+
+
+def err(msg: str) -> None:
+    """Messages and summaries go to stderr, flushed: stdout stays free for data."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM: the first asks the run to stop cleanly (``event``); a second interrupts at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def run_guarded(mode: str, body: Callable[[], int], args: Sequence[str], *, interrupted: str) -> int:
+    """Run a headless mode, mapping usage errors, Ctrl-C and unexpected errors onto :class:`ExitCode`.
+
+    A traceback is printed only with ``--debug``; otherwise one line names the error.
+    """
+    debug = "--debug" in args
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="mendicant-desktop: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(body())
+    except UsageError as exc:
+        err(str(exc))
+        return int(ExitCode.USAGE)
+    except KeyboardInterrupt:
+        err(f"mendicant-desktop {mode}: {interrupted}")
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        else:
+            err(f"mendicant-desktop {mode}: internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        return int(ExitCode.INTERNAL_ERROR)

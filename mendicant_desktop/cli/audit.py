@@ -31,9 +31,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -42,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from . import EXIT_CODES_HELP, ArgumentParser, ExitCode, UsageError
+from . import EXIT_CODES_HELP, ArgumentParser, ExitCode, StopSignal, UsageError, err, run_guarded
+from .metadata_csv import sniff_dialect
 
 log = logging.getLogger("mendicant_desktop.audit")
 
@@ -165,11 +164,7 @@ def read_labels(path: str, images_dir: str) -> Labels:
     from mendicant_desktop.core.audit import dx_to_malignant, parse_fst
 
     text = _read_text(path)
-    try:
-        dialect: Any = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    reader = csv.reader(io.StringIO(text, newline=""), sniff_dialect(text[:8192]))
     try:
         header = next(reader)
     except StopIteration:
@@ -277,31 +272,6 @@ class ExplainingEngine:
 # --------------------------------------------------------------------------------------------------
 
 
-class _Stop:
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.event.set()
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.part"
     with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
@@ -321,25 +291,8 @@ def _check_out(option: str, path: str, exts: tuple[str, ...]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args_list
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="mendicant-desktop: %(levelname)s: %(message)s", stream=sys.stderr)
-    try:
-        return int(_run(build_parser(), args_list))
-    except UsageError as exc:
-        _err(str(exc))
-        return int(ExitCode.USAGE)
-    except KeyboardInterrupt:
-        _err("mendicant-desktop --audit: interrupted; no report written")
-        return int(ExitCode.INTERRUPTED)
-    except Exception as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        else:
-            _err(f"mendicant-desktop --audit: internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
-        return int(ExitCode.INTERNAL_ERROR)
+    return run_guarded("--audit", lambda: _run(build_parser(), args_list), args_list,
+                       interrupted="interrupted; no report written")
 
 
 def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
@@ -398,7 +351,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
 
     from tqdm import tqdm
 
-    stop = _Stop()
+    stop = StopSignal()
     total = len(labels.rows)
     scores: list[float] = []
     y: list[int] = []
@@ -465,7 +418,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
         bar.close()
         stop.restore()
     if interrupted or n_done < total:
-        _err(f"mendicant-desktop --audit: interrupted after {n_done} of {total} images; no report written")
+        err(f"mendicant-desktop --audit: interrupted after {n_done} of {total} images; no report written")
         return ExitCode.INTERRUPTED
 
     result = None
@@ -500,5 +453,5 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> ExitCode:
         gap = result.auroc_gap
         summary += f"; AUROC overall {result.overall.auroc:.3f}" + (
             f", gap {gap:.3f} over {', '.join(result.gap_groups)}" if math.isfinite(gap) else ", gap not computable")
-    _err(f"mendicant-desktop --audit: {summary} in {secs:.1f} s -> {args.out}" + (f", {args.json}" if args.json else ""))
+    err(f"mendicant-desktop --audit: {summary} in {secs:.1f} s -> {args.out}" + (f", {args.json}" if args.json else ""))
     return ExitCode.PARTIAL if (failed or labels.skipped or result is None) else ExitCode.OK

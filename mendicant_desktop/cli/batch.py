@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from . import EXIT_CODES_HELP, ArgumentParser, ExitCode, UsageError, scoring
+from . import EXIT_CODES_HELP, ArgumentParser, ExitCode, StopSignal, UsageError, err, run_guarded, scoring
 from .discover import InputItem, count_inputs, iter_inputs
 from .metadata_csv import MetadataTable, load_metadata_csv
 from .scoring import DEFAULT_BATCH_SIZE, iter_scored, score_paths
@@ -88,64 +85,18 @@ def build_engine(model: str | None = None, threads: int | None = None):
     return Engine(ModelBundle.load(card), threads=threads)
 
 
-class _Stop:
-    """SIGINT/SIGTERM: the first asks the run to stop cleanly; a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.signum = signum
-        self.event.set()
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handler)
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args_list
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="mendicant-desktop: %(levelname)s: %(message)s", stream=sys.stderr)
-    stop = _Stop()
+    stop = StopSignal()
     stop.install()  # from the start, so SIGTERM during start-up also ends with 130
     try:
-        return int(_run(build_parser(), args_list, stop))
-    except UsageError as exc:
-        _err(str(exc))
-        return int(ExitCode.USAGE)
-    except KeyboardInterrupt:
-        _err("mendicant-desktop --batch: interrupted")
-        return int(ExitCode.INTERRUPTED)
-    except Exception as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        else:
-            _err(f"mendicant-desktop --batch: internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
-        return int(ExitCode.INTERNAL_ERROR)
+        return run_guarded("--batch", lambda: _run(build_parser(), args_list, stop), args_list,
+                           interrupted="interrupted")
     finally:
         stop.restore()
 
 
-def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitCode:
+def _run(parser: argparse.ArgumentParser, argv: list[str], stop: StopSignal) -> ExitCode:
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return ExitCode.OK
@@ -224,10 +175,10 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
         os.makedirs(args.saliency_dir, exist_ok=True)  # exists now, so the walk can leave it out
     total = count_inputs(args.batch, exclude=exclude)
     if stop.event.is_set():
-        _err("mendicant-desktop --batch: interrupted before scoring started")
+        err("mendicant-desktop --batch: interrupted before scoring started")
         return ExitCode.INTERRUPTED
     if total == 0:
-        _err("mendicant-desktop --batch: no image files found under " + " ".join(args.batch))
+        err("mendicant-desktop --batch: no image files found under " + " ".join(args.batch))
     counts = {"ok": 0, "error": 0, "skipped": 0}
     try:
         writer = RowWriter(out, columns, fmt, append=bool(args.resume))
@@ -264,14 +215,14 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], stop: _Stop) -> ExitC
             try:
                 keep_latest_rows(out, fmt)  # a retried input's new row supersedes its old one
             except OSError as exc:
-                _err(f"mendicant-desktop --batch: could not remove superseded rows from {out} ({exc}); "
+                err(f"mendicant-desktop --batch: could not remove superseded rows from {out} ({exc}); "
                      "run --resume again to tidy it")
     secs = time.perf_counter() - t0
     scored_n = counts["ok"] + counts["error"]
     rate = f", {scored_n / secs:.1f} images/s" if secs > 0 and scored_n else ""
     resumed = f", {counts['skipped']} already done" if args.resume else ""
     status = "interrupted: " if interrupted else ""
-    _err(f"mendicant-desktop --batch: {status}{counts['ok']} ok, {counts['error']} failed{resumed} "
+    err(f"mendicant-desktop --batch: {status}{counts['ok']} ok, {counts['error']} failed{resumed} "
          f"in {secs:.1f} s{rate} -> {out}")
     if interrupted:
         return ExitCode.INTERRUPTED

@@ -99,7 +99,8 @@ class MetadataTable:
         return None
 
 
-def _sniff_dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
+def sniff_dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
+    """Comma, semicolon or tab separated: whatever the sample shows; plain CSV when unsure."""
     try:
         return csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
@@ -109,7 +110,7 @@ def _sniff_dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
 def parse_metadata_text(text: str, source: str = "metadata") -> MetadataTable:
     """Parse CSV text (comma, semicolon or tab separated) into a :class:`MetadataTable`."""
     text = text.lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), _sniff_dialect(text[:8192]))
+    reader = csv.reader(io.StringIO(text, newline=""), sniff_dialect(text[:8192]))
     try:
         header = next(reader)
     except StopIteration:

@@ -70,3 +70,27 @@ def fake_index(tmp: Path, n_train: int = 24, n_val: int = 12, seed: int = 0) -> 
     meta[:, 7] = 1
     meta[:, 8:10] = (0.57, 1)
     return DataIndex(run_dir=tmp, records=recs, images=images, meta=meta)
+
+
+def fp32_reference_or_skip(*, export: bool):
+    """Path of the cached FP32 reference ONNX; skips when it is absent and the sklesion wheel is too.
+
+    With ``export`` the ONNX is exported from the cached wheel when missing.
+    """
+    import pytest
+
+    from compression.export import default_models_dir
+
+    path = default_models_dir() / "reference_fp32.onnx"
+    if not path.is_file():
+        from compression.reference import find_sklesion_wheel
+
+        try:
+            find_sklesion_wheel(download=False)
+        except (FileNotFoundError, RuntimeError, ValueError) as exc:
+            pytest.skip(f"sklesion wheel cache absent: {exc}")
+        if export:
+            from compression.export import export_reference_fp32
+
+            export_reference_fp32(path)
+    return path

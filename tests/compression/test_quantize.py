@@ -235,24 +235,14 @@ def test_fp16_and_dynamic_variants_run(tiny_fp32, calib):
 @pytest.mark.slow
 def test_bundled_int8_agrees_with_fp32_on_real_images(bundled_card, shared_data):
     from compression.data import read_records
-    from compression.export import default_models_dir
     from mendicant_desktop.core.bundle import ModelBundle
     from mendicant_desktop.core.metadata import encode_metadata
     from mendicant_desktop.core.preprocess import load_image, preprocess
+    from tests.compression._tiny import fp32_reference_or_skip
 
     bundle = ModelBundle.load(bundled_card)
     assert head_violations(bundle.model_path) == []
-    fp32 = default_models_dir() / "reference_fp32.onnx"
-    if not fp32.is_file():
-        from compression.reference import find_sklesion_wheel
-
-        try:
-            find_sklesion_wheel(download=False)
-        except (FileNotFoundError, RuntimeError, ValueError) as exc:
-            pytest.skip(f"sklesion wheel cache absent: {exc}")
-        from compression.export import export_reference_fp32
-
-        export_reference_fp32(fp32)
+    fp32 = fp32_reference_or_skip(export=True)
     records = read_records(shared_data)
     isic = [r for r in records if r.dataset == "isic"]
     pad = [r for r in records if r.dataset == "pad"]

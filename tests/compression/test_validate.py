@@ -261,17 +261,10 @@ def test_limits_come_from_the_config_and_match_the_fallback():
 
 @pytest.mark.slow
 def test_gate_passes_on_the_bundled_model(bundled_card, shared_data, monkeypatch, capsys, tmp_path):
-    from compression.export import default_models_dir
+    from tests.compression._tiny import fp32_reference_or_skip
 
     monkeypatch.delenv("MENDICANT_CACHE", raising=False)  # reuse the developer's prediction cache if present
-    teacher = default_models_dir() / "reference_fp32.onnx"
-    if not teacher.is_file():
-        from compression.reference import find_sklesion_wheel
-
-        try:
-            find_sklesion_wheel(download=False)
-        except (FileNotFoundError, RuntimeError, ValueError) as exc:
-            pytest.skip(f"sklesion wheel cache absent: {exc}")
+    fp32_reference_or_skip(export=False)  # validate exports it itself when only the wheel is cached
     out = tmp_path / "gate.json"
     rc = V.main([str(bundled_card), "--out", str(out)])
     text = capsys.readouterr().out
