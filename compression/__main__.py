@@ -31,6 +31,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from mendicant_desktop.core.errors import ConfigError
 
 from .config import Config, load_config
+from .fingerprint import STAGE_SECTIONS, check_stage, record_stage
 
 STAGES = ("data", "prune", "train", "quantize", "export", "validate", "report")
 EXTERNAL = {"quantize": "compression.quantize", "export": "compression.export",
@@ -96,8 +97,41 @@ def _teacher(cfg: Config, cache: dict[str, Any]) -> Any:
     return cache["teacher"]
 
 
+def _stage_outputs_exist(stage: str, run_dir: Path) -> bool:
+    if stage == "data":
+        from .data import data_done
+
+        return data_done(run_dir)
+    if stage == "prune":
+        from .prune import prune_done
+
+        return prune_done(run_dir)
+    if stage == "train":
+        from .train import train_done
+
+        return train_done(run_dir)
+    return (run_dir / "quantize" / "quantize.json").is_file()
+
+
 def run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace, cache: dict[str, Any]) -> Any:
+    """Run one stage; the fingerprinted ones (data, prune, train, quantize) reuse outputs only when they were
+    made with the same configuration (:mod:`compression.fingerprint`), which they record before starting."""
     log = _logger(run_dir / f"{stage}.log")
+    if stage not in STAGE_SECTIONS:
+        return _run_stage(stage, cfg, run_dir, args, cache, log)
+    # A record from an earlier (finished or interrupted) run must match; a missing one is written before the
+    # stage starts, so a resumed stage (train checkpoints) is held to the config it started with.
+    status = check_stage(cfg, run_dir, stage)
+    if status == "legacy":
+        if _stage_outputs_exist(stage, run_dir):
+            log(f"{stage}: warning: outputs carry no config record (made before fingerprints); reusing them")
+        else:
+            record_stage(cfg, run_dir, stage)
+    return _run_stage(stage, cfg, run_dir, args, cache, log)
+
+
+def _run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace, cache: dict[str, Any],
+               log: Callable[[str], None]) -> Any:  # fmt: skip
     if stage == "data":
         from .data import build_data, data_done
 

@@ -157,6 +157,18 @@ def dataset_list(key: str, v: Any) -> tuple[str, ...]:
     return items
 
 
+#: Source diagnosis codes of ``../shared/data`` (ISIC ``dx`` and PAD ``dx``).
+DX_CODES: tuple[str, ...] = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "ACK", "NEV", "SEK")
+
+
+def dx_list(key: str, v: Any) -> tuple[str, ...]:
+    items = str_list(key, v) if v != [] else ()
+    bad = [s for s in items if s not in DX_CODES]
+    if bad or len(set(items)) != len(items):
+        raise _fail(key, "a list of distinct diagnosis codes from " + "/".join(DX_CODES), v)
+    return items
+
+
 def freeze_stage(key: str, v: Any) -> str:
     ok = isinstance(v, str) and (
         v in ("none", "stem", "block13")
@@ -257,6 +269,7 @@ class TrainConfig:
     teacher_on_val: bool = _f(boolean, False)
     meta_dropout: float = _f(unit_closed, 0.5)
     kd_datasets: tuple[str, ...] = _f(dataset_list, ("isic", "pad"))
+    ce_skip_dx: tuple[str, ...] = _f(dx_list, ())
     time_budget_minutes: float = _f(pos_float, 75.0)
     cache_dtype: str = _f(one_of("float16", "float32"), "float16")
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)

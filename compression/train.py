@@ -193,9 +193,15 @@ def malignancy_score(probs: torch.Tensor) -> torch.Tensor:
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
-                      malignant: torch.Tensor, tc: Any) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """The training loss (see the module docstring) and its parts."""
-    ce = F.cross_entropy(logits, labels, label_smoothing=tc.label_smoothing)
+                      malignant: torch.Tensor, tc: Any, ce_mask: torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """The training loss (see the module docstring) and its parts.
+
+    ``ce_mask`` (0/1 per row) drops the dx7 cross-entropy of rows whose 7-class label contradicts their
+    malignancy label (``train.ce_skip_dx``); those rows still train the malignancy BCE and KD.
+    """
+    ce_rows = F.cross_entropy(logits, labels, label_smoothing=tc.label_smoothing, reduction="none")
+    ce = ce_rows.mean() if ce_mask is None else (ce_rows * ce_mask).sum() / ce_mask.sum().clamp_min(1.0)
     s = malignancy_score(torch.softmax(logits, 1)).clamp(1e-6, 1 - 1e-6)
     bce = F.binary_cross_entropy(s, malignant.float())
     loss = tc.ce_weight * ce + tc.malignant_weight * bce
@@ -454,6 +460,8 @@ class PruningTrainer:
         rng = np.random.default_rng([self.cfg.run.seed, 13, epoch])
         labels = torch.from_numpy(self.index.labels)
         malignant = torch.from_numpy(self.index.malignant)
+        skip = set(self.tc.ce_skip_dx)
+        ce_mask = torch.tensor([0.0 if r.dx in skip else 1.0 for r in self.index.records])
         sums: dict[str, float] = {}
         n = 0
         stopped = False
@@ -487,7 +495,8 @@ class PruningTrainer:
             for gp in self.opt.param_groups:
                 gp["lr"] = gp["base_lr"] * lr_f
             logits, _ = suffix_forward(self.student, feats, meta, self.through)
-            loss, parts = distillation_loss(logits, tl, labels[pos], malignant[pos], self.tc)
+            loss, parts = distillation_loss(logits, tl, labels[pos], malignant[pos], self.tc,
+                                            ce_mask[pos] if skip else None)  # fmt: skip
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

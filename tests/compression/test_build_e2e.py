@@ -57,6 +57,10 @@ def test_build_stages_on_subset(repo_root, shared_data, tmp_path) -> None:
     # resumable: a second build skips every stage
     proc2 = _run(repo_root, ["build", "--stages", "data,prune,train", *common], env)
     assert proc2.returncode == 0 and proc2.stdout.count("skipped") == 3, proc2.stdout
+    # a changed config never reuses (or overwrites) outputs made with another one
+    proc_cfg = _run(repo_root, ["train", *common, "--set", "train.epochs=2"], env)
+    assert proc_cfg.returncode == 2 and "train.epochs: 1 -> 2" in proc_cfg.stderr, proc_cfg.stderr
+    assert (run / "train" / "config.json").is_file()
     # the stages owned by other modules fail clearly while they do not exist
     if importlib.util.find_spec("compression.quantize") is None:
         proc3 = _run(repo_root, ["quantize", *common], env)

@@ -22,6 +22,7 @@ from compression.train import (
     suffix_forward,
     val_metrics,
 )
+from mendicant_desktop.core.errors import ConfigError
 
 from ._tiny import SIZE, fake_index, inputs, tiny_model
 
@@ -74,6 +75,23 @@ def test_kd_only_on_rows_with_soft_targets() -> None:
     )
     _, none = distillation_loss(logits, torch.full((4, 7), float("nan")), labels, mal, tc)
     assert "kd" not in none and math.isfinite(none["loss"])
+
+
+def test_ce_mask_drops_only_the_masked_rows_cross_entropy() -> None:
+    """PAD's ACK is benign but its dx7 label (akiec) counts toward malignancy: such rows train the BCE only."""
+    tc = load_config(overrides={"train.label_smoothing": 0.0, "train.kd_weight": 0.0}).train
+    logits = torch.randn(4, 7)
+    labels = torch.tensor([0, 1, 0, 5])
+    mal = torch.tensor([0, 1, 1, 0])
+    mask = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    _, parts = distillation_loss(logits, None, labels, mal, tc, mask)
+    assert parts["ce"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits[1:], labels[1:])), rel=1e-6
+    )
+    _, full = distillation_loss(logits, None, labels, mal, tc)
+    assert parts["bce"] == pytest.approx(full["bce"])  # the malignancy term still sees every row
+    with pytest.raises(ConfigError, match="train.ce_skip_dx"):
+        load_config(overrides={"train.ce_skip_dx": ["ACKK"]})
 
 
 @pytest.mark.parametrize("through", ["none", "stem", "entry.2", "middle.1", "block13"])
