@@ -1,12 +1,17 @@
 """``python -m compression <stage> [options]``.
 
-Stages: ``data``, ``prune``, ``train``, ``quantize``, ``export``, ``validate``, ``report`` and ``build``, which
-runs them in that order into ``runs/<name>/`` (``--stages`` picks a subset). Every stage skips when its outputs
-exist, so ``build`` is resumable; ``train`` resumes from its last checkpoint. Logs go to
-``runs/<name>/<stage>.log`` (``train`` also writes ``runs/<name>/train/train.log``) and to stdout.
+Stages: ``data``, ``prune``, ``train``, ``quantize``, ``export``, ``validate``, ``report``, ``ship``
+and ``build``, which runs them in that order into ``runs/<name>/`` (``--stages`` picks a subset). Every
+stage skips when its outputs exist, so ``build`` is resumable; ``train`` resumes from its last checkpoint.
+Logs go to ``runs/<name>/<stage>.log`` (``train`` also writes ``runs/<name>/train/train.log``) and to stdout.
 
-``quantize``, ``export``, ``validate`` and ``report`` live in their own modules (``compression.quantize``,
-``compression.export``, ``compression.validate``, ``compression.report``); each is called as
+``ship`` makes the gated INT8 student the one bundled model (card, ONNX, head, calibration manifest in
+``[ship] models_dir``, the previous model removed); it refuses with exit status 1, touching nothing, unless
+``runs/<name>/validate/validate.json`` says the gate passed for the current ``student_int8.onnx``.
+
+``quantize``, ``export``, ``validate``, ``report`` and ``ship`` live in their own modules
+(``compression.quantize``, ``compression.export``, ``compression.validate``, ``compression.report``,
+``compression.ship``); each is called as
 ``run_stage(cfg, run_dir, log=..., argv=[...])`` or, failing that, ``main(argv)``.
 """
 
@@ -33,9 +38,10 @@ from mendicant_desktop.core.errors import ConfigError
 from .config import Config, load_config
 from .fingerprint import STAGE_SECTIONS, check_stage, record_stage
 
-STAGES = ("data", "prune", "train", "quantize", "export", "validate", "report")
+STAGES = ("data", "prune", "train", "quantize", "export", "validate", "report", "ship")
 EXTERNAL = {"quantize": "compression.quantize", "export": "compression.export",
-            "validate": "compression.validate", "report": "compression.report"}  # fmt: skip
+            "validate": "compression.validate", "report": "compression.report",
+            "ship": "compression.ship"}  # fmt: skip
 
 
 class StageNotImplemented(RuntimeError):
@@ -169,6 +175,8 @@ def _run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace,
             raise StageNotImplemented(f"stage {stage!r} is not implemented yet by {modname}") from None
         raise
     rest = list(args.rest or [])
+    if stage == "validate" and getattr(args, "building", False):
+        rest.append("--no-fail")  # build: the report documents a failed gate; ship refuses it afterwards
     if hasattr(mod, "run_stage"):
         return mod.run_stage(cfg, run_dir, log=log, argv=rest)
     if hasattr(mod, "main"):
@@ -232,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages = [s for s in STAGES if s in stages]
     else:
         stages = [args.stage]
+    args.building = args.stage == "build"
     cache: dict[str, Any] = {}
     t0 = time.time()
     for s in stages:

@@ -13,15 +13,15 @@
    :func:`mendicant_desktop.core.bundle.make_card`.
 6. Staged in a temp folder, then moved into ``resources/models/`` (card last), verified with
    ``ModelBundle.load`` and an ``Engine`` prediction on a real image.
+
+Steps 4-6 use the code :mod:`compression.ship` shares with the pipeline's ``ship`` stage (which bundles a
+gated student the same way and, unlike this script, replaces the previously bundled model).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -30,22 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from mendicant_desktop.core.bundle import sha256_file
 
-from mendicant_desktop.core.bundle import make_card, sha256_file, write_card
-
-from .card import (
-    INTENDED_USE,
-    MIN_SENSITIVITY,
-    agreement_block,
-    build_provenance,
-    card_metrics,
-    choose_threshold,
-    joint_pass,
-    limitations,
+from .card import build_provenance, limitations
+from .quantize import calibration_positions, quantize_int8_static
+from .ship import (
+    assemble_card,
+    card_figures,
+    move_into_place,
+    score_models,
+    verify_bundle,
+    write_calibration_csv,
 )
-from .quantize import calibration_positions, probs_stepped, quantize_int8_static
-from .validate import EvalSet, malignancy, store_predictions
 
 __all__ = ["DEFAULT_NAME", "DEFAULT_VERSION", "build_first_model", "main"]
 
@@ -55,28 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 DERMOSCOPY_POOLS = ("ham10000", "external")
 
 
-def _write_calibration_csv(path: Path, records: list[Any], positions: np.ndarray) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["order", "relpath", "sha256", "pool", "dx", "fst", "fst_source"])
-    for k, i in enumerate(positions):
-        r = records[int(i)]
-        w.writerow([k, r.relpath, r.sha256, r.pool, r.dx, r.fst, r.fst_source])
-    path.write_text(buf.getvalue(), encoding="utf-8")
-
-
 def _verify(card_path: Path, shared: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    from mendicant_desktop.core.bundle import ModelBundle
-    from mendicant_desktop.core.inference import Engine
-    from mendicant_desktop.core.preprocess import load_image
-
-    bundle = ModelBundle.load(card_path)
-    engine = Engine(bundle, threads=2)
     img = sorted((shared / "isic_dermoscopy" / "images").glob("*.jpg"))[0]
-    pred = engine.predict(load_image(img), None, cam=True)[0]
-    log(f"verify: ModelBundle.load + Engine OK on {img.name}: top {pred.top_class}, malignancy "
-        f"{pred.malignancy:.3f}, risk {pred.risk}, cam {None if pred.cam is None else pred.cam.shape}")  # fmt: skip
-    return {"image": img.name, "top_class": pred.top_class, "malignancy": float(pred.malignancy)}
+    return verify_bundle(card_path, img, log)
 
 
 def build_first_model(
@@ -127,45 +104,17 @@ def build_first_model(
             quantize_int8_static(teacher, onnx_path, index.images, index.meta, pos, method=method, per_channel=True,
                                  head_fp32=True, log=log)  # fmt: skip
         calib_csv = stage / f"{name}.calibration.csv"
-        _write_calibration_csv(calib_csv, records, pos)
+        write_calibration_csv(calib_csv, records, pos)
 
-        # FP32 and INT8 on every image (agreement), both cached for the gate.
-        all_pos = np.arange(len(records))
-        log(f"scoring all {len(records)} images with FP32 and INT8 ...")
-        from .validate import prediction_cache_dir
-
-        jcache = prediction_cache_dir() / f"joint_{sha256_file(teacher)[:16]}_{sha256_file(onnx_path)[:16]}.npz"
-        if jcache.is_file():
-            with np.load(jcache) as z:
-                p_ref, p_q, f_sig, f_noise = z["p_ref"], z["p_q"], float(z["f_sig"]), float(z["f_noise"])
-            log(f"  (reusing {jcache})")
-        else:
-            p_ref, p_q, f_sig, f_noise = joint_pass(teacher, onnx_path, index.images, index.meta, all_pos,
-                                                    threads=threads, log=log)  # fmt: skip
-            jcache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(jcache, p_ref=p_ref, p_q=p_q, f_sig=f_sig, f_noise=f_noise)
-        es = EvalSet(records=records, images=index.images, meta=np.asarray(index.meta), source="all")
-        keys = es.keys()
-        store_predictions(sha256_file(teacher), keys, p_ref)
-        store_predictions(sha256_file(onnx_path), keys, p_q)
-        if probs_stepped(p_q):
-            raise RuntimeError("INT8 probabilities are stepped in 1/255: the Softmax was quantized")
-        agree = agreement_block(p_ref, p_q, records, f_sig, f_noise)
-        log(f"agreement: top-1 {agree['top1_agreement']:.4f}, max|dp| {agree['max_abs_diff_probs']:.4f}, "
-            f"SQNR probs {agree['sqnr_db_probs']:.1f} dB, features {agree['sqnr_db_features']:.1f} dB (n={agree['n']})")
-
-        # Threshold on the train split of the non-HAM pools (never on the validation split).
-        thr_idx = [k for k, r in enumerate(records) if r.split == "train" and r.pool in ("external", "pad")]
-        y = np.array([records[k].malignant for k in thr_idx])
-        thr = choose_threshold(malignancy(p_q[thr_idx]), y, MIN_SENSITIVITY)
-        thr["chosen_on"] = ("train split of the ISIC external pool and PAD (the pools the app meets; the ham10000 "
-                            "pool is excluded because the teacher was trained on it), INT8 model's scores")  # fmt: skip
-        log(f"threshold: {thr['threshold']:.4f} (sensitivity {thr['sensitivity']:.3f}, specificity "
-            f"{thr['specificity']:.3f} on n={thr['n']})")
-        metrics = card_metrics(p_q, p_ref, records, threshold_info=thr,
-                               calibration_relpaths=[records[int(i)].relpath for i in pos],
-                               agreement_info=agree, seed=cfg.run.seed, n_boot=n_boot)  # fmt: skip
-        log("metrics: " + metrics["summary"])
+        # FP32 and INT8 on every image (agreement), both cached for the gate; threshold on the train split of
+        # the non-HAM pools (never on the validation split), metrics on the validation split.
+        scores = score_models(teacher, onnx_path, index, threads=threads, log=log)
+        thr, _agree, metrics = card_figures(
+            scores, records, calibration_relpaths=[records[int(i)].relpath for i in pos], seed=cfg.run.seed,
+            n_boot=n_boot, log=log,
+            chosen_on="train split of the ISIC external pool and PAD (the pools the app meets; the ham10000 "
+                      "pool is excluded because the teacher was trained on it), INT8 model's scores",
+        )  # fmt: skip
         calibration = {k: v for k, v in man.items() if k != "images"}
         calibration.update({
             "method": method,
@@ -190,21 +139,16 @@ def build_first_model(
         head = stage / f"{name}.head.npz"
         if not head.is_file():
             shutil.copyfile(head_npz_path(teacher), head)
-        card = make_card(name=name, version=version, model_path=onnx_path, head_path=head,
-                         threshold=thr["threshold"], metrics=metrics, provenance=prov,
-                         extra={"intended_use": INTENDED_USE, "limitations": limitations(metrics),
-                                "documentation": "docs/model_card.md"})  # fmt: skip
-        write_card(card, stage / f"{name}.json")
+        card = assemble_card(stage=stage, name=name, version=version, onnx_path=onnx_path, head_path=head,
+                             threshold=thr["threshold"], metrics=metrics, provenance=prov,
+                             limitations=limitations(metrics))  # fmt: skip
 
-        # Move into place: remove other bundled models' files first (one model only), card last.
+        # Move into place (card last); other bundled models are left alone (``compression ship`` replaces them).
         out_dir.mkdir(parents=True, exist_ok=True)
         for old in out_dir.glob("*.json"):
             if old.name != f"{name}.json":
                 log(f"note: another card is bundled ({old.name}); leaving it, set MENDICANT_MODEL to choose")
-        for f in (onnx_path, head, calib_csv):
-            os.replace(f, out_dir / f.name)
-        card_path = out_dir / f"{name}.json"
-        os.replace(stage / f"{name}.json", card_path)
+        card_path = move_into_place([onnx_path, head, calib_csv], card, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     _verify(card_path, shared, log)

@@ -78,12 +78,18 @@ LIMITATIONS = [
 ]
 
 
-def limitations(metrics: dict[str, Any]) -> list[str]:
-    """:data:`LIMITATIONS` with the measured figures of this card filled in."""
+def limitations(metrics: dict[str, Any], *, student: dict[str, Any] | None = None) -> list[str]:
+    """:data:`LIMITATIONS` with the measured figures of this card filled in.
+
+    ``student`` (``{"mac_ratio": float}``): the card is for a pruned, fine-tuned student rather than the
+    quantized reference network, so the training and agreement statements describe that model instead.
+    """
     out = list(LIMITATIONS)
     v = metrics.get("validation", {})
     ext = (v.get("isic_external_mel_vs_nv") or {}).get("auroc")
     pad = ((v.get("pad_malignancy") or {}).get("overall") or {}).get("auroc")
+    if student is not None:
+        return _student_limitations(out, metrics, student, ext, pad)
     if ext is not None and pad is not None:
         out[1] = (f"The network was trained on HAM10000 dermoscopy only (sklesion 0.2.2) and generalises poorly "
                   f"elsewhere: melanoma-vs-nevus AUROC {ext:.2f} on unseen ISIC dermoscopy and malignancy AUROC "
@@ -93,6 +99,27 @@ def limitations(metrics: dict[str, Any]) -> list[str]:
         out.append(f"INT8 quantization changes the top class of {100 * (1 - ag['top1_agreement']):.1f}% of images "
                    f"compared with the FP32 network (n={ag['n']}; largest probability change "
                    f"{ag['max_abs_diff_probs']:.2f}); the AUROCs stay within their confidence intervals.")  # fmt: skip
+    return out
+
+
+def _student_limitations(out: list[str], metrics: dict[str, Any], student: dict[str, Any], ext: float | None,
+                         pad: float | None) -> list[str]:  # fmt: skip
+    ratio = student.get("mac_ratio")
+    kept = f" to {100 * float(ratio):.0f}% of its multiply-accumulates" if ratio is not None else ""
+    out[1] = ("The network is the sklesion 0.2.2 reference (trained by its authors on HAM10000 dermoscopy) pruned"
+              f"{kept} and fine-tuned on the train split of compression.data (ISIC dermoscopy and PAD-UFES-20 "
+              "clinical photos; see provenance.splits)")  # fmt: skip
+    if ext is not None and pad is not None:
+        out[1] += (f": melanoma-vs-nevus AUROC {ext:.2f} on held-out ISIC dermoscopy and malignancy AUROC {pad:.2f} "
+                   "on held-out smartphone clinical photos (PAD-UFES-20).")  # fmt: skip
+    else:
+        out[1] += "."
+    ag = metrics.get("agreement_fp32_vs_int8") or {}
+    if "top1_agreement" in ag:
+        out.append(f"This pruned, fine-tuned INT8 model gives a different top class from the FP32 reference network "
+                   f"on {100 * (1 - ag['top1_agreement']):.1f}% of images (n={ag['n']}; largest probability change "
+                   f"{ag['max_abs_diff_probs']:.2f}): it is a different model, judged by its own validation figures, "
+                   "not by agreement with the reference.")  # fmt: skip
     return out
 
 
@@ -238,8 +265,15 @@ def card_metrics(
     agreement_info: dict[str, Any],
     seed: int,
     n_boot: int = 1000,
+    agreement_label: str = "FP32-vs-INT8",
+    full_pools: bool = True,
 ) -> dict[str, Any]:
-    """The card's ``metrics`` block (``p_q``/``p_ref`` aligned with ``records``; every record of the data)."""
+    """The card's ``metrics`` block (``p_q``/``p_ref`` aligned with ``records``; every record of the data).
+
+    ``full_pools=False`` (a model fine-tuned on the train split of the external and PAD pools) leaves out the
+    whole-pool AUROCs, which would then include training images; ``agreement_label`` names the comparison
+    in the summary.
+    """
     thr = float(threshold_info["threshold"])
     val = [k for k, r in enumerate(records) if r.split == "val"]
     if any(records[k].pool == "ham10000" for k in val):
@@ -252,8 +286,8 @@ def card_metrics(
     calib = set(calibration_relpaths)
     pools = [k for k, r in enumerate(records) if r.pool in ("external", "pad") and r.relpath not in calib]
     p_recs = [records[k] for k in pools]
-    full_q = _auroc_only(p_q[pools], p_recs, seed, n_boot)
-    full_t = _auroc_only(p_ref[pools], p_recs, seed, n_boot)
+    full_q = _auroc_only(p_q[pools], p_recs, seed, n_boot) if full_pools else {}
+    full_t = _auroc_only(p_ref[pools], p_recs, seed, n_boot) if full_pools else {}
     if "pad_malignancy" in full_q:
         full_q["pad_malignancy"]["groups"] = _withhold(full_q["pad_malignancy"]["groups"])
 
@@ -273,7 +307,7 @@ def card_metrics(
         "summary": (
             f"Validation split (ISIC external n={n_ext_val}, PAD n={n_pad_val}; never the ham10000 pool): "
             f"melanoma-vs-nevus AUROC {m_val['isic_external_mel_vs_nv']['auroc']:.3f}, PAD malignancy AUROC "
-            f"{m_val['pad_malignancy']['overall']['auroc']:.3f}; FP32-vs-INT8 top-1 agreement "
+            f"{m_val['pad_malignancy']['overall']['auroc']:.3f}; {agreement_label} top-1 agreement "
             f"{agreement_info['top1_agreement']:.3f} on {agreement_info['n']} images."
         ),
         "evaluated_on": {
@@ -293,6 +327,9 @@ def card_metrics(
             "n": len(pools),
             "int8": full_q,
             "teacher_fp32": brief(full_t),
+        } if full_pools else {
+            "note": "not reported: this model was fine-tuned on the train split of the ISIC external and PAD "
+                    "pools, so only the validation split is out-of-sample for it",
         },
         "operating_point": threshold_info,
         "agreement_fp32_vs_int8": agreement_info,
@@ -345,6 +382,7 @@ def build_provenance(
     teacher_sha256: str,
     teacher_file: str,
     extra: dict[str, Any] | None = None,
+    built_by: str = "python -m compression.bundle_reference",
 ) -> dict[str, Any]:
     from .reference import SKLESION_VERSION, SKLESION_WHEEL_SHA256
 
@@ -379,8 +417,7 @@ def build_provenance(
             "train": split_digest(records, "train"),
             "val": split_digest(records, "val"),
         },
-        "code": {**git_revision(), "built_by": "python -m compression.bundle_reference",
-                 "config": "compression/config.toml"},  # fmt: skip
+        "code": {**git_revision(), "built_by": built_by, "config": "compression/config.toml"},
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "tools": tool_versions(),
     }

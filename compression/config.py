@@ -37,6 +37,7 @@ __all__ = [
     "QuantizeConfig",
     "GateConfig",
     "TargetsConfig",
+    "ShipConfig",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -123,6 +124,22 @@ def string(key: str, v: Any) -> str:
 def name(key: str, v: Any) -> str:
     if not isinstance(v, str) or not v or any(c in v for c in "/\\:") or v in (".", ".."):
         raise _fail(key, "a non-empty folder name without path separators", v)
+    return v
+
+
+_FILE_STEM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def file_stem(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v or v.startswith(".") or not set(v) <= _FILE_STEM_CHARS:
+        raise _fail(key, "a non-empty file name of letters, digits, '.', '_' or '-' (not starting with '.')", v)
+    return v
+
+
+def version_str(key: str, v: Any) -> str:
+    parts = v.split("+", 1)[0].split("-", 1)[0].split(".") if isinstance(v, str) else []
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or not set(v) <= _FILE_STEM_CHARS | {"+"}:
+        raise _fail(key, 'a version "MAJOR.MINOR.PATCH" (optionally with a -pre or +build suffix)', v)
     return v
 
 
@@ -245,6 +262,7 @@ class EarlyStopConfig:
     min_epochs: int = _f(pos_int, 3)
     max_fst_gap: float = _f(unit_closed, 0.15)
     gap_tolerance: float = _f(unit_closed, 0.05)
+    gate_relative: bool = _f(boolean, False)
 
 
 @dataclass(frozen=True)
@@ -281,6 +299,8 @@ class QuantizeConfig:
     rare_group_repeat: int = _f(pos_int, 2)
     per_channel: bool = _f(boolean, True)
     head_fp32: bool = _f(boolean, True)
+    method: str = _f(one_of("minmax", "percentile", "entropy"), "minmax")
+    equalize: float = _f(unit_closed, 0.0)
 
 
 @dataclass(frozen=True)
@@ -304,6 +324,13 @@ class TargetsConfig:
 
 
 @dataclass(frozen=True)
+class ShipConfig:
+    name: str = _f(file_stem, "mendicant-xception-fairprune-int8")
+    version: str = _f(version_str, "0.2.0")
+    models_dir: str = _f(string, "")
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -314,6 +341,7 @@ class Config:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
+    ship: ShipConfig = field(default_factory=ShipConfig)
     source: str = field(default="", compare=False)
 
     def run_dir(self, repo_root: str | Path | None = None) -> Path:
@@ -370,7 +398,7 @@ def _cross_checks(obj: Any, prefix: str) -> None:
 _SECTION_TYPES: dict[str, type] = {
     c.__name__: c
     for c in (RunConfig, DataConfig, ModelConfig, PruneConfig, FairnessConfig, TrainConfig, EarlyStopConfig,
-              QuantizeConfig, GateConfig, TargetsConfig)
+              QuantizeConfig, GateConfig, TargetsConfig, ShipConfig)
 }  # fmt: skip
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "head_violations",
     "probs_stepped",
     "quantize_int8_static",
+    "equalize_separable",
     "quantize_dynamic_int8",
     "convert_fp16",
     "copy_head_sidecar",
@@ -432,6 +433,111 @@ def _finalize(path: Path, props: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
+def _separable_pairs(m: Any) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any, Any]]]:
+    """Equalizable pairs of a graph: (depthwise Conv without bias -> 1x1 Conv) and (1x1 Conv with bias -> Relu ->
+    depthwise Conv), each link consumed by exactly one node."""
+    cons: dict[str, list[Any]] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    init = {t.name: t for t in m.graph.initializer}
+
+    def is_dw(n: Any) -> bool:
+        w = init.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        g = [a.i for a in n.attribute if a.name == "group"]
+        return w is not None and bool(g) and g[0] == w.dims[0] and g[0] > 1 and w.dims[1] == 1
+
+    def is_pw(n: Any) -> bool:
+        w = init.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        g = [a.i for a in n.attribute if a.name == "group"]
+        return w is not None and list(w.dims[2:]) == [1, 1] and (not g or g[0] == 1)
+
+    dw_pw, pw_relu_dw = [], []
+    for n in m.graph.node:
+        c = cons.get(n.output[0], []) if n.output else []
+        if is_dw(n) and len(n.input) == 2 and len(c) == 1 and is_pw(c[0]):
+            dw_pw.append((n, c[0]))
+        if is_pw(n) and len(n.input) == 3 and len(c) == 1 and c[0].op_type == "Relu":
+            c2 = cons.get(c[0].output[0], [])
+            if len(c2) == 1 and is_dw(c2[0]) and len(c2[0].input) == 2:
+                pw_relu_dw.append((n, c[0], c2[0]))
+    return dw_pw, pw_relu_dw
+
+
+def _channel_ranges(model: Any, tensors: Sequence[str], images: Any, meta: Any, positions: Sequence[int],
+                    threads: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """max |x| per channel (axis 1) of ``tensors`` over the calibration images."""
+    import onnx
+    import onnxruntime as ort
+
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    for t in tensors:
+        aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(aug.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out: dict[str, np.ndarray] = {}
+    reader = ArrayCalibrationReader(images, meta, positions, batch_size=8)
+    while (feed := reader.get_next()) is not None:
+        for t, a in zip(tensors, sess.run(list(tensors), feed), strict=True):
+            r = np.abs(a).max(axis=tuple(i for i in range(a.ndim) if i != 1))
+            out[t] = r if t not in out else np.maximum(out[t], r)
+    return out
+
+
+def equalize_separable(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: Any, meta: Any,
+                       positions: Sequence[int], *, alpha: float = 0.5, threads: int = 2) -> dict[str, Any]:  # fmt: skip
+    """Cross-layer equalization of the depthwise-separable convolutions before static INT8 (FP32 output unchanged).
+
+    Static INT8 quantizes each activation per tensor, so in a depthwise-separable network a channel whose range is
+    a hundredth of its neighbours' is rounded to a few levels (Nagel et al. 2019, "Data-free quantization"). Two
+    exact rescalings move range between channels without changing the function:
+
+    * depthwise Conv (no bias) -> 1x1 Conv: depthwise filter c divided by s_c, the 1x1 Conv's input column c
+      multiplied by s_c (linear in between);
+    * 1x1 Conv (+bias, BN folded) -> Relu -> depthwise Conv: output row c and bias c divided by s_c, the
+      depthwise filter c multiplied by s_c (ReLU is positively homogeneous, s_c > 0).
+
+    ``s_c = (r_c / max_c r_c) ** alpha`` from the per-channel ranges ``r_c`` on the (real, FST-balanced)
+    calibration images: alpha 0 changes nothing, 1 makes every channel's range equal. Returns counts.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    m = onnx.load(str(fp32_path))
+    init = {t.name: t for t in m.graph.initializer}
+
+    def get(k: str) -> np.ndarray:
+        return numpy_helper.to_array(init[k]).astype(np.float32)
+
+    def put(k: str, v: np.ndarray) -> None:
+        init[k].CopyFrom(numpy_helper.from_array(v.astype(np.float32), k))
+
+    def scale(r: np.ndarray) -> np.ndarray:
+        r = np.maximum(r.astype(np.float64), 1e-8)
+        return ((r / r.max()) ** alpha).astype(np.float32)
+
+    dw_pw, pw_relu_dw = _separable_pairs(m)
+    if alpha > 0 and pw_relu_dw:
+        rng = _channel_ranges(m, [relu.output[0] for _, relu, _ in pw_relu_dw], images, meta, positions, threads)
+        for pw, relu, dw in pw_relu_dw:
+            s = scale(rng[relu.output[0]])
+            put(pw.input[1], get(pw.input[1]) / s[:, None, None, None])
+            put(pw.input[2], get(pw.input[2]) / s)
+            put(dw.input[1], get(dw.input[1]) * s[:, None, None, None])
+    if alpha > 0 and dw_pw:  # ranges measured after the first rescaling (it changes the depthwise inputs)
+        rng = _channel_ranges(m, [dw.output[0] for dw, _ in dw_pw], images, meta, positions, threads)
+        for dw, pw in dw_pw:
+            s = scale(rng[dw.output[0]])
+            put(dw.input[1], get(dw.input[1]) / s[:, None, None, None])
+            put(pw.input[1], get(pw.input[1]) * s[None, :, None, None])
+    onnx.save(m, str(out_path))
+    return {"alpha": alpha, "depthwise_pointwise": len(dw_pw), "pointwise_relu_depthwise": len(pw_relu_dw)}
+
+
 def quantize_int8_static(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -445,12 +551,15 @@ def quantize_int8_static(
     batch_size: int = 4,
     stride: int = 1,
     percentile: float = 99.999,
+    equalize: float = 0.0,
+    threads: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """INT8 static QDQ of ``fp32_path`` calibrated on ``images[positions]`` (real, preprocessed images).
 
     Writes ``out_path`` and copies the FP32 head sidecar beside it. Raises if the head is not FP32 after
-    quantization (when ``head_fp32``).
+    quantization (when ``head_fp32``). ``equalize`` > 0 first applies :func:`equalize_separable` with that
+    alpha (same calibration images).
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
@@ -459,8 +568,13 @@ def quantize_int8_static(
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="mendicant-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
+        src = fp32_path
+        eq_info = None
+        if equalize > 0:
+            src = Path(tmp) / "equalized.onnx"
+            eq_info = equalize_separable(fp32_path, src, images, meta, positions, alpha=equalize, threads=threads)
         # The export is already BN-folded and slimmed: only (symbolic) shape inference is needed here.
-        quant_pre_process(str(fp32_path), str(pre), skip_optimization=True, skip_onnx_shape=False,
+        quant_pre_process(str(src), str(pre), skip_optimization=True, skip_onnx_shape=False,
                           skip_symbolic_shape=False)  # fmt: skip
         exclude = nodes_to_exclude(pre) if head_fp32 else []
         reader = ArrayCalibrationReader(images, meta, positions, batch_size=batch_size)
@@ -484,8 +598,10 @@ def quantize_int8_static(
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude, calibrate_method=_method(method), extra_options=extra,
             )  # fmt: skip
+            eq = (f", cross-layer equalization alpha={equalize} ({eq_info['depthwise_pointwise']} + "
+                  f"{eq_info['pointwise_relu_depthwise']} pairs)") if eq_info else ""  # fmt: skip
             _finalize(p, {"quantization": f"int8 static QDQ, per_channel={per_channel}, calibration={method}, "
-                                           f"images={len(positions)}, head_fp32={head_fp32}"})  # fmt: skip
+                                           f"images={len(positions)}, head_fp32={head_fp32}{eq}"})  # fmt: skip
 
         _save_atomic(write, out_path)
     if head_fp32:
@@ -633,7 +749,8 @@ def run_stage(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
         + ", ".join(f"{g} {c['taken']}" for g, c in man["per_group"].items()))  # fmt: skip
     int8 = quantize_int8_static(fp32, qdir / "student_int8.onnx", index.images, index.meta, pos,
                                 per_channel=cfg.quantize.per_channel, head_fp32=cfg.quantize.head_fp32,
-                                log=log)  # fmt: skip
+                                method=cfg.quantize.method, equalize=cfg.quantize.equalize,
+                                threads=cfg.run.threads, log=log)  # fmt: skip
     fp16 = convert_fp16(fp32, qdir / "student_fp16.onnx", head_fp32=cfg.quantize.head_fp32)
     dyn = quantize_dynamic_int8(fp32, qdir / "student_int8_dynamic.onnx", head_fp32=cfg.quantize.head_fp32)
     # Agreement of every variant with the student FP32 on the validation split.

@@ -4,12 +4,13 @@ Reads only what the other stages wrote into ``runs/<name>/`` and writes
 
 * ``<run>/report/report.json`` (everything gathered, with the file each value came from),
 * ``<run>/report/report.md`` (the same as Markdown tables),
-* ``docs/compression_results.md`` (generated; never edit it by hand) and PNG plots under
-  ``docs/compression_results/`` (AUROC and per-FST gap per fine-tuning epoch, drawn with Pillow).
+* with ``--docs PATH``, a generated document there with PNG plots beside it (AUROC and per-FST gap per
+  fine-tuning epoch, drawn with Pillow). ``docs/compression_results.md`` itself is written by
+  ``benchmarks/compression_benchmark.py``, which puts the ladder and this report together.
 
 Every number is read from a file of the run; a measurement that is absent prints ``not measured``. The status
 line is computed from the gate JSON of the shipped candidate (``quantize/student_int8.onnx``). The report
-never touches ``resources/models/`` unless asked to (``--install``) *and* the gate passed.
+never touches ``resources/models/``: the ``ship`` stage (:mod:`compression.ship`) does, and only for a passed gate.
 
 Sources, per model:
 
@@ -29,7 +30,6 @@ import datetime as dt
 import json
 import math
 import re
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -380,7 +380,6 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         },
         "stage_times": stage_times(run_dir, prune, train, shipped_gate),
         "notes": notes,
-        "installed": False,
     }
 
 
@@ -393,7 +392,7 @@ def status_line(gate: dict[str, Any] | None) -> str:
     if gate.get("gate_passed"):
         return (
             f"gate passed ({gate.get('targets_met')}/{gate.get('targets_total')} targets met) — the candidate "
-            "may replace the bundled model"
+            "the ship stage installs it as the bundled model"
         )
     missed = []
     for c in gate.get("checks") or []:
@@ -596,7 +595,7 @@ def _n_of(tr: dict[str, Any], g: str) -> Any:
 
 
 def line_plot(path: Path, title: str, series: dict[str, list[tuple[float, float | None]]], *,
-              ylabel: str = "", size: tuple[int, int] = (640, 400)) -> Path | None:  # fmt: skip
+              ylabel: str = "", xlabel: str = "epoch", size: tuple[int, int] = (640, 400)) -> Path | None:  # fmt: skip
     """A small line chart drawn with Pillow; None where Pillow is missing or there is nothing to draw."""
     try:
         from PIL import Image, ImageDraw
@@ -626,10 +625,13 @@ def line_plot(path: Path, title: str, series: dict[str, list[tuple[float, float 
         yv = y0 + (y1 - y0) * i / 5
         d.line([ml - 4, Y(yv), W - mr, Y(yv)], fill=(225, 225, 225))
         d.text((4, Y(yv) - 6), f"{yv:.3f}", fill="black")
-    for xv in sorted(set(xs)):
-        d.text((X(xv) - 4, H - mb + 6), f"{xv:g}", fill="black")
+    ticks = sorted(set(xs))
+    if len(ticks) > 8:  # continuous x (e.g. size in MB): six even ticks instead of every value
+        ticks = [x0 + (x1 - x0) * i / 5 for i in range(6)]
+    for xv in ticks:
+        d.text((X(xv) - 4, H - mb + 6), f"{xv:.3g}", fill="black")
     d.text((ml, 10), title, fill="black")
-    d.text((W // 2 - 20, H - 16), "epoch", fill="black")
+    d.text((W // 2 - 20, H - 16), xlabel, fill="black")
     if ylabel:
         d.text((ml, mt - 14), ylabel, fill=(90, 90, 90))
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
@@ -669,27 +671,10 @@ def draw_plots(rep: dict[str, Any], out_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------
 
 
-def install(rep: dict[str, Any], run_dir: Path, models_dir: Path, log: Callable[[str], None]) -> bool:
-    """Copy the shipped candidate into ``models_dir``, only when its gate passed. Returns whether it copied."""
-    g = rep.get("gate")
-    if not g or not g.get("passed"):
-        log(f"report: {rep['status']}")
-        return False
-    src = run_dir / "quantize" / SHIPPED
-    models_dir.mkdir(parents=True, exist_ok=True)
-    for f in (src, src.with_suffix(".head.npz")):
-        if f.is_file():
-            shutil.copy2(f, models_dir / f.name)
-    log(f"report: gate passed; copied {src.name} into {models_dir}")
-    return True
-
-
-def write_report(run_dir: str | Path, *, docs: Path | None = DOCS_MD, models_dir: Path | None = None,
-                 do_install: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def write_report(run_dir: str | Path, *, docs: Path | None = None, log: Callable[[str], None] = print
+                 ) -> dict[str, Any]:  # fmt: skip
     run_dir = Path(run_dir)
     rep = collect(run_dir)
-    if do_install and models_dir is not None:
-        rep["installed"] = install(rep, run_dir, Path(models_dir), log)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n", encoding="utf-8")
@@ -710,21 +695,16 @@ def write_report(run_dir: str | Path, *, docs: Path | None = DOCS_MD, models_dir
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m compression report", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", default=None, help="run folder (default: the config's run folder)")
-    p.add_argument("--docs", default=str(DOCS_MD), help="generated results document ('' to skip)")
-    p.add_argument(
-        "--install",
-        action="store_true",
-        help="copy the shipped candidate into resources/models/ (only if its gate passed)",
-    )
-    p.add_argument("--models-dir", default=str(REPO_ROOT / "resources" / "models"))
+    p.add_argument("--docs", default="", help="also write a generated results document here (e.g. "
+                   f"{DOCS_MD.relative_to(REPO_ROOT)}; benchmarks/compression_benchmark.py writes that one with the "
+                   "ladder and this report)")  # fmt: skip
     return p
 
 
 def run_stage(cfg: Any, run_dir: str | Path, *, log: Callable[[str], None] = print,
               argv: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
     a = _parser().parse_args(list(argv or []))
-    return write_report(a.run_dir or run_dir, docs=Path(a.docs) if a.docs else None, models_dir=Path(a.models_dir),
-                        do_install=a.install, log=log)  # fmt: skip
+    return write_report(a.run_dir or run_dir, docs=Path(a.docs) if a.docs else None, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -737,8 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(run_dir).is_dir():
         print(f"error: run folder {run_dir} does not exist", file=sys.stderr)
         return 2
-    write_report(run_dir, docs=Path(a.docs) if a.docs else None, models_dir=Path(a.models_dir),
-                 do_install=a.install)  # fmt: skip
+    write_report(run_dir, docs=Path(a.docs) if a.docs else None)
     return 0
 
 

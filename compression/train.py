@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mendicant_desktop.core.audit import auroc as _core_auroc
+from mendicant_desktop.core.errors import ConfigError
 from mendicant_desktop.core.metadata import encode_metadata
 
 from .config import Config
@@ -392,6 +393,9 @@ class PruningTrainer:
         budget = self.t_start + self.tc.time_budget_minutes * 60
         self.deadline = min(budget, deadline) if deadline else budget
         self.through = self.tc.freeze_through
+        if self.tc.early_stop.gate_relative and not self.tc.teacher_on_val:
+            raise ConfigError("train.early_stop.gate_relative needs train.teacher_on_val = true (the teacher's "
+                              "val metrics are its reference)")  # fmt: skip
         self.train_pos = index.indices("train")
         self.val_pos = index.indices("val")
         tv = self.tc.train_views if self.tc.kd_all_views else 1
@@ -571,8 +575,21 @@ class PruningTrainer:
             self.total_steps = total
 
     def _eligible(self, m: dict[str, Any]) -> bool:
+        """May this epoch be selected? Its per-FST gap must be <= ``early_stop.max_fst_gap``; with
+        ``early_stop.gate_relative`` it must also meet the gate's limits relative to the FP32 teacher on val
+        (AUROC drops and gap increase from ``[gate]``), so fairness degradation is never traded for score."""
         gap = m["pad_fst_gap"]
-        return math.isnan(gap) or gap <= self.tc.early_stop.max_fst_gap
+        if not (math.isnan(gap) or gap <= self.tc.early_stop.max_fst_gap):
+            return False
+        t = self.teacher_metrics
+        if not self.tc.early_stop.gate_relative or not t:
+            return True
+        g = self.cfg.gate
+        for key in ("isic_external_auroc", "pad_auroc"):
+            if not (math.isnan(m[key]) or math.isnan(t[key]) or m[key] >= t[key] - g.max_auroc_drop):
+                return False
+        tg = t["pad_fst_gap"]
+        return math.isnan(gap) or math.isnan(tg) or gap <= tg + g.max_gap_increase
 
     def fit(self, resume: bool = True) -> dict[str, Any]:
         es = self.tc.early_stop

@@ -649,12 +649,19 @@ def _json_default(o: Any) -> Any:
 
 def run_stage(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None] = print,
               argv: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Pipeline stage: validate ``argv[0]`` or the run's INT8 student; raises SystemExit(1) on a missed limit."""
+    """Pipeline stage: validate ``argv[0]`` or the run's INT8 student.
+
+    Run on its own (``python -m compression validate``) a missed limit raises SystemExit(1). Inside ``build``
+    (``--no-fail``, passed by the build driver) it only records the result, so the report stage still
+    documents a failed gate; the ``ship`` stage then refuses the candidate and ``build`` exits 1.
+    """
     run_dir = Path(run_dir)
-    model = argv[0] if argv else os.environ.get("MENDICANT_MODEL") or str(run_dir / "quantize" / "student_int8.onnx")
+    args = [a for a in (argv or []) if a != "--no-fail"]
+    no_fail = len(args) != len(argv or [])
+    model = args[0] if args else os.environ.get("MENDICANT_MODEL") or str(run_dir / "quantize" / "student_int8.onnx")
     res = validate(model, cfg=cfg, out=run_dir / "validate" / "validate.json", log=log)
     print(format_table(res))
-    if not res["gate_passed"]:
+    if not res["gate_passed"] and not no_fail:
         raise SystemExit(1)
     return res
 

@@ -258,3 +258,25 @@ def test_bundled_int8_agrees_with_fp32_on_real_images(bundled_card, shared_data)
     agree = top1_agreement(p32, p8)
     assert agree >= 0.93, f"FP32-vs-INT8 top-1 agreement {agree:.3f} on {len(chosen)} real images"
     assert not probs_stepped(p8)
+
+
+def test_equalization_is_exact_and_evens_channel_ranges(tiny_fp32, calib, tmp_path):
+    from compression.quantize import _channel_ranges, _separable_pairs, equalize_separable
+
+    images, meta = calib
+    out = tmp_path / "tiny_eq.onnx"
+    info = equalize_separable(tiny_fp32, out, images, meta, range(8), alpha=1.0, threads=1)
+    assert info["depthwise_pointwise"] > 5 and info["pointwise_relu_depthwise"] > 2
+    feeds = {"image": images[8:], "meta": meta[8:]}
+    p0, f0 = ort_session(tiny_fp32, 1).run(None, feeds)
+    p1, f1 = ort_session(out, 1).run(None, feeds)
+    assert max_abs_diff(p0, p1) < 1e-5 and sqnr_db(f0, f1) > 80  # the function is unchanged
+    # ...but every depthwise output now has channel ranges within [~1/4, 1] of each other on the calibration data
+    before, after = onnx.load(str(tiny_fp32)), onnx.load(str(out))
+    names = [dw.output[0] for dw, _ in _separable_pairs(before)[0]]
+    r0 = _channel_ranges(before, names, images, meta, range(8), 1)
+    r1 = _channel_ranges(after, names, images, meta, range(8), 1)
+    spread = lambda r: float(np.min(r) / np.max(r))  # noqa: E731
+    assert all(spread(r1[n]) > max(0.25, spread(r0[n])) for n in names if np.min(r0[n]) > 0)
+    with pytest.raises(ValueError, match="alpha"):
+        equalize_separable(tiny_fp32, out, images, meta, range(2), alpha=1.5)

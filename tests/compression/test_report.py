@@ -181,22 +181,19 @@ def test_report_values_trace_to_the_json(tmp_path: Path) -> None:
 def test_failed_gate_status_and_models_untouched(tmp_path: Path) -> None:
     run = make_run(tmp_path, passed=False)
     md_dir, before = _models_dir(tmp_path)
-    rep = R.run_stage(None, run, log=lambda m: None,
-                      argv=["--docs", str(tmp_path / "d.md"), "--install", "--models-dir", str(md_dir)])  # fmt: skip
+    rep = R.run_stage(None, run, log=lambda m: None, argv=["--docs", str(tmp_path / "d.md")])
     assert rep["status"].startswith("gate FAILED: ISIC external mel-vs-nv AUROC 0.7329")
-    assert "was not replaced" in rep["status"] and rep["installed"] is False
+    assert "was not replaced" in rep["status"]
     assert {p.name: p.read_bytes() for p in md_dir.iterdir()} == before
     assert f"**Status:** {rep['status']}" in (tmp_path / "d.md").read_text()
 
 
-def test_passed_gate_installs_only_when_asked(tmp_path: Path) -> None:
+def test_passed_gate_status_and_report_never_installs(tmp_path: Path) -> None:
     run = make_run(tmp_path, passed=True)
     md_dir, before = _models_dir(tmp_path)
-    rep = R.write_report(run, docs=None, models_dir=md_dir, do_install=False, log=lambda m: None)
-    assert rep["status"].startswith("gate passed") and rep["installed"] is False
-    assert {p.name: p.read_bytes() for p in md_dir.iterdir()} == before
-    rep = R.write_report(run, docs=None, models_dir=md_dir, do_install=True, log=lambda m: None)
-    assert rep["installed"] is True and (md_dir / "student_int8.onnx").is_file()
+    rep = R.write_report(run, docs=None, log=lambda m: None)
+    assert rep["status"].startswith("gate passed") and "ship stage installs it" in rep["status"]
+    assert {p.name: p.read_bytes() for p in md_dir.iterdir()} == before  # only `ship` touches resources/models
 
 
 def test_stale_gate_result_is_ignored(tmp_path: Path) -> None:
