@@ -59,7 +59,12 @@ from compression.validate import (  # noqa: E402
 DOCS = REPO / "docs" / "compression_results.md"
 PLOTS = REPO / "docs" / "compression_results"
 RESULTS = REPO / "benchmarks" / "results" / "compression_benchmark.json"
-VARIANTS = (("FP32", "student_fp32.onnx"), ("FP16", "student_fp16.onnx"), ("INT8", "student_int8.onnx"))
+VARIANTS = (
+    ("FP32", "student_fp32.onnx"),
+    ("FP16", "student_fp16.onnx"),
+    ("INT8", "student_int8.onnx"),
+    ("INT8-noCLE", "student_int8_plain.onnx"),  # the same INT8 without cross-layer equalization
+)
 STAGES = "data,prune,train,quantize"
 FSTS = ("I", "II", "III", "IV", "V", "VI")
 

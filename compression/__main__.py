@@ -1,6 +1,6 @@
 """``python -m compression <stage> [options]``.
 
-Stages: ``data``, ``prune``, ``train``, ``quantize``, ``export``, ``validate``, ``report``, ``ship``
+Stages: ``data``, ``prune``, ``train``, ``export``, ``quantize``, ``validate``, ``report``, ``ship``
 and ``build``, which runs them in that order into ``runs/<name>/`` (``--stages`` picks a subset). Every
 stage skips when its outputs exist, so ``build`` is resumable; ``train`` resumes from its last checkpoint.
 Logs go to ``runs/<name>/<stage>.log`` (``train`` also writes ``runs/<name>/train/train.log``) and to stdout.
@@ -38,7 +38,7 @@ from mendicant_desktop.core.errors import ConfigError
 from .config import Config, load_config
 from .fingerprint import STAGE_SECTIONS, check_stage, record_stage
 
-STAGES = ("data", "prune", "train", "quantize", "export", "validate", "report", "ship")
+STAGES = ("data", "prune", "train", "export", "quantize", "validate", "report", "ship")
 EXTERNAL = {"quantize": "compression.quantize", "export": "compression.export",
             "validate": "compression.validate", "report": "compression.report",
             "ship": "compression.ship"}  # fmt: skip

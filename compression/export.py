@@ -18,12 +18,16 @@ import argparse
 import contextlib
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from mendicant_desktop.core.bundle import sha256_file
 
 from .reference import (
     CLASSES,
@@ -286,6 +290,64 @@ def export_reference_fp32(
     model = load_reference(cache_dir)
     export_onnx(model, out, optimize=optimize)
     return out, head_npz_path(out)
+
+
+#: Export tolerances (max |diff| ONNX Runtime vs torch on real validation images).
+TOL_PROBS = 1e-4
+TOL_FEATURES_REL = 1e-4  # relative to the largest feature value
+
+
+def run_stage(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None] = print,
+              argv: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Pipeline stage: the fine-tuned student -> ``<run>/quantize/student_fp32.onnx`` (opset 18, dynamic batch,
+    ``probs`` + ``features``, BN folded, onnxslim) and its numeric check against the torch student on 16 real
+    validation images, written to ``<run>/export/export.json``. Raises when the difference exceeds the
+    tolerances, so nothing downstream quantizes a wrong export."""
+    import json
+
+    from .data import load_index
+    from .prune import load_student
+
+    run_dir = Path(run_dir)
+    out = run_dir / "quantize" / "student_fp32.onnx"
+    student_pt = run_dir / "train" / "student.pt"
+    if not student_pt.is_file():
+        raise FileNotFoundError(f"{student_pt} missing: run the train stage first")
+    torch.set_num_threads(cfg.run.threads)
+    student = load_student(student_pt).eval()
+    t0 = time.time()
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(student, out)
+        log(f"export: wrote {out.name} ({out.stat().st_size / 1e6:.1f} MB, {time.time() - t0:.0f}s)")
+    index = load_index(run_dir)
+    val = index.indices("val")
+    pos = np.sort(np.random.default_rng(cfg.run.seed).choice(val, size=min(16, len(val)), replace=False))
+    diffs = verify_onnx(out, student, np.asarray(index.images[pos], np.float32), index.meta[pos],
+                        threads=cfg.run.threads)  # fmt: skip
+    import onnx
+
+    m = onnx.load(str(out))
+    ops = sorted({n.op_type for n in m.graph.node})
+    with torch.no_grad():
+        _, feats = student.logits_and_features(torch.from_numpy(np.asarray(index.images[pos[:2]], np.float32)),
+                                               torch.from_numpy(index.meta[pos[:2]]))  # fmt: skip
+    fmax = float(feats.abs().max())
+    res = {"onnx": out.name, "sha256": sha256_file(out), "opset": max(o.version for o in m.opset_import
+                                                                          if o.domain in ("", "ai.onnx")),
+           "ops": ops, "n_images": len(pos), "max_abs_diff": diffs, "feature_scale": fmax,
+           "tolerance": {"probs": TOL_PROBS, "features_rel": TOL_FEATURES_REL},
+           "batch_norm_left": "BatchNormalization" in ops}  # fmt: skip
+    res["passed"] = (diffs["probs"] <= TOL_PROBS and diffs["features"] <= TOL_FEATURES_REL * max(fmax, 1.0)
+                     and not res["batch_norm_left"])  # fmt: skip
+    (run_dir / "export").mkdir(parents=True, exist_ok=True)
+    (run_dir / "export" / "export.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    log(f"export: ORT vs torch on {len(pos)} real val images: max|dp| {diffs['probs']:.2e}, features "
+        f"{diffs['features']:.2e} (of max {fmax:.1f}), opset {res['opset']}, "
+        f"{'no BatchNormalization left' if not res['batch_norm_left'] else 'BatchNormalization LEFT'}")  # fmt: skip
+    if not res["passed"]:
+        raise RuntimeError(f"export check failed: {diffs} (tolerances {res['tolerance']})")
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:

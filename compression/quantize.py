@@ -751,6 +751,13 @@ def run_stage(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
                                 per_channel=cfg.quantize.per_channel, head_fp32=cfg.quantize.head_fp32,
                                 method=cfg.quantize.method, equalize=cfg.quantize.equalize,
                                 threads=cfg.run.threads, log=log)  # fmt: skip
+    extra: list[tuple[str, Path]] = []
+    if cfg.quantize.equalize > 0:  # the same quantization without equalization, for the comparison table
+        plain = quantize_int8_static(fp32, qdir / "student_int8_plain.onnx", index.images, index.meta, pos,
+                                     per_channel=cfg.quantize.per_channel, head_fp32=cfg.quantize.head_fp32,
+                                     method=cfg.quantize.method, equalize=0.0, threads=cfg.run.threads,
+                                     log=log)  # fmt: skip
+        extra.append(("int8_plain", plain))
     fp16 = convert_fp16(fp32, qdir / "student_fp16.onnx", head_fp32=cfg.quantize.head_fp32)
     dyn = quantize_dynamic_int8(fp32, qdir / "student_int8_dynamic.onnx", head_fp32=cfg.quantize.head_fp32)
     # Agreement of every variant with the student FP32 on the validation split.
@@ -758,7 +765,7 @@ def run_stage(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
     s32 = ort_session(fp32, cfg.run.threads)
     p32 = run_model(s32, index.images, index.meta, val)
     variants: dict[str, Any] = {}
-    for name, path in (("int8", int8), ("fp16", fp16), ("int8_dynamic", dyn)):
+    for name, path in (("int8", int8), *extra, ("fp16", fp16), ("int8_dynamic", dyn)):
         pq = run_model(ort_session(path, cfg.run.threads), index.images, index.meta, val)
         variants[name] = {"file": path.name, "size_bytes": path.stat().st_size, **agreement(p32, pq)}
         log(f"quantize: {name}: {path.stat().st_size / 1e6:.1f} MB, top-1 agreement with FP32 "

@@ -43,6 +43,7 @@ VARIANTS = (
     ("fp32", "pruned student FP32", "student_fp32.onnx"),
     ("fp16", "pruned student FP16", "student_fp16.onnx"),
     ("int8", "pruned student INT8 (static QDQ, shipped candidate)", "student_int8.onnx"),
+    ("int8_plain", "pruned student INT8 without cross-layer equalization", "student_int8_plain.onnx"),
     ("int8_dynamic", "pruned student INT8-dynamic", "student_int8_dynamic.onnx"),
 )
 SHIPPED = "student_int8.onnx"

@@ -333,6 +333,11 @@ def quantization_block(onnx_path: Path) -> dict[str, Any]:
             else "none"
         ),
         "calibration_method": m.group(1) if m else "unknown",
+        "cross_layer_equalization": (
+            text.split("cross-layer equalization ", 1)[1]
+            if "cross-layer equalization " in text
+            else "none"
+        ),
         "onnx_metadata": text,
         "checked": "no QuantizeLinear/DequantizeLinear in the head; probabilities not stepped in 1/255",
     }

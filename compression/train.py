@@ -640,10 +640,16 @@ class PruningTrainer:
                     and all(g > ref_gap + es.gap_tolerance for g in recent)):  # fmt: skip
                 stop_reason = "fairness degradation (per-FST gap)"
                 break
-        if self.best is None:  # nothing eligible: keep the last state, flagged
-            self.best = self.history[-1]
+        if self.best is None:  # nothing eligible: the best-scoring epoch, flagged (the gate will say why)
+            trained = [h for h in self.history if h["epoch"] > 0 and not math.isnan(h["val"]["score"])]
+            self.best = max(trained, key=lambda h: h["val"]["score"]) if trained else self.history[-1]
+            ck = self.dir / "checkpoints" / f"epoch_{self.best['epoch']:03d}.pt"
+            if self.best["epoch"] != self.epoch and ck.is_file():
+                self.student.load_state_dict(torch.load(ck, map_location="cpu", weights_only=False)["model"])
+            self.log(f"train: no epoch met the selection rules; keeping the best-scoring epoch {self.best['epoch']} "
+                     "(flagged not_eligible)")  # fmt: skip
             save_student(self.student, self.dir / "student.pt", train_metrics=self.best["val"],
-                         epoch=self.epoch, freeze_through=self.through, not_eligible=True)  # fmt: skip
+                         epoch=self.best["epoch"], freeze_through=self.through, not_eligible=True)  # fmt: skip
         summary = {
             "stop_reason": stop_reason, "epochs_run": self.epoch, "best_epoch": self.best["epoch"],
             "best_val": self.best["val"], "teacher_val": self.teacher_metrics, "history": self.history,
