@@ -3,7 +3,7 @@
     python benchmarks/compression_benchmark.py [--reductions 0.30,0.50,0.60,0.70] [--measure-only] [--rounds 30]
 
 For every reduction R (share of the teacher's MACs removed) the committed ``compression/config.toml`` is run with
-``prune.target_ratio = 1 - R`` through ``data, prune, train, quantize`` (``python -m compression build
+``prune.target_ratio = 1 - R`` through ``data, prune, train, export, quantize`` (``python -m compression build
 --stages ...``) into ``runs/ladder-<R%>/``; the rung whose ratio equals the config's is the committed build's own
 run folder, so the shipped student is measured as it is. Each rung reuses the base run's decoded data when its
 data configuration is identical (symlink; never a copy of 2 GB). Every stage skips when its outputs exist and were
@@ -65,7 +65,7 @@ VARIANTS = (
     ("INT8", "student_int8.onnx"),
     ("INT8-noCLE", "student_int8_plain.onnx"),  # the same INT8 without cross-layer equalization
 )
-STAGES = "data,prune,train,quantize"
+STAGES = "data,prune,train,export,quantize"
 FSTS = ("I", "II", "III", "IV", "V", "VI")
 
 

@@ -418,7 +418,10 @@ def gate_checks(result: dict[str, Any], gate: dict[str, float], targets: dict[st
     rows: list[dict[str, Any]] = []
 
     def row(kind: str, name: str, value: float, op: str, bound: float, note: str = "") -> None:
-        if math.isnan(value) or math.isnan(bound):
+        if kind == "limit" and math.isnan(value) and not math.isnan(bound):
+            met = False  # measurable for the teacher but not for the candidate (e.g. NaN scores): never a pass
+            note = (note + "; " if note else "") + "not measurable for the candidate"
+        elif math.isnan(value) or math.isnan(bound):
             met = None
         elif op == "<":
             met = value < bound

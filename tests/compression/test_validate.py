@@ -243,6 +243,9 @@ def test_gate_limits_logic():
     assert _limits_met(_result(gap=(0.06, 0.05)))["PAD per-FST AUROC gap"] is False
     # no sufficient groups on either side: not applicable, not a failure
     assert _limits_met(_result(gap=(float("nan"), float("nan"))))["PAD per-FST AUROC gap"] is None
+    # measurable for the teacher but not for the candidate (NaN scores): a failure, never "not applicable"
+    assert _limits_met(_result(ext=(float("nan"), 0.74)))["ISIC external mel-vs-nv AUROC"] is False
+    assert _limits_met(_result(gap=(float("nan"), 0.05)))["PAD per-FST AUROC gap"] is False
 
 
 def test_limits_come_from_the_config_and_match_the_fallback():
