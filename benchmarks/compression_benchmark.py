@@ -137,7 +137,7 @@ def stage_seconds(run: Path) -> dict[str, float | None]:
 def peak_rss_mb(model: Path | None, threads: int) -> float:
     """Peak RSS of a fresh process that loads ``model`` and runs 5 inferences (None: the runtime alone)."""
     code = (
-        "import resource, numpy as np, onnxruntime as ort, sys\n"
+        "import numpy as np, onnxruntime as ort, sys\n"
         "p = sys.argv[1]\n"
         "if p:\n"
         "    so = ort.SessionOptions(); so.intra_op_num_threads = int(sys.argv[2])\n"
@@ -145,7 +145,8 @@ def peak_rss_mb(model: Path | None, threads: int) -> float:
         "    x = np.random.default_rng(0).uniform(0, 255, (1, 254, 254, 3)).astype(np.float32)\n"
         "    m = np.zeros((1, 10), np.float32); m[0, 2] = 1; m[0, 7] = 1; m[0, 8] = 51.9 / 90; m[0, 9] = 1\n"
         "    for _ in range(5): s.run(None, {'image': x, 'meta': m})\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report this (large) parent's peak
+        "print([int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')][0] / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(model or ""), str(threads)], capture_output=True,
                          text=True, check=True)  # fmt: skip
@@ -187,6 +188,27 @@ def fst_block(ev: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
     return groups, pad.get("auroc_gap")
 
 
+def case_mix_check(probs: np.ndarray, records: list[Any]) -> dict[str, Any]:
+    """PAD AUROC per clinician FST with the negatives restricted to actinic keratoses (ACK).
+
+    The per-FST gap compares groups with different benign case mixes (FST III's benign PAD lesions include
+    nevi, which are easy; FST II's are mostly ACK, the hardest benign look-alike of SCC and BCC). Holding the
+    negatives to one diagnosis separates case mix from skin type; diagnostic only, not part of the gate."""
+    from mendicant_desktop.core.audit import auroc
+
+    mal = np.clip(probs[:, [0, 1, 4]].sum(axis=1), 0, 1)
+    out = {}
+    for g in ("II", "III"):
+        k = [i for i, r in enumerate(records) if r.dataset == "pad" and r.fst_source == "label" and r.fst == g
+             and (r.malignant == 1 or r.dx == "ACK")]  # fmt: skip
+        y = np.array([records[i].malignant for i in k], np.int64)
+        out[g] = {"n_pos": int(y.sum()), "n_ack": int(len(y) - y.sum()),
+                  "auroc": float(auroc(y, mal[k])) if len(k) and 0 < y.sum() < len(y) else None}  # fmt: skip
+    a, b = out["II"]["auroc"], out["III"]["auroc"]
+    out["gap"] = abs(a - b) if a is not None and b is not None else None
+    return out
+
+
 def measure(entries: list[dict[str, Any]], cfg: Config, threads: int, rounds: int) -> dict[str, Any]:
     es = eval_set(cfg, "val", log=log)
     teacher = default_teacher()
@@ -208,7 +230,7 @@ def measure(entries: list[dict[str, Any]], cfg: Config, threads: int, rounds: in
             "size_mb": p.stat().st_size / 1e6, "params": mp["params"], "macs": mp["macs"],
             "isic_external_auroc": (ev.get("isic_external_mel_vs_nv") or {}).get("auroc"),
             "pad_auroc": ((ev.get("pad_malignancy") or {}).get("overall") or {}).get("auroc"),
-            "pad_fst": groups, "pad_fst_gap": gap,
+            "pad_fst": groups, "pad_fst_gap": gap, "case_mix": case_mix_check(probs, es.records),
         }  # fmt: skip
     log(f"latency: {rounds} rotating rounds, batch 1, {threads} threads")
     times = latencies(models, es, threads, rounds)
@@ -291,6 +313,20 @@ def render(res: dict[str, Any], plots: list[str], build_md: str | None) -> str:
     L += [
         "",
         "\\* too few images or too few of one class to count for the gap.",
+        "",
+        "Case-mix check (diagnostic, not the gate): PAD AUROC within FST II and III with the negatives restricted "
+        "to actinic keratoses (ACK), the benign diagnosis both groups share. FST III's benign lesions include easy "
+        "nevi, FST II's are mostly ACK, so part of the per-FST gap is case mix rather than skin type.",
+        "",
+        "| model | FST II: malignant vs ACK | FST III: malignant vs ACK | gap |",
+        "|---|---|---|---|",
+    ]
+    for k, r in rows.items():
+        cm = r.get("case_mix") or {}
+        cells = [f"{_f(cm[g]['auroc'])} ({cm[g]['n_pos']} vs {cm[g]['n_ack']})" if g in cm else "–"
+                 for g in ("II", "III")]  # fmt: skip
+        L.append(f"| {k} | {cells[0]} | {cells[1]} | {_f(cm.get('gap'))} |")
+    L += [
         "",
         "## Wall time per rung",
         "",
