@@ -217,6 +217,18 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None,
     return loss, parts
 
 
+def fallback_epoch(history: Sequence[dict[str, Any]], max_fst_gap: float) -> dict[str, Any]:
+    """The epoch kept when none met the selection rules: the best score among the fine-tuned epochs whose
+    per-FST gap is within ``max_fst_gap`` (fairness before score), else the smallest gap, else the last."""
+    trained = [h for h in history if h["epoch"] > 0 and not math.isnan(h["val"]["score"])]
+    within = [h for h in trained if not h["val"]["pad_fst_gap"] > max_fst_gap]  # a NaN gap is not a violation
+    if within:
+        return max(within, key=lambda h: h["val"]["score"])
+    if trained:
+        return min(trained, key=lambda h: (h["val"]["pad_fst_gap"], -h["val"]["score"]))
+    return history[-1]
+
+
 def auroc(y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray) -> float:
     """AUROC via the engine's :func:`mendicant_desktop.core.audit.auroc` (nan if a class is absent)."""
     return float(_core_auroc(np.asarray(y, np.int64), np.asarray(s, np.float64)))
@@ -591,8 +603,21 @@ class PruningTrainer:
         tg = t["pad_fst_gap"]
         return math.isnan(gap) or math.isnan(tg) or gap <= tg + g.max_gap_increase
 
-    def fit(self, resume: bool = True) -> dict[str, Any]:
+    def _stop_reason(self) -> str | None:
+        """Why training should stop now (early stopping on the val score and on fairness), else None."""
         es = self.tc.early_stop
+        e = self.epoch
+        best_epoch = self.best["epoch"] if self.best else 0
+        if e >= es.min_epochs and e - best_epoch >= es.patience:
+            return f"no better val score for {es.patience} epochs"
+        ref_gap = self.best["val"]["pad_fst_gap"] if self.best else float("nan")
+        recent = [h["val"]["pad_fst_gap"] for h in self.history[-es.patience :] if h["epoch"] > 0]
+        if (e >= es.min_epochs and not math.isnan(ref_gap) and len(recent) == es.patience
+                and all(g > ref_gap + es.gap_tolerance for g in recent)):  # fmt: skip
+            return "fairness degradation (per-FST gap)"
+        return None
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
         if resume:
             self.load_checkpoint()
         self.build_cache()
@@ -601,7 +626,10 @@ class PruningTrainer:
             self.log("epoch 0 (pruned, before fine-tuning): " + _fmt(m0))
             self.history.append({"epoch": 0, "val": m0})
         stop_reason = "epochs"
-        while self.epoch < min(self.tc.epochs, -(-self.total_steps // self.steps_per_epoch)):
+        resumed_stop = self._stop_reason() if self.epoch > 0 else None  # a run resumed after it had stopped
+        if resumed_stop:
+            stop_reason = resumed_stop
+        while not resumed_stop and self.epoch < min(self.tc.epochs, -(-self.total_steps // self.steps_per_epoch)):
             if time.time() > self.deadline:
                 stop_reason = "time budget"
                 break
@@ -630,24 +658,17 @@ class PruningTrainer:
             if stopped:
                 stop_reason = "time budget"
                 break
-            best_epoch = self.best["epoch"] if self.best else 0
-            if e >= es.min_epochs and e - best_epoch >= es.patience:
-                stop_reason = f"no better val score for {es.patience} epochs"
+            reason = self._stop_reason()
+            if reason:
+                stop_reason = reason
                 break
-            ref_gap = self.best["val"]["pad_fst_gap"] if self.best else float("nan")
-            recent = [h["val"]["pad_fst_gap"] for h in self.history[-es.patience :] if h["epoch"] > 0]
-            if (e >= es.min_epochs and not math.isnan(ref_gap) and len(recent) == es.patience
-                    and all(g > ref_gap + es.gap_tolerance for g in recent)):  # fmt: skip
-                stop_reason = "fairness degradation (per-FST gap)"
-                break
-        if self.best is None:  # nothing eligible: the best-scoring epoch, flagged (the gate will say why)
-            trained = [h for h in self.history if h["epoch"] > 0 and not math.isnan(h["val"]["score"])]
-            self.best = max(trained, key=lambda h: h["val"]["score"]) if trained else self.history[-1]
+        if self.best is None:  # nothing eligible: fall back step by step, flagged (the gate will say why)
+            self.best = fallback_epoch(self.history, self.tc.early_stop.max_fst_gap)
             ck = self.dir / "checkpoints" / f"epoch_{self.best['epoch']:03d}.pt"
             if self.best["epoch"] != self.epoch and ck.is_file():
                 self.student.load_state_dict(torch.load(ck, map_location="cpu", weights_only=False)["model"])
-            self.log(f"train: no epoch met the selection rules; keeping the best-scoring epoch {self.best['epoch']} "
-                     "(flagged not_eligible)")  # fmt: skip
+            self.log(f"train: no epoch met the selection rules; keeping epoch {self.best['epoch']} (best score within "
+                     f"early_stop.max_fst_gap, else the smallest gap; flagged not_eligible)")  # fmt: skip
             save_student(self.student, self.dir / "student.pt", train_metrics=self.best["val"],
                          epoch=self.best["epoch"], freeze_through=self.through, not_eligible=True)  # fmt: skip
         summary = {

@@ -16,6 +16,7 @@ from compression.train import (
     augment_image,
     dihedral,
     distillation_loss,
+    fallback_epoch,
     kd_loss,
     prefix_forward,
     stage_names,
@@ -75,6 +76,18 @@ def test_kd_only_on_rows_with_soft_targets() -> None:
     )
     _, none = distillation_loss(logits, torch.full((4, 7), float("nan")), labels, mal, tc)
     assert "kd" not in none and math.isfinite(none["loss"])
+
+
+def test_fallback_epoch_puts_fairness_before_score() -> None:
+    def h(e, score, gap):
+        return {"epoch": e, "val": {"score": score, "pad_fst_gap": gap}}
+
+    hist = [h(0, 0.5, 0.01), h(1, 0.70, 0.07), h(2, 0.74, 0.17), h(3, 0.75, 0.21)]
+    assert fallback_epoch(hist, 0.15)["epoch"] == 1  # the higher scores come with a gap above the cap
+    assert fallback_epoch(hist, 0.20)["epoch"] == 2
+    assert fallback_epoch(hist[:1] + hist[2:], 0.15)["epoch"] == 2  # none within: the smallest gap
+    assert fallback_epoch([h(1, 0.6, float("nan")), h(2, 0.7, 0.3)], 0.15)["epoch"] == 1
+    assert fallback_epoch(hist[:1], 0.15)["epoch"] == 0  # nothing trained
 
 
 def test_ce_mask_drops_only_the_masked_rows_cross_entropy() -> None:
