@@ -223,7 +223,15 @@ def stage_times(run_dir: Path, prune: Any, train: Any, gate: Any) -> list[dict[s
         s, src = span("prune")
         rows.append({"stage": "prune", "seconds": s, "source": src or None})
     ts = _num(_get(train, "wall_seconds"))
-    rows.append({"stage": "train", "seconds": ts, "source": "train/metrics.json" if ts is not None else None})
+    tsrc = "train/metrics.json" if ts is not None else None
+    tl = [t for t, _ in _log_lines(run_dir / "train" / "train.log")]
+    if len(tl) > 1 and (ts is None or (tl[-1] - tl[0]).total_seconds() > ts):
+        # a resumed run: the log spans the feature cache, every epoch and the resumes (metrics.json: the last call)
+        ts, tsrc = (tl[-1] - tl[0]).total_seconds(), "train/train.log (first to last line, across resumes)"
+    rows.append({"stage": "train", "seconds": ts, "source": tsrc})
+    s, src = span("export")
+    if s is not None:
+        rows.append({"stage": "export", "seconds": s, "source": src})
     q_done = (run_dir / "quantize" / "quantize.json").is_file()
     s, src = span("quantize")
     rows.append({"stage": "quantize", "seconds": s, "source": src or None,

@@ -402,6 +402,7 @@ class PruningTrainer:
         self.teacher = teacher
         self.log = log
         self.t_start = time.time()
+        self.wall_before = 0.0
         budget = self.t_start + self.tc.time_budget_minutes * 60
         self.deadline = min(budget, deadline) if deadline else budget
         self.through = self.tc.freeze_through
@@ -551,7 +552,8 @@ class PruningTrainer:
                    "horizon_shrunk": self.total_steps < self.steps_per_epoch * self.tc.epochs,
                    "model": self.student.state_dict(),
                    "opt": self.opt.state_dict(), "history": self.history, "best": self.best,
-                   "teacher_metrics": self.teacher_metrics}  # fmt: skip
+                   "teacher_metrics": self.teacher_metrics,
+                   "wall_seconds": self.wall_before + time.time() - self.t_start}  # fmt: skip
         torch.save(payload, p.with_suffix(".tmp"))
         p.with_suffix(".tmp").replace(p)
         torch.save(payload | {"opt": None}, p.parent / f"epoch_{self.epoch:03d}.pt")
@@ -567,6 +569,7 @@ class PruningTrainer:
             self.total_steps = min(self.total_steps, payload.get("total_steps", self.total_steps))
         self.history, self.best = payload["history"], payload["best"]
         self.teacher_metrics = payload.get("teacher_metrics") or self.teacher_metrics
+        self.wall_before = float(payload.get("wall_seconds", 0.0))  # wall time of the calls before this resume
         self.log(f"resumed from {self.ckpt_path} after epoch {self.epoch} (step {self.step})")
         return True
 
@@ -674,7 +677,7 @@ class PruningTrainer:
         summary = {
             "stop_reason": stop_reason, "epochs_run": self.epoch, "best_epoch": self.best["epoch"],
             "best_val": self.best["val"], "teacher_val": self.teacher_metrics, "history": self.history,
-            "wall_seconds": round(time.time() - self.t_start, 1), "freeze_through": self.through,
+            "wall_seconds": round(self.wall_before + time.time() - self.t_start, 1), "freeze_through": self.through,
         }  # fmt: skip
         with open(self.dir / "metrics.json", "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2, default=float)
