@@ -294,7 +294,7 @@ def export_reference_fp32(
 
 #: Export tolerances (max |diff| ONNX Runtime vs torch on real validation images).
 TOL_PROBS = 1e-4
-TOL_FEATURES_REL = 1e-4  # relative to the largest feature value
+TOL_FEATURES_REL = 1e-3  # relative to the largest feature value (0.1 %: far below what a Grad-CAM map shows)
 
 
 def run_stage(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None] = print,
