@@ -116,21 +116,20 @@ def build_rung(reduction: float, base_cfg: Config) -> dict[str, Any]:
 
 
 def stage_seconds(run: Path) -> dict[str, float | None]:
-    """Wall seconds per stage as the stages recorded them (prune report, train metrics), else the log span."""
-    out: dict[str, float | None] = {}
-    pr = run / "prune" / "report.json"
-    if pr.is_file():
-        rep = json.loads(pr.read_text())
-        steps = rep.get("steps") or []
-        out["prune"] = sum(float(s.get("seconds_total", 0) or 0) for s in steps) or None
-    tm = run / "train" / "metrics.json"
-    if tm.is_file():
-        out["train"] = json.loads(tm.read_text()).get("wall_seconds")
-    for stage in ("data", "quantize"):
-        lines = [ln for ln in (run / f"{stage}.log").read_text().splitlines() if "skipped" not in ln] if (
-            run / f"{stage}.log").is_file() else []  # fmt: skip
-        ts = [dt.datetime.strptime(ln[:20], "%Y-%m-%dT%H:%M:%SZ") for ln in lines if ln[:4].isdigit()]
-        out[stage] = (ts[-1] - ts[0]).total_seconds() if len(ts) > 1 else None
+    """Wall seconds per stage, read the way the build's report reads them (``compression.report.stage_times``:
+    the stages' own JSON, a resumed train stage's log span, other stages' log spans). A rung whose decoded data
+    is a symlink to another run's reports no data time of its own."""
+    from compression.report import _read_json, stage_times
+
+    rows = stage_times(run, _read_json(run / "prune" / "report.json"), _read_json(run / "train" / "metrics.json"),
+                       None)  # fmt: skip
+    out = {
+        r["stage"]: r["seconds"]
+        for r in rows
+        if r["stage"] in ("data", "prune", "train", "export", "quantize")
+    }
+    if (run / "data").is_symlink():
+        out["data"] = None
     return out
 
 
@@ -248,7 +247,7 @@ def measure(entries: list[dict[str, Any]], cfg: Config, threads: int, rounds: in
     for r in rows.values():
         r["macs_ratio"] = r["macs"] / t0["macs"]
         r["params_ratio"] = r["params"] / t0["params"]
-    return {"rows": rows, "runtime_baseline_rss_mb": base_rss, "validation": es.source, "n_val": len(es.records),
+    return {"rows": rows, "runtime_baseline_rss_mb": base_rss, "validation": es.source.replace(str(REPO) + os.sep, ""), "n_val": len(es.records),
             "threads": threads, "rounds": rounds}  # fmt: skip
 
 
@@ -330,14 +329,17 @@ def render(res: dict[str, Any], plots: list[str], build_md: str | None) -> str:
         "",
         "## Wall time per rung",
         "",
-        "| rung | run folder | build status | data s | prune s | train s | quantize s |",
-        "|---|---|---|---|---|---|---|",
+        "| rung | run folder | build status | data s | prune s | train s | export s | quantize s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in res["rungs"]:
         s = e.get("stage_seconds") or {}
         L.append(f"| {e['label']} | `runs/{Path(e['run_dir']).name}` | {e.get('status')} | "
-                 + " | ".join(_f(s.get(k), ".0f") for k in ("data", "prune", "train", "quantize")) + " |")  # fmt: skip
-    L += ["", f"Benchmark wall time (this invocation): {res['seconds']:.0f} s.", ""]
+                 + " | ".join(_f(s.get(k), ".0f") for k in ("data", "prune", "train", "export", "quantize")) + " |")  # fmt: skip
+    L += ["", "Stage times as each rung's stages logged them (several jobs shared the 2 cores, so they are upper "
+          "bounds); \"not measured\" for data means the rung shares another run's decoded data (a symlink). "
+          "Train includes building the frozen-prefix feature cache.", "",
+          f"Benchmark wall time (this invocation, measuring only): {res['seconds']:.0f} s.", ""]  # fmt: skip
     if plots:
         L += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     if build_md:
