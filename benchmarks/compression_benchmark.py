@@ -419,9 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     if (shipped / "train" / "metrics.json").is_file():
         rep = collect(shipped)
         bplots = [f"{PLOTS.name}/{Path(p).name}" for p in draw_plots(rep, PLOTS)]
-        build_md = render_markdown(rep, plots=bplots).replace("\n# ", "\n## ", 1)
-        if build_md.startswith("# "):
-            build_md = "#" + build_md
+        # one level down: the build's report is a section of this document
+        build_md = "\n".join("#" + ln if ln.startswith("#") else ln
+                              for ln in render_markdown(rep, plots=bplots).splitlines())  # fmt: skip
     Path(a.docs).write_text(render(res, plots, build_md), encoding="utf-8")
     log(f"wrote {a.docs}, {RESULTS} and {len(plots)} plots in {res['seconds']:.0f}s")
     for k, r in res["rows"].items():
