@@ -1,8 +1,9 @@
 """``python -m compression <stage> [options]``.
 
 Stages: ``data``, ``prune``, ``train``, ``export``, ``quantize``, ``validate``, ``report``, ``ship``
-and ``build``, which runs them in that order into ``runs/<name>/`` (``--stages`` picks a subset). Every
-stage skips when its outputs exist, so ``build`` is resumable; ``train`` resumes from its last checkpoint.
+and ``build``, which runs them in that order into ``runs/<name>/`` (``--stages`` picks a subset). ``data``,
+``prune``, ``train`` and ``quantize`` skip when their outputs exist and were made with the same configuration, so
+``build`` is resumable; ``train`` resumes from its last checkpoint.
 Logs go to ``runs/<name>/<stage>.log`` (``train`` also writes ``runs/<name>/train/train.log``) and to stdout.
 
 ``ship`` makes the gated INT8 student the one bundled model (card, ONNX, head, calibration manifest in

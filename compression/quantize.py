@@ -521,15 +521,16 @@ def equalize_separable(fp32_path: str | os.PathLike, out_path: str | os.PathLike
         return ((r / r.max()) ** alpha).astype(np.float32)
 
     dw_pw, pw_relu_dw = _separable_pairs(m)
-    if alpha > 0 and pw_relu_dw:
-        rng = _channel_ranges(m, [relu.output[0] for _, relu, _ in pw_relu_dw], images, meta, positions, threads)
+    # One calibration pass: the depthwise outputs do not change under the first rescaling (the depthwise filter
+    # multiplies back what the 1x1 Conv divided, through a positively homogeneous ReLU).
+    tensors = [relu.output[0] for _, relu, _ in pw_relu_dw] + [dw.output[0] for dw, _ in dw_pw]
+    if alpha > 0 and tensors:
+        rng = _channel_ranges(m, tensors, images, meta, positions, threads)
         for pw, relu, dw in pw_relu_dw:
             s = scale(rng[relu.output[0]])
             put(pw.input[1], get(pw.input[1]) / s[:, None, None, None])
             put(pw.input[2], get(pw.input[2]) / s)
             put(dw.input[1], get(dw.input[1]) * s[:, None, None, None])
-    if alpha > 0 and dw_pw:  # ranges measured after the first rescaling (it changes the depthwise inputs)
-        rng = _channel_ranges(m, [dw.output[0] for dw, _ in dw_pw], images, meta, positions, threads)
         for dw, pw in dw_pw:
             s = scale(rng[dw.output[0]])
             put(dw.input[1], get(dw.input[1]) / s[:, None, None, None])

@@ -102,12 +102,7 @@ def check_gate(
         raise ShipRefused(
             f"no gate result: {gate_path} does not exist (run `python -m compression validate`)"
         )
-    try:
-        res = json.loads(gate_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ShipRefused(f"gate result {gate_path} is unreadable: {exc}") from None
-    if not isinstance(res, dict):
-        raise ShipRefused(f"gate result {gate_path} is not a JSON object")
+    res = _read_json(gate_path, "gate result")
     limits = [r for r in res.get("checks") or [] if isinstance(r, dict) and r.get("kind") == "limit"]
     missed = [r for r in limits if r.get("met") is False]
     if res.get("gate_passed") is not True or missed:

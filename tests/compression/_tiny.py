@@ -36,6 +36,24 @@ def tiny_model(seed: int = 0) -> ReferenceNet:
     return m.eval()
 
 
+def spread_tiny_model(seed: int) -> ReferenceNet:
+    """A 1/32-width ReferenceNet for the full 254x254 input (gate and ship tests): BatchNorm randomized and a
+    sharper head, so its probabilities spread (distinct ranks for the AUROCs)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ReferenceNet(XceptionWidths().scaled(1 / 32, n_middle=1, minimum=4)).eval()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.weight.uniform_(0.5, 1.5, generator=g)
+                    m.bias.uniform_(-0.3, 0.3, generator=g)
+            model.normalization.mean.fill_(127.5)
+            model.normalization.variance.fill_(60.0**2)
+            model.head.out.weight.mul_(8.0)
+    return model
+
+
 def inputs(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, SIZE, SIZE, 3, generator=g) * 255

@@ -136,26 +136,6 @@ def test_ship_config_section_is_validated():
 # --------------------------------------------------------------------------------------------------
 
 
-def _tiny(seed: int):
-    import torch
-
-    from compression.reference import ReferenceNet, XceptionWidths
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = ReferenceNet(XceptionWidths().scaled(1 / 32, n_middle=1, minimum=4)).eval()
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.weight.uniform_(0.5, 1.5, generator=g)
-                    m.bias.uniform_(-0.3, 0.3, generator=g)
-            model.normalization.mean.fill_(127.5)
-            model.normalization.variance.fill_(60.0**2)
-            model.head.out.weight.mul_(8.0)
-    return model
-
-
 def _records():
     from compression.data import Record
 
@@ -183,6 +163,7 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     from compression.export import export_onnx
     from compression.quantize import calibration_positions, quantize_int8_static
     from mendicant_desktop.core.bundle import ModelBundle
+    from tests.compression._tiny import spread_tiny_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     monkeypatch.setenv("MENDICANT_CACHE", str(tmp_path / "cache"))
@@ -207,9 +188,9 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     Image.fromarray(images[0].astype(np.uint8)).save(shared / "isic" / "i0.jpg")
 
     # teacher, student (INT8 static, FST-balanced calibration manifest), pruning/training summaries, gate
-    teacher = export_onnx(_tiny(0), tmp_path / "teacher" / "reference_fp32.onnx")
+    teacher = export_onnx(spread_tiny_model(0), tmp_path / "teacher" / "reference_fp32.onnx")
     qdir = run / "quantize"
-    fp32 = export_onnx(_tiny(1), qdir / "student_fp32.onnx")
+    fp32 = export_onnx(spread_tiny_model(1), qdir / "student_fp32.onnx")
     pos, man = calibration_positions(cfg, index, per_group=2)
     student = quantize_int8_static(fp32, qdir / "student_int8.onnx", images, meta, pos, batch_size=2, stride=2)
     (qdir / "quantize.json").write_text(json.dumps({"calibration": man, "shipped": student.name}))

@@ -22,7 +22,7 @@ from compression import validate as V  # noqa: E402
 from compression.data import CLASSES, Record  # noqa: E402
 from compression.export import export_onnx  # noqa: E402
 from compression.quantize import ort_session  # noqa: E402
-from compression.reference import ReferenceNet, XceptionWidths  # noqa: E402
+from tests.compression._tiny import spread_tiny_model  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # MAC counter
@@ -71,29 +71,12 @@ def test_mac_counter_matches_hand_computed_convs(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _tiny(seed: int) -> ReferenceNet:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = ReferenceNet(XceptionWidths().scaled(1 / 32, n_middle=1, minimum=4)).eval()
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.weight.uniform_(0.5, 1.5, generator=g)
-                    m.bias.uniform_(-0.3, 0.3, generator=g)
-            model.normalization.mean.fill_(127.5)
-            model.normalization.variance.fill_(60.0**2)
-            # a sharper head so probabilities spread (distinct ranks for the AUROCs)
-            model.head.out.weight.mul_(8.0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     d = tmp_path_factory.mktemp("gate")
-    teacher = _tiny(0)
-    paths = {"teacher": export_onnx(teacher, d / "teacher.onnx"), "broken": export_onnx(_tiny(1), d / "broken.onnx")}
+    teacher = spread_tiny_model(0)
+    paths = {"teacher": export_onnx(teacher, d / "teacher.onnx"), "broken": export_onnx(spread_tiny_model(1), d / "broken.onnx")}
     same = d / "same.onnx"
     shutil.copyfile(paths["teacher"], same)
     paths["same"] = same
