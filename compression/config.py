@@ -288,6 +288,8 @@ class TrainConfig:
     meta_dropout: float = _f(unit_closed, 0.5)
     kd_datasets: tuple[str, ...] = _f(dataset_list, ("isic", "pad"))
     ce_skip_dx: tuple[str, ...] = _f(dx_list, ())
+    rank_weight: float = _f(nonneg_float, 0.0)
+    rank_batch: int = _f(pos_int, 16)
     time_budget_minutes: float = _f(pos_float, 75.0)
     cache_dtype: str = _f(one_of("float16", "float32"), "float16")
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)

@@ -40,6 +40,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "quantize": ("run.seed", "data", "model", "prune", "fairness", "train", "quantize"),
 }
 RECORD = "config.json"
+#: Keys added after runs had been recorded, left out of the fingerprint while their switch is off, so an older
+#: run whose behaviour they do not change still matches: ``{switch: (off value, keys dropped while off)}``.
+INERT_WHEN_OFF: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "train.rank_weight": (0.0, ("train.rank_weight", "train.rank_batch")),
+}
 
 
 class StageConfigMismatch(ConfigError):
@@ -58,6 +63,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def stage_config(cfg: Config, stage: str) -> dict[str, Any]:
     """The flattened config keys ``stage`` depends on (``{"train.lr": 0.0003, ...}``)."""
     flat = _flatten(cfg.to_dict())
+    for switch, (off, dropped) in INERT_WHEN_OFF.items():
+        if switch in flat and flat[switch] == off:
+            for k in dropped:
+                flat.pop(k, None)
     keys = STAGE_SECTIONS[stage]
     return {k: v for k, v in sorted(flat.items()) if any(k == s or k.startswith(s + ".") for s in keys)}
 

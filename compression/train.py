@@ -18,6 +18,14 @@ Loss: ``ce_weight * CE(dx7, label smoothing) + malignant_weight * BCE(p(mel)+p(b
 score (the sum the model card and the gate use) itself a training target: PAD's actinic keratoses are dx7
 ``akiec`` yet benign, so CE alone would push them towards the "malignant" sum.
 
+Per-FST ranking (``train.rank_weight`` > 0): the gate and the card judge PAD per clinician-labelled FST group,
+by AUROC *within* the group, and the hard cases there are biopsied benign lesions (mostly actinic keratoses)
+against carcinomas of the same skin type. Each step then adds an auxiliary batch of ``train.rank_batch``
+FST-labelled PAD training images, balanced over (FST, malignant) cells, and a pairwise logistic loss
+``softplus(-(z_pos - z_neg))`` on the malignancy logit over malignant/benign pairs of the *same* FST group only
+(a smooth surrogate of each group's AUROC; pairs across groups carry no term, so it cannot trade one group's
+ranking for another's). Its metadata is never dropped: these are the consultations the app is for.
+
 Teacher soft targets are cached once (identity view) for the data sets in ``train.kd_datasets`` (default
 dermoscopy only: on the PAD clinical crops the teacher is at chance, AUROC 0.57, so its targets there would
 only pull the student back); rows without targets add no KD term.
@@ -215,6 +223,32 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None,
             parts["kd"] = float(kd.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts
+
+
+def within_group_rank_loss(score: torch.Tensor, malignant: torch.Tensor, group: torch.Tensor
+                           ) -> torch.Tensor | None:  # fmt: skip
+    """Mean ``softplus(-(z_i - z_j))`` over pairs (i malignant, j benign) of the same ``group``, where
+    ``z = logit(score)``; ``None`` when the batch holds no such pair. A smooth surrogate of per-group AUROC:
+    cross-group pairs are ignored, so only the ranking *within* each group is trained."""
+    s = score.clamp(1e-6, 1 - 1e-6)
+    z = torch.log(s) - torch.log1p(-s)
+    pos = malignant.bool()
+    pair = pos[:, None] & ~pos[None, :] & (group[:, None] == group[None, :])
+    if not bool(pair.any()):
+        return None
+    diff = z[:, None] - z[None, :]
+    return F.softplus(-diff[pair]).mean()
+
+
+def rank_pool(index: DataIndex, positions: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    """Rows of ``positions`` usable by the ranking loss: PAD images with a clinician FST whose group has both
+    malignant and benign training images; with their (FST, malignant) cell keys."""
+    recs = [index.records[i] for i in positions]
+    labelled = [k for k, r in enumerate(recs) if r.dataset == "pad" and r.fst_source == "label"]
+    both = {g for g in {recs[k].fst for k in labelled}
+            if len({recs[k].malignant for k in labelled if recs[k].fst == g}) == 2}  # fmt: skip
+    rows = np.array([k for k in labelled if recs[k].fst in both], np.int64)
+    return rows, [(recs[k].fst, int(recs[k].malignant)) for k in rows]
 
 
 def fallback_epoch(history: Sequence[dict[str, Any]], max_fst_gap: float) -> dict[str, Any]:
@@ -483,6 +517,15 @@ class PruningTrainer:
         n = 0
         stopped = False
         bs = self.tc.batch_size
+        rank_rows, rank_keys = rank_pool(self.index, self.train_pos) if self.tc.rank_weight > 0 else (None, [])
+        if rank_rows is not None and len(rank_rows) == 0:
+            raise ConfigError("train.rank_weight > 0 needs FST-labelled PAD training images with both malignant "
+                              "and benign lesions in one FST group; this split has none")  # fmt: skip
+        if rank_rows is not None:
+            rank_groups = {g: i for i, g in enumerate(sorted({k[0] for k in rank_keys}))}
+            rank_order = rank_rows[balanced_indices(balanced_weights(rank_keys), self.steps_per_epoch
+                                                    * self.tc.rank_batch,
+                                                    np.random.default_rng([self.cfg.run.seed, 17, epoch]))]
         t0 = time.time()
         for b in range(self.steps_per_epoch):
             if time.time() > self.deadline:
@@ -493,9 +536,14 @@ class PruningTrainer:
             feats = torch.from_numpy(
                 np.stack([self.train_feats[k, v] for k, v in zip(ks, views, strict=True)]).astype(np.float32)
             )
+            n_main = len(ks)
+            if rank_rows is not None:  # the ranking batch rides along in the same forward pass (identity view)
+                rk_ks = rank_order[b * self.tc.rank_batch : (b + 1) * self.tc.rank_batch]
+                feats = torch.cat([feats, torch.from_numpy(np.stack([self.train_feats[k, 0] for k in rk_ks])
+                                                           .astype(np.float32))])  # fmt: skip
             if self.tc.feature_dihedral:
-                rk = rng.integers(0, 4, size=len(ks))
-                fl = rng.integers(0, 2, size=len(ks))
+                rk = rng.integers(0, 4, size=len(feats))
+                fl = rng.integers(0, 2, size=len(feats))
                 feats = torch.stack(
                     [dihedral(f, int(r), bool(x), (1, 2)) for f, r, x in zip(feats, rk, fl, strict=True)]
                 )
@@ -503,6 +551,8 @@ class PruningTrainer:
             meta_np = self.index.meta[pos].copy()
             if self.tc.meta_dropout > 0:  # break the "metadata missing => benign" shortcut of PAD
                 meta_np[rng.random(len(pos)) < self.tc.meta_dropout] = encode_metadata(None)
+            if rank_rows is not None:
+                meta_np = np.concatenate([meta_np, self.index.meta[self.train_pos[rk_ks]]])
             meta = torch.from_numpy(meta_np)
             tl = None
             if self.train_tlog is not None:
@@ -511,9 +561,19 @@ class PruningTrainer:
             lr_f = self._lr()
             for gp in self.opt.param_groups:
                 gp["lr"] = gp["base_lr"] * lr_f
-            logits, _ = suffix_forward(self.student, feats, meta, self.through)
+            all_logits, _ = suffix_forward(self.student, feats, meta, self.through)
+            logits = all_logits[:n_main]
             loss, parts = distillation_loss(logits, tl, labels[pos], malignant[pos], self.tc,
                                             ce_mask[pos] if skip else None)  # fmt: skip
+            if rank_rows is not None:
+                rk_pos = self.train_pos[rk_ks]
+                rl = within_group_rank_loss(
+                    malignancy_score(torch.softmax(all_logits[n_main:], 1)), malignant[rk_pos],
+                    torch.tensor([rank_groups[self.index.records[i].fst] for i in rk_pos]))  # fmt: skip
+                if rl is not None:
+                    loss = loss + self.tc.rank_weight * rl
+                    parts["rank"] = float(rl.detach())
+                    parts["loss"] = float(loss.detach())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -31,3 +31,16 @@ def test_check_stage_match_legacy_and_mismatch(tmp_path) -> None:
         check_stage(changed, tmp_path, "train")
     msg = str(exc.value)
     assert "train.epochs: 14 -> 3" in msg and "prune.target_ratio: 0.5 -> 0.7" in msg and "--name" in msg
+
+
+def test_rank_loss_keys_are_inert_while_off(tmp_path) -> None:
+    """Runs recorded before ``train.rank_*`` existed still match while the loss is off; switching it on does not."""
+    base = load_config(None)
+    assert base.train.rank_weight == 0.0
+    assert not any(k.startswith("train.rank_") for k in stage_config(base, "train"))
+    assert fingerprint(load_config(None, {"train.rank_batch": 64}), "train") == fingerprint(base, "train")
+    on = load_config(None, {"train.rank_weight": 1.0})
+    assert stage_config(on, "train")["train.rank_batch"] == 16
+    record_stage(base, tmp_path, "train")
+    with pytest.raises(StageConfigMismatch, match="train.rank_weight: '<absent>' -> 1.0"):
+        check_stage(on, tmp_path, "train")

@@ -19,9 +19,11 @@ from compression.train import (
     fallback_epoch,
     kd_loss,
     prefix_forward,
+    rank_pool,
     stage_names,
     suffix_forward,
     val_metrics,
+    within_group_rank_loss,
 )
 from mendicant_desktop.core.errors import ConfigError
 
@@ -105,6 +107,55 @@ def test_ce_mask_drops_only_the_masked_rows_cross_entropy() -> None:
     assert parts["bce"] == pytest.approx(full["bce"])  # the malignancy term still sees every row
     with pytest.raises(ConfigError, match="train.ce_skip_dx"):
         load_config(overrides={"train.ce_skip_dx": ["ACKK"]})
+
+
+def test_rank_loss_only_counts_pairs_within_a_group() -> None:
+    mal = torch.tensor([1, 0, 1, 0])
+    group = torch.tensor([0, 0, 1, 1])
+    z = lambda p: math.log(p / (1 - p))  # noqa: E731
+    score = torch.tensor([0.9, 0.2, 0.6, 0.5])
+    want = (math.log1p(math.exp(-(z(0.9) - z(0.2)))) + math.log1p(math.exp(-(z(0.6) - z(0.5))))) / 2
+    assert float(within_group_rank_loss(score, mal, group)) == pytest.approx(want, rel=1e-5)
+    # Group 1 scored far below group 0 (a cross-group "misranking" of 0.6/0.5 vs 0.9/0.2): the loss does not
+    # move as long as each group's own order and logit differences are the same.
+    shifted = torch.tensor([0.9, 0.2, 1 / (1 + math.exp(-(z(0.6) - 6))), 1 / (1 + math.exp(-(z(0.5) - 6)))])
+    assert float(within_group_rank_loss(shifted, mal, group)) == pytest.approx(want, rel=1e-4)
+    # Reversing a group's order raises the loss; a perfect wide margin drives it towards 0.
+    worse = torch.tensor([0.2, 0.9, 0.6, 0.5])
+    assert float(within_group_rank_loss(worse, mal, group)) > want
+    best = torch.tensor([1 - 1e-5, 1e-5, 1 - 1e-5, 1e-5])
+    assert float(within_group_rank_loss(best, mal, group)) < 1e-3
+    # No malignant/benign pair inside any group -> no term.
+    assert within_group_rank_loss(score, mal, torch.tensor([0, 1, 2, 3])) is None
+    # Gradients push each group's malignant score up and its benign one down.
+    s = score.clone().requires_grad_(True)
+    within_group_rank_loss(s, mal, group).backward()
+    assert (s.grad[[0, 2]] < 0).all() and (s.grad[[1, 3]] > 0).all()
+
+
+def test_rank_pool_keeps_labelled_pad_groups_with_both_classes(tmp_path) -> None:
+    index = fake_index(tmp_path, n_train=24, n_val=12)
+    train = index.indices("train")
+    rows, keys = rank_pool(index, train)
+    recs = [index.records[train[k]] for k in rows]
+    assert len(rows) > 0 and all(r.dataset == "pad" and r.fst_source == "label" for r in recs)
+    assert keys == [(r.fst, r.malignant) for r in recs]
+    for g in {k[0] for k in keys}:
+        assert {m for f, m in keys if f == g} == {0, 1}
+
+
+def test_trainer_with_rank_loss_trains_and_logs_it(tmp_path) -> None:
+    cfg = load_config(overrides={
+        "train.epochs": 1, "train.batch_size": 8, "train.freeze_through": "middle.0", "train.train_views": 1,
+        "fairness.min_group_n": 2, "train.rank_weight": 1.0, "train.rank_batch": 6,
+    })  # fmt: skip
+    index = fake_index(tmp_path, n_train=24, n_val=12)
+    tr = PruningTrainer(cfg, tmp_path, index, tiny_model(seed=2), None, log=lambda s: None)
+    out = tr.fit()
+    parts = out["history"][1]["train"]
+    assert parts["rank"] > 0 and parts["batches"] == 3
+    with pytest.raises(ConfigError, match="train.rank_weight"):
+        load_config(overrides={"train.rank_weight": -1.0})
 
 
 @pytest.mark.parametrize("through", ["none", "stem", "entry.2", "middle.1", "block13"])
