@@ -358,6 +358,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             "targets_total": shipped_gate["data"].get("targets_total"),
             "latency": shipped_gate["data"].get("latency"),
             "data": shipped_gate["data"].get("data"),
+            "paired": shipped_gate["data"].get("paired"),
         },
         "models": models,
         "other_gate_results": others,
@@ -515,6 +516,21 @@ def render_markdown(rep: dict[str, Any], *, plots: Sequence[str] = (), generated
         rows = [[c.get("kind"), c.get("name"), _f4(c.get("value")), f"{c.get('op')} {_f4(c.get('bound'))}",
                  _met(c.get("met")), c.get("note") or ""] for c in g["checks"]]  # fmt: skip
         L += _table(["kind", "check", "value", "bound", "result", "note"], rows) + [""]
+        pr = g.get("paired")
+        if pr:
+            L += [f"Can this split resolve the limits? Candidate minus teacher with a paired stratified bootstrap "
+                  f"95% CI ({pr.get('n_boot')} resamples, both models scored on the same resampled images). "
+                  "Informational: the gate compares the point estimates.", ""]  # fmt: skip
+            verdict = {"met": "CI within the limit", "missed": "CI beyond the limit",
+                       None: "CI straddles the limit (unresolved)"}  # fmt: skip
+            rows = []
+            for key, label in (("isic_external_auroc_diff", "ISIC external AUROC"), ("pad_auroc_diff", "PAD AUROC"),
+                               ("auroc_gap_diff", "per-FST AUROC gap")):  # fmt: skip
+                d = pr.get(key) or {}
+                ci = d.get("ci95") or [None, None]
+                rows.append([label, _fmt(d.get("value"), "+.4f"), f"[{_fmt(ci[0], '+.3f')}, {_fmt(ci[1], '+.3f')}]",
+                             f"{d.get('op')} {_fmt(d.get('limit'), '+.3f')}", verdict.get(d.get("resolved"), "—")])  # fmt: skip
+            L += _table(["difference", "value", "95% CI", "limit", "reading"], rows) + [""]
     else:
         L += [f"Gate: {NM}.", ""]
     if rep.get("other_gate_results"):

@@ -79,9 +79,9 @@ class ShipRefused(RuntimeError):
 
 
 def _gate_limits(cfg: Any) -> dict[str, float]:
-    from .validate import _limits
+    from .validate import gate_limits
 
-    return _limits(cfg)[0]
+    return gate_limits(cfg)[0]
 
 
 def check_gate(

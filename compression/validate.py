@@ -10,7 +10,10 @@ same run, it computes:
   sufficient groups (n >= 30 with >= 5 positives and >= 5 negatives);
 - overall malignancy AUROC on the whole validation split; top-1 agreement with the teacher;
 - size (MB = 10^6 bytes), MACs and parameters counted from the ONNX graph (:func:`count_macs_params`);
-- latency at batch 1, 2 intra-op threads, teacher and candidate alternating in one process.
+- latency at batch 1, 2 intra-op threads, teacher and candidate alternating in one process;
+- :func:`paired_differences`: candidate minus teacher for the ISIC and PAD AUROCs and the per-FST gap, with a
+  *paired* stratified bootstrap 95% CI (both models scored on the same resamples). Informational: it says whether
+  the validation split can resolve a limit at all (the gate itself compares the point estimates, as specified).
 
 The gate limits (``[gate]`` in ``compression/config.toml``; the constants below are the fall-back with the
 same values, never looser): size < 30 MB; latency <= 1/2 of the teacher's; ISIC external and PAD AUROC no
@@ -40,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from mendicant_desktop.core.audit import audit
+from mendicant_desktop.core.audit import audit, auroc, is_sufficient, percentile_ci
 
 from .quantize import ort_session, run_model, top1_agreement
 
@@ -59,6 +62,8 @@ __all__ = [
     "malignancy",
     "evaluate",
     "gate_checks",
+    "gate_limits",
+    "paired_differences",
     "format_table",
     "validate",
     "run_stage",
@@ -395,6 +400,78 @@ def evaluate(probs: np.ndarray, records: Sequence[Any], *, threshold: float = 0.
     return out
 
 
+def paired_differences(p_c: np.ndarray, p_t: np.ndarray, records: Sequence[Any], gate: dict[str, float], *,
+                       n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Candidate minus teacher, with a paired stratified bootstrap 95% CI, for each gated AUROC quantity.
+
+    Each resample draws the same rows for both models: ISIC external MEL and NV separately; PAD within every
+    (FST group, malignant) cell, images without a clinician FST forming one more group. The per-FST gap is
+    max - min over the groups sufficient on the full split (as in the gate). ``resolved`` says where the CI
+    lies against the limit on the difference (``"met"`` wholly inside, ``"missed"`` wholly outside, ``None``
+    straddling): a limit the split cannot resolve is decided by noise. Informational only.
+    """
+    p_c, p_t = np.asarray(p_c, np.float64), np.asarray(p_t, np.float64)
+    if p_c.shape != p_t.shape or len(p_c) != len(records):
+        raise ValueError(f"prediction shapes differ: {p_c.shape} vs {p_t.shape} for {len(records)} records")
+    m_c, m_t = malignancy(p_c), malignancy(p_t)
+    y = np.array([int(r.malignant) for r in records], np.int64)
+    ext = np.array([k for k, r in enumerate(records)
+                    if r.dataset == "isic" and r.pool == "external" and r.dx in ("MEL", "NV")], np.int64)  # fmt: skip
+    y_mel = np.array([int(records[k].dx == "MEL") for k in ext], np.int64)
+    pad = np.array([k for k, r in enumerate(records) if r.dataset == "pad"], np.int64)
+    fst = np.array([records[k].fst if getattr(records[k], "fst_source", "label") == "label" else "unknown"
+                    for k in pad], dtype=object)  # fmt: skip
+    gap_groups = [g for g in ROMAN
+                  if (fst == g).any() and is_sufficient(int((fst == g).sum()), int(y[pad][fst == g].sum()))]  # fmt: skip
+    cells_ext = [ext[y_mel == v] for v in (0, 1)]
+    cells_pad = [pad[(fst == g) & (y[pad] == v)] for g in sorted(set(fst)) for v in (0, 1)]
+    cells_ext = [c for c in cells_ext if len(c)]
+    cells_pad = [c for c in cells_pad if len(c)]
+
+    def stats(ix_ext: np.ndarray, ix_pad: np.ndarray) -> np.ndarray:
+        out = np.full(3, np.nan)
+        if len(ix_ext):
+            yy = np.array([records[k].dx == "MEL" for k in ix_ext], np.int64)
+            out[0] = auroc(yy, p_c[ix_ext, MEL]) - auroc(yy, p_t[ix_ext, MEL])
+        if len(ix_pad):
+            out[1] = auroc(y[ix_pad], m_c[ix_pad]) - auroc(y[ix_pad], m_t[ix_pad])
+            if len(gap_groups) >= 2:
+                g_of = {k: records[k].fst for k in ix_pad}
+                gaps = []
+                for m in (m_c, m_t):
+                    a = [auroc(y[ix], m[ix]) for g in gap_groups
+                         for ix in [np.array([k for k in ix_pad if g_of[k] == g
+                                              and getattr(records[k], "fst_source", "label") == "label"], np.int64)]]  # fmt: skip
+                    gaps.append(max(a) - min(a))
+                out[2] = gaps[0] - gaps[1]
+        return out
+
+    point = stats(ext, pad)
+    rng = np.random.default_rng([int(seed), 4242])
+    boots = np.empty((n_boot, 3))
+    for b in range(n_boot):
+        ie = np.concatenate([c[rng.integers(0, len(c), len(c))] for c in cells_ext]) if cells_ext else ext
+        ip = np.concatenate([c[rng.integers(0, len(c), len(c))] for c in cells_pad]) if cells_pad else pad
+        boots[b] = stats(ie, ip)
+    limits = (-gate["max_auroc_drop"], -gate["max_auroc_drop"], gate["max_gap_increase"])
+    names = ("isic_external_auroc_diff", "pad_auroc_diff", "auroc_gap_diff")
+    higher_is_better = (True, True, False)
+    res: dict[str, Any] = {"n_boot": int(n_boot), "gap_groups": gap_groups,
+                           "method": "paired stratified bootstrap (same resamples for candidate and teacher)"}  # fmt: skip
+    for i, name in enumerate(names):
+        lo, hi = percentile_ci(boots[:, i])
+        lim = limits[i]
+        resolved = None
+        if not (math.isnan(lo) or math.isnan(hi)):
+            if higher_is_better[i]:
+                resolved = "met" if lo >= lim else ("missed" if hi < lim else None)
+            else:
+                resolved = "met" if hi <= lim else ("missed" if lo > lim else None)
+        res[name] = {"value": _f(point[i]), "ci95": [_f(lo), _f(hi)], "limit": lim,
+                     "op": ">=" if higher_is_better[i] else "<=", "resolved": resolved}  # fmt: skip
+    return res
+
+
 def _get(d: dict[str, Any], *path: str) -> float:
     for p in path:
         if not isinstance(d, dict) or p not in d:
@@ -403,7 +480,8 @@ def _get(d: dict[str, Any], *path: str) -> float:
     return float("nan") if d is None else float(d)
 
 
-def _limits(cfg: Any) -> tuple[dict[str, float], dict[str, float]]:
+def gate_limits(cfg: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """``(gate limits, targets)`` from ``cfg`` (the fall-back constants when there is no config)."""
     if cfg is None:
         return dict(GATE_FALLBACK), dict(TARGETS_FALLBACK)
     g, t = cfg.gate, cfg.targets
@@ -529,6 +607,20 @@ def format_table(result: dict[str, Any]) -> str:
         bound = f"{r['op']} {_fmt(r['bound'], r['name'])}"
         note = f"  ({r['note']})" if r.get("note") else ""
         lines.append(f"{r['kind']:<7} {r['name']:<40} {_fmt(r['value'], r['name']):>9}   {bound:>12}  {status}{note}")
+    paired = result.get("paired")
+    if paired:
+        lines += ["", f"paired bootstrap, candidate - teacher ({paired['n_boot']} resamples; informational, the gate "
+                      "compares point estimates):"]  # fmt: skip
+        for key, label in (("isic_external_auroc_diff", "ISIC external AUROC"), ("pad_auroc_diff", "PAD AUROC"),
+                           ("auroc_gap_diff", "per-FST AUROC gap")):  # fmt: skip
+            d = paired.get(key) or {}
+            if d.get("value") is None:
+                continue
+            lo, hi = d["ci95"]
+            verdict = {"met": "CI within the limit", "missed": "CI beyond the limit",
+                       None: "CI straddles the limit: this split cannot resolve it"}[d["resolved"]]  # fmt: skip
+            ci_s = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "[n/a]"
+            lines.append(f"  {label:<24} {d['value']:+.4f} {ci_s:>18}  limit {d['op']} {d['limit']:+.3f}  ({verdict})")
     lines.append("")
     lines.append("GATE: " + ("PASSED (every limit met)" if result["gate_passed"]
                              else "FAILED: " + ", ".join(r["name"] for r in result["checks"]
@@ -581,7 +673,7 @@ def validate(
             from .config import load_config
 
             cfg = load_config()
-    gate, targets = _limits(cfg)
+    gate, targets = gate_limits(cfg)
     onnx_path, card_path, card = resolve_model(model)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"model file not found: {onnx_path}")
@@ -629,6 +721,7 @@ def validate(
     if result["data"]["ham10000"]:
         raise RuntimeError("the validation split contains ham10000-pool images; refusing to validate on them")
     result["checks"] = gate_checks(result, gate, targets)
+    result["paired"] = paired_differences(p_c, p_t, recs, gate, n_boot=n_boot, seed=seed)
     result["gate_passed"] = all(r["met"] is not False for r in result["checks"] if r["kind"] == "limit")
     result["targets_met"] = sum(r["met"] is True for r in result["checks"] if r["kind"] == "target")
     result["targets_total"] = sum(r["kind"] == "target" for r in result["checks"])

@@ -121,7 +121,14 @@ def make_run(root: Path, *, passed: bool = False, stale: bool = False) -> Path:
             "top1_agreement": 0.38, "candidate": _gate_section(0.732933732933733, 0.8942274305555555,
                                                                0.07548508367693418, 0.7126728110599079, 0.7881578947368421),
             "teacher": _gate_section(0.7792207792207793, 0.5896050347222223, 0.020609992723744863, 0.6728, 0.6934),
-            "checks": checks, "gate_passed": passed, "targets_met": 0, "targets_total": 1, "seconds": 19.6}  # fmt: skip
+            "checks": checks, "gate_passed": passed, "targets_met": 0, "targets_total": 1, "seconds": 19.6,
+            "paired": {"n_boot": 1000, "gap_groups": ["II", "III"],
+                       "isic_external_auroc_diff": {"value": -0.0463, "ci95": [-0.131, 0.041], "limit": -0.02,
+                                                    "op": ">=", "resolved": None},
+                       "pad_auroc_diff": {"value": 0.3046, "ci95": [0.25, 0.36], "limit": -0.02, "op": ">=",
+                                          "resolved": "met"},
+                       "auroc_gap_diff": {"value": 0.0549, "ci95": [-0.1, 0.2], "limit": 0.005, "op": "<=",
+                                          "resolved": None}}}  # fmt: skip
     (run / "validate" / "student_int8_gate.json").write_text(json.dumps(gate))
     return run
 
@@ -168,6 +175,8 @@ def test_report_values_trace_to_the_json(tmp_path: Path) -> None:
 
     assert "| limit | ISIC external mel-vs-nv AUROC | 0.7329 | >= 0.7592 | **MISSED** |" in md
     assert "| target | FST I AUROC (n=30) | not measured | >= 0.8500 | n/a |" in md
+    assert "| per-FST AUROC gap | +0.0549 | [-0.100, +0.200] | <= +0.005 | CI straddles the limit (unresolved) |" in md
+    assert "| PAD AUROC | +0.3046 | [+0.250, +0.360] | >= -0.020 | CI within the limit |" in md
     assert "withheld (n=30, pos=26)" in md and "0.7127 (n=159)" in md
     assert "| 1 | 3.0527 | 0.7970 | 0.8917 | 0.7348 |" in md  # training curve
     assert "| `backbone.entry.2.sepconv1.sep.pointwise` | 256 → 256 | 728 → 415 | 0.000 | 0.430 |" in md

@@ -150,6 +150,8 @@ def test_gate_passes_teacher_relative_limits_for_a_copy_of_the_teacher(models, e
     for name in ("size", "ISIC external", "PAD malignancy", "PAD per-FST"):
         assert _row(res, "limit", name)["met"] is True, name
     assert res["candidate"]["pad_malignancy"]["gap_groups"] == ["II", "III"]
+    assert res["paired"]["auroc_gap_diff"]["value"] == 0.0 and res["paired"]["auroc_gap_diff"]["resolved"] == "met"
+    assert "paired bootstrap, candidate - teacher" in V.format_table(res)
     # the copy is not faster than the teacher: the latency limit is evaluated (and will normally miss)
     lat = _row(res, "limit", "latency")
     assert lat["value"] == pytest.approx(res["latency"]["ratio_p50"])
@@ -235,7 +237,7 @@ def test_limits_come_from_the_config_and_match_the_fallback():
     from compression.config import load_config
 
     cfg = load_config()
-    gate, targets = V._limits(cfg)
+    gate, targets = V.gate_limits(cfg)
     assert gate == V.GATE_FALLBACK
     assert targets == V.TARGETS_FALLBACK
 
@@ -258,3 +260,67 @@ def test_gate_passes_on_the_bundled_model(bundled_card, shared_data, monkeypatch
     res = json.loads(out.read_text())
     assert res["data"]["ham10000"] == 0 and res["data"]["n"] >= 300
     assert res["seconds"] < 300, f"the gate took {res['seconds']} s (limit 5 min)"
+
+
+def _paired_case(seed=0):
+    """60 ISIC MEL/NV + PAD FST II/III (40 each, half malignant) + 10 PAD without a clinician FST."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(60):
+        dx = "MEL" if i % 2 else "NV"
+        recs.append(Record(dataset="isic", pool="external", image=f"i{i}", relpath=f"i{i}", dx=dx, dx7=dx.lower(),
+                           label=0, malignant=int(dx == "MEL"), split="val"))  # fmt: skip
+    for j in range(90):
+        fst, src = ("II", "label") if j < 40 else ("III", "label") if j < 80 else ("unknown", "estimated")
+        mal = int(j % 2 == 0) if j < 80 else 0
+        recs.append(Record(dataset="pad", pool="pad", image=f"p{j}", relpath=f"p{j}", dx="BCC" if mal else "ACK",
+                           dx7="bcc" if mal else "akiec", label=0, malignant=mal, patient_id=f"P{j}", fst=fst,
+                           fst_source=src, split="val"))  # fmt: skip
+    probs = rng.dirichlet(np.ones(7), size=len(recs))
+    return recs, probs
+
+
+def test_paired_differences_of_a_copy_are_zero_and_resolved():
+    recs, p = _paired_case()
+    gate = dict(V.GATE_FALLBACK)
+    res = V.paired_differences(p, p.copy(), recs, gate, n_boot=200, seed=1)
+    assert res["gap_groups"] == ["II", "III"]
+    for key in ("isic_external_auroc_diff", "pad_auroc_diff", "auroc_gap_diff"):
+        assert res[key]["value"] == pytest.approx(0.0, abs=1e-12)
+        assert res[key]["ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
+        assert res[key]["resolved"] == "met"
+    with pytest.raises(ValueError, match="shapes differ"):
+        V.paired_differences(p, p[:-1], recs, gate, n_boot=10)
+
+
+def test_paired_differences_point_values_and_resolution():
+    recs, p_t = _paired_case()
+    gate = dict(V.GATE_FALLBACK)
+    y = np.array([r.malignant for r in recs])
+    bcc, nv = CLASSES.index("bcc"), CLASSES.index("nv")
+
+    def perfect(p, rows):
+        p[rows] = 0.0
+        p[rows, bcc] = np.where(y[rows] == 1, 0.9, 0.1)
+        p[rows, nv] = 1 - p[rows, bcc]
+
+    # The teacher ranks both FST groups perfectly (gap 0 on every resample); the candidate keeps FST II perfect
+    # but scores FST III at random: its gap widens by about 0.5.
+    labelled = np.array([r.dataset == "pad" and r.fst in ("II", "III") for r in recs])
+    perfect(p_t, labelled)
+    p_c = p_t.copy()
+    iii = np.array([r.dataset == "pad" and r.fst == "III" for r in recs])
+    p_c[iii] = np.random.default_rng(5).dirichlet(np.ones(7), size=int(iii.sum()))
+    res = V.paired_differences(p_c, p_t, recs, gate, n_boot=300, seed=2)
+    ev_c, ev_t = V.evaluate(p_c, recs, n_boot=0), V.evaluate(p_t, recs, n_boot=0)
+    gap_c, gap_t = ev_c["pad_malignancy"]["auroc_gap"], ev_t["pad_malignancy"]["auroc_gap"]
+    assert res["auroc_gap_diff"]["value"] == pytest.approx(gap_c - gap_t)
+    assert res["pad_auroc_diff"]["value"] == pytest.approx(
+        ev_c["pad_malignancy"]["overall"]["auroc"] - ev_t["pad_malignancy"]["overall"]["auroc"]
+    )
+    assert res["isic_external_auroc_diff"]["value"] == pytest.approx(0.0)  # ISIC rows unchanged
+    lo, hi = res["auroc_gap_diff"]["ci95"]
+    assert lo <= res["auroc_gap_diff"]["value"] <= hi
+    assert gap_t == 0.0 and gap_c > 0.25 and res["auroc_gap_diff"]["resolved"] == "missed"
+    assert res["pad_auroc_diff"]["value"] < 0
+
