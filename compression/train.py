@@ -507,6 +507,9 @@ class PruningTrainer:
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
         """One epoch; returns (mean loss parts, stopped_by_deadline)."""
         self._set_train_mode()
+        # Dropout draws from torch's global generator: seed it per epoch, so an epoch's result depends on neither
+        # what ran earlier in the process (``build`` runs prune first) nor on a resume in between.
+        torch.manual_seed(int(np.random.default_rng([self.cfg.run.seed, 19, epoch]).integers(2**62)))
         order = self.sample_epoch(epoch)
         rng = np.random.default_rng([self.cfg.run.seed, 13, epoch])
         labels = torch.from_numpy(self.index.labels)

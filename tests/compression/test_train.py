@@ -262,3 +262,35 @@ def test_trainer_deadline_stops_gracefully(tmp_path) -> None:
     out = tr.fit()
     assert out["stop_reason"] == "time budget" and out["epochs_run"] == 0
     assert (tmp_path / "train" / "student.pt").is_file()
+
+
+def test_training_is_reproducible_across_process_history_and_resume(tmp_path, monkeypatch) -> None:
+    """The same config and pruned model give the same weights whether or not something drew from torch's RNG
+    first (``build`` runs prune in the same process) and whether or not the run was stopped and resumed."""
+    cfg = load_config(overrides={
+        "train.epochs": 2, "train.batch_size": 8, "train.freeze_through": "middle.0", "train.train_views": 1,
+        "fairness.min_group_n": 2, "train.early_stop.min_epochs": 5,
+    })  # fmt: skip
+
+    def weights_after_epoch_2(run) -> dict[str, torch.Tensor]:
+        return torch.load(run / "train" / "checkpoints" / "epoch_002.pt", weights_only=False)["model"]
+
+    runs = {k: tmp_path / k for k in ("fresh", "drawn", "resumed")}
+    torch.manual_seed(0)
+    PruningTrainer(cfg, runs["fresh"], fake_index(runs["fresh"]), tiny_model(seed=2), None, log=lambda s: None).fit()
+    torch.rand(12345)  # what an earlier stage might have drawn
+    PruningTrainer(cfg, runs["drawn"], fake_index(runs["drawn"]), tiny_model(seed=2), None, log=lambda s: None).fit()
+    with monkeypatch.context() as m:  # stop after epoch 1 (checkpoint written), then resume in a new trainer
+        m.setattr(PruningTrainer, "_stop_reason", lambda self: "stopped for the test")
+        PruningTrainer(cfg, runs["resumed"], fake_index(runs["resumed"]), tiny_model(seed=2), None,
+                       log=lambda s: None).fit()  # fmt: skip
+    assert not (runs["resumed"] / "train" / "checkpoints" / "epoch_002.pt").exists()
+    torch.rand(777)
+    out = PruningTrainer(cfg, runs["resumed"], fake_index(runs["resumed"]), tiny_model(seed=2), None,
+                         log=lambda s: None).fit(resume=True)  # fmt: skip
+    assert out["epochs_run"] == 2
+    ref = weights_after_epoch_2(runs["fresh"])
+    for k in ("drawn", "resumed"):
+        got = weights_after_epoch_2(runs[k])
+        for name, t in ref.items():
+            torch.testing.assert_close(got[name], t, rtol=0, atol=0, msg=f"{k}: {name}")
