@@ -120,7 +120,42 @@ def _student_limitations(out: list[str], metrics: dict[str, Any], student: dict[
                    f"on {100 * (1 - ag['top1_agreement']):.1f}% of images (n={ag['n']}; largest probability change "
                    f"{ag['max_abs_diff_probs']:.2f}): it is a different model, judged by its own validation figures, "
                    "not by agreement with the reference.")  # fmt: skip
+    line = _paired_limitation(student.get("paired"), metrics)
+    if line:
+        out.append(line)
     return out
+
+
+def _paired_limitation(paired: dict[str, Any] | None, metrics: dict[str, Any]) -> str | None:
+    """What the validation split can and cannot say about this model against the reference (the gate's paired
+    bootstrap): an interval straddling a limit means the split cannot resolve that comparison."""
+    if not paired:
+        return None
+    parts = []
+    for key, what in (("isic_external_auroc_diff", "melanoma-vs-nevus AUROC on ISIC dermoscopy"),
+                      ("auroc_gap_diff", "gap between the per-FST PAD AUROCs (FST II vs III)")):  # fmt: skip
+        d = paired.get(key) or {}
+        lo, hi = d.get("ci95") or (None, None)
+        if d.get("value") is None or lo is None or hi is None:
+            continue
+        reading = {"met": "within the gate's limit", "missed": "beyond the gate's limit",
+                   None: "so the validation split cannot tell whether it is better or worse than the reference"}  # fmt: skip
+        parts.append(f"{what} {d['value']:+.3f} (paired bootstrap 95% CI {lo:+.3f} to {hi:+.3f}, "
+                     f"{reading.get(d.get('resolved'), '')})")  # fmt: skip
+    if not parts:
+        return None
+    text = ("Compared with the reference network on the same validation images, this model changes the "
+            + "; and the ".join(parts) + ". The gate compares point estimates; where the interval straddles its "
+            "limit the verdict rests on which images are in the split.")  # fmt: skip
+    groups = ((metrics.get("validation") or {}).get("pad_malignancy") or {}).get("groups") or {}
+    sizes = [(min(int(g["n_pos"]), int(g["n"]) - int(g["n_pos"])), "malignant" if int(g["n_pos"]) * 2 < int(g["n"])
+              else "benign", name) for name in paired.get("gap_groups") or [] for g in [groups.get(name)] if g]  # fmt: skip
+    if sizes:
+        k, cls, name = min(sizes)
+        text += (f" Fairness across skin types rests on {len(sizes)} clinician-labelled groups "
+                 f"({', '.join('FST ' + n for n in paired['gap_groups'])}); the smallest class is FST {name}'s "
+                 f"{k} {cls} lesions.")  # fmt: skip
+    return text
 
 
 # --------------------------------------------------------------------------------------------------

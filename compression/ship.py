@@ -406,6 +406,7 @@ def compression_section(cfg: Any, run_dir: Path, gate: dict[str, Any], prune: di
             "size_mb": gate.get("size_mb"), "macs_ratio": gate.get("macs_ratio"), "params": gate.get("params"),
             "teacher_params": gate.get("teacher_params"),
             "latency_ratio_p50": (gate.get("latency") or {}).get("ratio_p50"),
+            "paired_vs_teacher": gate.get("paired"),
         },
         "config": {**_config_file(cfg), "stage_fingerprint": fingerprint_status},
     }  # fmt: skip
@@ -558,7 +559,8 @@ def ship(
                                 extra={"compression": comp}, built_by="python -m compression ship")  # fmt: skip
         card = assemble_card(stage=stage, name=name, version=version, onnx_path=onnx_path, head_path=head,
                              threshold=thr["threshold"], metrics=metrics, provenance=prov,
-                             limitations=limitations(metrics, student={"mac_ratio": prune.get("mac_ratio")}))  # fmt: skip
+                             limitations=limitations(metrics, student={"mac_ratio": prune.get("mac_ratio"),
+                                                                     "paired": gate.get("paired")}))  # fmt: skip
         # Checked in the staging folder before anything moves, and again in place.
         verify_bundle(card, image, log, threads=cfg.run.threads)
         card_path = move_into_place([onnx_path, head, calib_csv], card, out_dir)

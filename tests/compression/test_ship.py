@@ -202,7 +202,12 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     (run / "train" / "metrics.json").write_text(json.dumps({"best_epoch": 3, "epochs_run": 5, "stop_reason": "epochs",
                                                             "freeze_through": "middle.7", "wall_seconds": 12.0}))  # fmt: skip
     t_sha = hashlib.sha256(teacher.read_bytes()).hexdigest()
-    _write_gate(run, _gate(student, teacher_sha256=t_sha, teacher_model=str(teacher)))
+    paired = {"n_boot": 1000, "gap_groups": ["II", "III"],
+              "isic_external_auroc_diff": {"value": -0.004, "ci95": [-0.095, 0.088], "limit": -0.02, "op": ">=",
+                                           "resolved": None},
+              "auroc_gap_diff": {"value": -0.02, "ci95": [-0.145, 0.142], "limit": 0.005, "op": "<=",
+                                 "resolved": None}}  # fmt: skip
+    _write_gate(run, _gate(student, teacher_sha256=t_sha, teacher_model=str(teacher), paired=paired))
     old = _old_bundle(models)
 
     lines: list[str] = []
@@ -232,3 +237,7 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     assert 0 < card["threshold"] < 1
     assert "int8" not in card["metrics"]["full_pools_threshold_free"]  # the student trained on those pools
     assert any("pruned" in s and "fine-tuned" in s for s in card["limitations"])
+    assert comp["gate"]["paired_vs_teacher"] == paired
+    line = card["limitations"][-1]
+    assert line.startswith("Compared with the reference network on the same validation images")
+    assert "-0.004 (paired bootstrap 95% CI -0.095 to +0.088, so the validation split cannot tell" in line
