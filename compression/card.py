@@ -87,7 +87,13 @@ def limitations(metrics: dict[str, Any], *, student: dict[str, Any] | None = Non
     out = list(LIMITATIONS)
     v = metrics.get("validation", {})
     ext = (v.get("isic_external_mel_vs_nv") or {}).get("auroc")
-    pad = ((v.get("pad_malignancy") or {}).get("overall") or {}).get("auroc")
+    pad_overall = (v.get("pad_malignancy") or {}).get("overall") or {}
+    pad = pad_overall.get("auroc")
+    sens, spec = pad_overall.get("sensitivity"), pad_overall.get("specificity")
+    if sens is not None and spec is not None:  # the threshold statement with this model's measured operating point
+        out[4] = ("The operating threshold was chosen for sensitivity >= 0.85 on a mixed dermoscopy/clinical training "
+                  f"portion; on the held-out clinical photos (PAD-UFES-20) it reaches sensitivity {sens:.2f} and "
+                  f"specificity {spec:.2f}. Sites should re-check it locally.")  # fmt: skip
     if student is not None:
         return _student_limitations(out, metrics, student, ext, pad)
     if ext is not None and pad is not None:

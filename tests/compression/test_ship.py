@@ -238,6 +238,9 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     assert "int8" not in card["metrics"]["full_pools_threshold_free"]  # the student trained on those pools
     assert any("pruned" in s and "fine-tuned" in s for s in card["limitations"])
     assert comp["gate"]["paired_vs_teacher"] == paired
+    pad = card["metrics"]["validation"]["pad_malignancy"]["overall"]
+    assert (f"it reaches sensitivity {pad['sensitivity']:.2f} and specificity {pad['specificity']:.2f}"
+            in card["limitations"][4])  # fmt: skip
     line = card["limitations"][-1]
     assert line.startswith("Compared with the reference network on the same validation images")
     assert "-0.004 (paired bootstrap 95% CI -0.095 to +0.088, so the validation split cannot tell" in line
