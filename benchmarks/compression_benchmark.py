@@ -132,6 +132,8 @@ def stage_seconds(run: Path) -> dict[str, float | None]:
     }
     if (run / "data").is_symlink():
         out["data"] = None
+    log_text = (run / "train" / "train.log").read_text(encoding="utf-8") if (run / "train" / "train.log").is_file() else ""
+    out["train_cache"] = "built" if "cache[train]: building" in log_text else "reused"
     return out
 
 
@@ -358,16 +360,20 @@ def render(res: dict[str, Any], plots: list[str], build_md: str | None) -> str:
         "",
         "## Wall time per rung",
         "",
-        "| rung | run folder | build status | data s | prune s | train s | export s | quantize s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rung | run folder | build status | data s | prune s | train s | train feature cache | export s | quantize s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in res["rungs"]:
         s = e.get("stage_seconds") or {}
         L.append(f"| {e['label']} | `runs/{Path(e['run_dir']).name}` | {e.get('status')} | "
-                 + " | ".join(_f(s.get(k), ".0f") for k in ("data", "prune", "train", "export", "quantize")) + " |")  # fmt: skip
+                 + " | ".join(_f(s.get(k), ".0f") for k in ("data", "prune", "train"))
+                 + f" | {s.get('train_cache', '–')} | "
+                 + " | ".join(_f(s.get(k), ".0f") for k in ("export", "quantize")) + " |")  # fmt: skip
     L += ["", "Stage times as each rung's stages logged them (several jobs shared the 2 cores, so they are upper "
           "bounds); \"not measured\" for data means the rung shares another run's decoded data (a symlink). "
-          "Train includes building the frozen-prefix feature cache.", "",
+          "Train includes building the frozen-prefix feature cache only where the cache column says \"built\"; "
+          "a train stage re-run on a cache it reused (the cache depends only on the pruned model) shows the "
+          "epochs alone. Export: its last invocation (the export and its ORT-vs-torch check).", "",
           f"Benchmark wall time (this invocation, measuring only): {res['seconds']:.0f} s.", ""]  # fmt: skip
     if plots:
         L += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]

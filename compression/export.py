@@ -340,6 +340,7 @@ def run_stage(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
            "batch_norm_left": "BatchNormalization" in ops}  # fmt: skip
     res["passed"] = (diffs["probs"] <= TOL_PROBS and diffs["features"] <= TOL_FEATURES_REL * max(fmax, 1.0)
                      and not res["batch_norm_left"])  # fmt: skip
+    res["seconds"] = round(time.time() - t0, 1)  # this invocation: the export (if it ran) and the check
     (run_dir / "export").mkdir(parents=True, exist_ok=True)
     (run_dir / "export" / "export.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     log(f"export: ORT vs torch on {len(pos)} real val images: max|dp| {diffs['probs']:.2e}, features "
