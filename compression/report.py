@@ -402,8 +402,8 @@ def status_line(gate: dict[str, Any] | None) -> str:
         )
     if gate.get("gate_passed"):
         return (
-            f"gate passed ({gate.get('targets_met')}/{gate.get('targets_total')} targets met) — the candidate "
-            "the ship stage installs it as the bundled model"
+            f"gate passed ({gate.get('targets_met')}/{gate.get('targets_total')} targets met) — the ship stage "
+            "installs this candidate as the bundled model"
         )
     missed = []
     for c in gate.get("checks") or []:

@@ -201,7 +201,7 @@ def test_passed_gate_status_and_report_never_installs(tmp_path: Path) -> None:
     run = make_run(tmp_path, passed=True)
     md_dir, before = _models_dir(tmp_path)
     rep = R.write_report(run, docs=None, log=lambda m: None)
-    assert rep["status"].startswith("gate passed") and "ship stage installs it" in rep["status"]
+    assert rep["status"].startswith("gate passed") and "ship stage installs this candidate" in rep["status"]
     assert {p.name: p.read_bytes() for p in md_dir.iterdir()} == before  # only `ship` touches resources/models
 
 
