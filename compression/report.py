@@ -526,8 +526,11 @@ def render_markdown(rep: dict[str, Any], *, plots: Sequence[str] = (), generated
                        None: "CI straddles the limit (unresolved)"}  # fmt: skip
             rows = []
             for key, label in (("isic_external_auroc_diff", "ISIC external AUROC"), ("pad_auroc_diff", "PAD AUROC"),
+                               ("pad_fst_labelled_auroc_diff", "PAD AUROC, FST-labelled (not gated)"),
                                ("auroc_gap_diff", "per-FST AUROC gap")):  # fmt: skip
                 d = pr.get(key) or {}
+                if not d:
+                    continue
                 ci = d.get("ci95") or [None, None]
                 rows.append([label, _fmt(d.get("value"), "+.4f"), f"[{_fmt(ci[0], '+.3f')}, {_fmt(ci[1], '+.3f')}]",
                              f"{d.get('op')} {_fmt(d.get('limit'), '+.3f')}", verdict.get(d.get("resolved"), "—")])  # fmt: skip

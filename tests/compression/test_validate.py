@@ -319,6 +319,11 @@ def test_paired_differences_point_values_and_resolution():
         ev_c["pad_malignancy"]["overall"]["auroc"] - ev_t["pad_malignancy"]["overall"]["auroc"]
     )
     assert res["isic_external_auroc_diff"]["value"] == pytest.approx(0.0)  # ISIC rows unchanged
+    # the biopsied (FST-labelled) PAD subset leaves out the 10 PAD images without a clinician FST
+    assert res["pad_fst_labelled_auroc_diff"]["value"] == pytest.approx(
+        ev_c["pad_malignancy_fst_labelled"]["auroc"] - ev_t["pad_malignancy_fst_labelled"]["auroc"]
+    )
+    assert ev_c["pad_malignancy_fst_labelled"]["n"] == 80 and ev_c["pad_malignancy"]["overall"]["n"] == 90
     lo, hi = res["auroc_gap_diff"]["ci95"]
     assert lo <= res["auroc_gap_diff"]["value"] <= hi
     assert gap_t == 0.0 and gap_c > 0.25 and res["auroc_gap_diff"]["resolved"] == "missed"
