@@ -560,7 +560,9 @@ def ship(
         card = assemble_card(stage=stage, name=name, version=version, onnx_path=onnx_path, head_path=head,
                              threshold=thr["threshold"], metrics=metrics, provenance=prov,
                              limitations=limitations(metrics, student={"mac_ratio": prune.get("mac_ratio"),
-                                                                     "paired": gate.get("paired")}))  # fmt: skip
+                                                                     "paired": gate.get("paired"),
+                                                                     "without_metadata":
+                                                                         gate.get("pad_fst_labelled_without_metadata")}))  # fmt: skip
         # Checked in the staging folder before anything moves, and again in place.
         verify_bundle(card, image, log, threads=cfg.run.threads)
         card_path = move_into_place([onnx_path, head, calib_csv], card, out_dir)

@@ -64,6 +64,7 @@ __all__ = [
     "gate_checks",
     "gate_limits",
     "paired_differences",
+    "without_metadata",
     "format_table",
     "validate",
     "run_stage",
@@ -603,6 +604,10 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{ci((t.get('pad_malignancy') or {}).get('overall')):>22}")  # fmt: skip
     lines.append(f"{'  FST-labelled (biopsied) only':<38} {ci(c.get('pad_malignancy_fst_labelled')):>22} "
                  f"{ci(t.get('pad_malignancy_fst_labelled')):>22}")  # fmt: skip
+    nm = result.get("pad_fst_labelled_without_metadata")
+    if nm:
+        lines.append(f"{'  ... with age/sex/site left out':<38} {ci(nm.get('candidate')):>22} "
+                     f"{ci(nm.get('teacher')):>22}")  # fmt: skip
     cg = (c.get("pad_malignancy") or {}).get("groups", {})
     tg = (t.get("pad_malignancy") or {}).get("groups", {})
     for g in (*ROMAN, "unknown"):
@@ -739,6 +744,11 @@ def validate(
         raise RuntimeError("the validation split contains ham10000-pool images; refusing to validate on them")
     result["checks"] = gate_checks(result, gate, targets)
     result["paired"] = paired_differences(p_c, p_t, recs, gate, n_boot=n_boot, seed=seed)
+    nm = without_metadata(onnx_path, teacher_path, es, threshold=threshold, threads=threads, n_boot=n_boot,
+                          seed=seed, log=log, model_sha256=c_sha, teacher_sha256=t_sha)  # fmt: skip
+    if nm:
+        nm["candidate_with_metadata"] = result["candidate"].get("pad_malignancy_fst_labelled")
+        result["pad_fst_labelled_without_metadata"] = nm
     result["gate_passed"] = all(r["met"] is not False for r in result["checks"] if r["kind"] == "limit")
     result["targets_met"] = sum(r["met"] is True for r in result["checks"] if r["kind"] == "target")
     result["targets_total"] = sum(r["kind"] == "target" for r in result["checks"])
@@ -748,6 +758,32 @@ def validate(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=_json_default) + "\n", encoding="utf-8")
     return result
+
+
+def without_metadata(model: Path, teacher: Path, es: EvalSet, *, threshold: float, threads: int = 2,
+                     n_boot: int = 1000, seed: int = 0, log: Callable[[str], None] | None = None,
+                     model_sha256: str | None = None, teacher_sha256: str | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """The biopsied (clinician-FST) PAD images scored with age, sex and site left out, as when a user skips the
+    optional patient details: AUROC and sensitivity/specificity at ``threshold`` for the candidate, AUROC for the
+    teacher. ``None`` without such images. Not gated: it says how much the model leans on the metadata."""
+    from mendicant_desktop.core.metadata import encode_metadata
+
+    lab = np.array([k for k, r in enumerate(es.records)
+                    if r.dataset == "pad" and getattr(r, "fst_source", "label") == "label"], np.int64)  # fmt: skip
+    if not len(lab):
+        return None
+    y = np.array([int(es.records[k].malignant) for k in lab], np.int64)
+    if not 0 < y.sum() < len(y):
+        return None
+    blank = np.repeat(encode_metadata(None).astype(np.float32)[None], len(lab), axis=0)
+    sub = EvalSet(records=[es.records[k] for k in lab], images=_RowView(es.images, lab), meta=blank,
+                  source=f"{es.source} (PAD FST-labelled, metadata left out)")  # fmt: skip
+    out: dict[str, Any] = {"n": len(lab), "n_pos": int(y.sum())}
+    for who, path, sha in (("candidate", model, model_sha256), ("teacher", teacher, teacher_sha256)):
+        p = cached_probs(path, sub, threads=threads, log=log, model_sha256=sha)
+        res = audit(malignancy(p), y, ["unknown"] * len(lab), threshold, n_boot=n_boot, seed=seed, fst_source="label")
+        out[who] = res.overall.to_dict()
+    return out
 
 
 def _json_default(o: Any) -> Any:

@@ -152,6 +152,9 @@ def test_gate_passes_teacher_relative_limits_for_a_copy_of_the_teacher(models, e
     assert res["candidate"]["pad_malignancy"]["gap_groups"] == ["II", "III"]
     assert res["paired"]["auroc_gap_diff"]["value"] == 0.0 and res["paired"]["auroc_gap_diff"]["resolved"] == "met"
     assert "paired bootstrap, candidate - teacher" in V.format_table(res)
+    nm = res["pad_fst_labelled_without_metadata"]  # scored again with the metadata left out
+    assert nm["n"] == 64 and nm["candidate"]["auroc"] == nm["teacher"]["auroc"]
+    assert "with age/sex/site left out" in V.format_table(res)
     # the copy is not faster than the teacher: the latency limit is evaluated (and will normally miss)
     lat = _row(res, "limit", "latency")
     assert lat["value"] == pytest.approx(res["latency"]["ratio_p50"])
