@@ -778,7 +778,7 @@ def without_metadata(model: Path, teacher: Path, es: EvalSet, *, threshold: floa
     blank = np.repeat(encode_metadata(None).astype(np.float32)[None], len(lab), axis=0)
     sub = EvalSet(records=[es.records[k] for k in lab], images=_RowView(es.images, lab), meta=blank,
                   source=f"{es.source} (PAD FST-labelled, metadata left out)")  # fmt: skip
-    out: dict[str, Any] = {"n": len(lab), "n_pos": int(y.sum())}
+    out: dict[str, Any] = {"n": len(lab), "n_pos": int(y.sum()), "threshold": float(threshold)}
     for who, path, sha in (("candidate", model, model_sha256), ("teacher", teacher, teacher_sha256)):
         p = cached_probs(path, sub, threads=threads, log=log, model_sha256=sha)
         res = audit(malignancy(p), y, ["unknown"] * len(lab), threshold, n_boot=n_boot, seed=seed, fst_source="label")
