@@ -117,7 +117,11 @@ def _student_limitations(out: list[str], metrics: dict[str, Any], student: dict[
               "clinical photos; see provenance.splits)")  # fmt: skip
     if ext is not None and pad is not None:
         out[1] += (f": melanoma-vs-nevus AUROC {ext:.2f} on held-out ISIC dermoscopy and malignancy AUROC {pad:.2f} "
-                   "on held-out smartphone clinical photos (PAD-UFES-20).")  # fmt: skip
+                   "on held-out smartphone clinical photos (PAD-UFES-20)")  # fmt: skip
+        lab = ((student.get("without_metadata") or {}).get("candidate_with_metadata") or {}).get("auroc")
+        out[1] += ("." if lab is None else
+                   f", {lab:.2f} on the biopsied lesions alone (the others are unbiopsied benign lesions recorded "
+                   "without patient details, which are easy to tell apart).")  # fmt: skip
     else:
         out[1] += "."
     ag = metrics.get("agreement_fp32_vs_int8") or {}

@@ -240,6 +240,7 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     assert 0 < card["threshold"] < 1
     assert "int8" not in card["metrics"]["full_pools_threshold_free"]  # the student trained on those pools
     assert any("pruned" in s and "fine-tuned" in s for s in card["limitations"])
+    assert ", 0.70 on the biopsied lesions alone" in card["limitations"][1]
     assert comp["gate"]["paired_vs_teacher"] == paired
     pad = card["metrics"]["validation"]["pad_malignancy"]["overall"]
     assert (f"it reaches sensitivity {pad['sensitivity']:.2f} and specificity {pad['specificity']:.2f}"
