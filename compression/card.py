@@ -164,8 +164,11 @@ def _paired_limitation(paired: dict[str, Any] | None, metrics: dict[str, Any]) -
             + "; and the ".join(parts) + ". The gate compares point estimates; where the interval straddles its "
             "limit the verdict rests on which images are in the split.")  # fmt: skip
     groups = ((metrics.get("validation") or {}).get("pad_malignancy") or {}).get("groups") or {}
-    sizes = [(min(int(g["n_pos"]), int(g["n"]) - int(g["n_pos"])), "malignant" if int(g["n_pos"]) * 2 < int(g["n"])
-              else "benign", name) for name in paired.get("gap_groups") or [] for g in [groups.get(name)] if g]  # fmt: skip
+    sizes = []  # (smaller class count, which class, group) per gap group
+    for name in paired.get("gap_groups") or []:
+        if g := groups.get(name):
+            n, n_pos = int(g["n"]), int(g["n_pos"])
+            sizes.append((min(n_pos, n - n_pos), "malignant" if n_pos * 2 < n else "benign", name))
     if sizes:
         k, cls, name = min(sizes)
         text += (f" Fairness across skin types rests on {len(sizes)} clinician-labelled groups "

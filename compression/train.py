@@ -462,6 +462,14 @@ class PruningTrainer:
               "base_lr": self.tc.lr * self.tc.head_lr_mult}],
             weight_decay=self.tc.weight_decay,
         )  # fmt: skip
+        # The per-FST ranking loss's pool (train.rank_weight > 0): fixed by the split, so found once.
+        self.rank_rows: np.ndarray | None = None
+        if self.tc.rank_weight > 0:
+            self.rank_rows, self.rank_keys = rank_pool(index, self.train_pos)
+            if len(self.rank_rows) == 0:
+                raise ConfigError("train.rank_weight > 0 needs FST-labelled PAD training images with both malignant "
+                                  "and benign lesions in one FST group; this split has none")  # fmt: skip
+            self.rank_groups = {g: i for i, g in enumerate(sorted({k[0] for k in self.rank_keys}))}
         self.steps_per_epoch = max(1, len(self.train_pos) // self.tc.batch_size)
         self.total_steps = self.steps_per_epoch * self.tc.epochs
         self.history: list[dict[str, Any]] = []
@@ -520,13 +528,9 @@ class PruningTrainer:
         n = 0
         stopped = False
         bs = self.tc.batch_size
-        rank_rows, rank_keys = rank_pool(self.index, self.train_pos) if self.tc.rank_weight > 0 else (None, [])
-        if rank_rows is not None and len(rank_rows) == 0:
-            raise ConfigError("train.rank_weight > 0 needs FST-labelled PAD training images with both malignant "
-                              "and benign lesions in one FST group; this split has none")  # fmt: skip
+        rank_rows = self.rank_rows
         if rank_rows is not None:
-            rank_groups = {g: i for i, g in enumerate(sorted({k[0] for k in rank_keys}))}
-            rank_order = rank_rows[balanced_indices(balanced_weights(rank_keys), self.steps_per_epoch
+            rank_order = rank_rows[balanced_indices(balanced_weights(self.rank_keys), self.steps_per_epoch
                                                     * self.tc.rank_batch,
                                                     np.random.default_rng([self.cfg.run.seed, 17, epoch]))]
         t0 = time.time()
@@ -572,7 +576,7 @@ class PruningTrainer:
                 rk_pos = self.train_pos[rk_ks]
                 rl = within_group_rank_loss(
                     malignancy_score(torch.softmax(all_logits[n_main:], 1)), malignant[rk_pos],
-                    torch.tensor([rank_groups[self.index.records[i].fst] for i in rk_pos]))  # fmt: skip
+                    torch.tensor([self.rank_groups[self.index.records[i].fst] for i in rk_pos]))  # fmt: skip
                 if rl is not None:
                     loss = loss + self.tc.rank_weight * rl
                     parts["rank"] = float(rl.detach())

@@ -427,36 +427,29 @@ def paired_differences(p_c: np.ndarray, p_t: np.ndarray, records: Sequence[Any],
     y = np.array([int(r.malignant) for r in records], np.int64)
     ext = np.array([k for k, r in enumerate(records)
                     if r.dataset == "isic" and r.pool == "external" and r.dx in ("MEL", "NV")], np.int64)  # fmt: skip
-    y_mel = np.array([int(records[k].dx == "MEL") for k in ext], np.int64)
+    is_mel = np.array([int(r.dx == "MEL") for r in records], np.int64)
     pad = np.array([k for k, r in enumerate(records) if r.dataset == "pad"], np.int64)
-    fst = np.array([records[k].fst if getattr(records[k], "fst_source", "label") == "label" else "unknown"
-                    for k in pad], dtype=object)  # fmt: skip
+    labelled = np.array([getattr(r, "fst_source", "label") == "label" for r in records], bool)
+    group = np.array([r.fst if lab else "unknown" for r, lab in zip(records, labelled, strict=True)], dtype=object)
+    fst = group[pad]
     gap_groups = [g for g in ROMAN
                   if (fst == g).any() and is_sufficient(int((fst == g).sum()), int(y[pad][fst == g].sum()))]  # fmt: skip
-    cells_ext = [ext[y_mel == v] for v in (0, 1)]
+    cells_ext = [ext[is_mel[ext] == v] for v in (0, 1)]
     cells_pad = [pad[(fst == g) & (y[pad] == v)] for g in sorted(set(fst)) for v in (0, 1)]
     cells_ext = [c for c in cells_ext if len(c)]
     cells_pad = [c for c in cells_pad if len(c)]
 
-    labelled = {int(k) for k in pad if getattr(records[k], "fst_source", "label") == "label"}
-
     def stats(ix_ext: np.ndarray, ix_pad: np.ndarray) -> np.ndarray:
         out = np.full(4, np.nan)
         if len(ix_ext):
-            yy = np.array([records[k].dx == "MEL" for k in ix_ext], np.int64)
-            out[0] = auroc(yy, p_c[ix_ext, MEL]) - auroc(yy, p_t[ix_ext, MEL])
+            out[0] = auroc(is_mel[ix_ext], p_c[ix_ext, MEL]) - auroc(is_mel[ix_ext], p_t[ix_ext, MEL])
         if len(ix_pad):
             out[1] = auroc(y[ix_pad], m_c[ix_pad]) - auroc(y[ix_pad], m_t[ix_pad])
             if len(gap_groups) >= 2:
-                g_of = {k: records[k].fst for k in ix_pad}
-                gaps = []
-                for m in (m_c, m_t):
-                    a = [auroc(y[ix], m[ix]) for g in gap_groups
-                         for ix in [np.array([k for k in ix_pad if g_of[k] == g
-                                              and getattr(records[k], "fst_source", "label") == "label"], np.int64)]]  # fmt: skip
-                    gaps.append(max(a) - min(a))
+                by_group = [ix_pad[group[ix_pad] == g] for g in gap_groups]
+                gaps = [max(a) - min(a) for a in ([auroc(y[ix], m[ix]) for ix in by_group] for m in (m_c, m_t))]
                 out[2] = gaps[0] - gaps[1]
-            il = np.array([k for k in ix_pad if int(k) in labelled], np.int64)
+            il = ix_pad[labelled[ix_pad]]
             if len(il) and 0 < y[il].sum() < len(il):
                 out[3] = auroc(y[il], m_c[il]) - auroc(y[il], m_t[il])
         return out

@@ -19,38 +19,37 @@ def tiny_widths() -> XceptionWidths:
                           block13=(24, 32), block14=(32, 48))  # fmt: skip
 
 
-def tiny_model(seed: int = 0) -> ReferenceNet:
+def _seeded_model(widths: XceptionWidths, seed: int, *, bias: float, running: bool, std: float) -> ReferenceNet:
+    """A ReferenceNet with seeded weights and randomized BatchNorm (``running``: its statistics too), so the
+    layers are not identities; torch's global generator is left as it was."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        m = ReferenceNet(tiny_widths())
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for mod in m.modules():
-                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                    mod.weight.uniform_(0.5, 1.5, generator=g)
-                    mod.bias.uniform_(-0.2, 0.2, generator=g)
-                    mod.running_mean.uniform_(-0.1, 0.1, generator=g)
-                    mod.running_var.uniform_(0.5, 1.5, generator=g)
-            m.normalization.mean.fill_(127.5)
-            m.normalization.variance.fill_(127.5**2)
-    return m.eval()
-
-
-def spread_tiny_model(seed: int) -> ReferenceNet:
-    """A 1/32-width ReferenceNet for the full 254x254 input (gate and ship tests): BatchNorm randomized and a
-    sharper head, so its probabilities spread (distinct ranks for the AUROCs)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = ReferenceNet(XceptionWidths().scaled(1 / 32, n_middle=1, minimum=4)).eval()
+        model = ReferenceNet(widths)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.weight.uniform_(0.5, 1.5, generator=g)
-                    m.bias.uniform_(-0.3, 0.3, generator=g)
+                    m.bias.uniform_(-bias, bias, generator=g)
+                    if running:
+                        m.running_mean.uniform_(-0.1, 0.1, generator=g)
+                        m.running_var.uniform_(0.5, 1.5, generator=g)
             model.normalization.mean.fill_(127.5)
-            model.normalization.variance.fill_(60.0**2)
-            model.head.out.weight.mul_(8.0)
+            model.normalization.variance.fill_(std**2)
+    return model.eval()
+
+
+def tiny_model(seed: int = 0) -> ReferenceNet:
+    return _seeded_model(tiny_widths(), seed, bias=0.2, running=True, std=127.5)
+
+
+def spread_tiny_model(seed: int) -> ReferenceNet:
+    """A 1/32-width ReferenceNet for the full 254x254 input (gate and ship tests): BatchNorm randomized and a
+    sharper head, so its probabilities spread (distinct ranks for the AUROCs)."""
+    model = _seeded_model(XceptionWidths().scaled(1 / 32, n_middle=1, minimum=4), seed, bias=0.3, running=False,
+                          std=60.0)  # fmt: skip
+    with torch.no_grad():
+        model.head.out.weight.mul_(8.0)
     return model
 
 
