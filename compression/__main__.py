@@ -39,7 +39,9 @@ from mendicant_desktop.core.errors import ConfigError
 from .config import Config, load_config
 from .fingerprint import STAGE_SECTIONS, check_stage, record_stage
 
-STAGES = ("data", "prune", "train", "export", "quantize", "validate", "report", "ship")
+STAGES = ("data", "prune", "train", "export", "quantize", "adapt", "validate", "report", "ship")
+#: What ``build`` runs when ``[adapt] enabled``: the adapted teacher, its gate on the gate split, and ship.
+ADAPTED_STAGES = ("adapt", "validate", "ship")
 EXTERNAL = {"quantize": "compression.quantize", "export": "compression.export",
             "validate": "compression.validate", "report": "compression.report",
             "ship": "compression.ship"}  # fmt: skip
@@ -146,6 +148,12 @@ def _run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace,
             log("data: outputs exist; skipped")
         cache["index"] = build_data(cfg, run_dir, log=log)
         return cache["index"]
+    if stage == "adapt":
+        from .adapt import run_adapt
+
+        return run_adapt(cfg, run_dir, log=log)
+    if cfg.adapt.enabled and stage in ("validate", "ship"):
+        return _adapted_stage(stage, cfg, run_dir, log)
     if stage in ("prune", "train"):
         from .data import load_index
 
@@ -186,6 +194,28 @@ def _run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace,
             raise SystemExit(rc)
         return None
     raise StageNotImplemented(f"stage {stage!r} is not implemented yet by {modname} (no run_stage or main)")
+
+
+def _adapted_stage(stage: str, cfg: Config, run_dir: Path, log: Callable[[str], None]) -> Any:
+    """validate: the gate of the adapted track (``<run>/validate/gate.json``); ship: bundle it if it passed."""
+    import json
+
+    if stage == "validate":
+        from .gate import run_gate, write_result
+
+        adapt = json.loads((run_dir / "adapt" / "adapt.json").read_text(encoding="utf-8"))
+        res = run_gate(cfg, run_dir / "adapt" / "teacher_int8.onnx", run_dir / "adapt" / "teacher_fp32.onnx",
+                       expected_split_sha=adapt["split"]["sha256"], log=log)  # fmt: skip
+        write_result(res, run_dir / "validate" / "gate.json")
+        return res
+    from .ship import ShipRefused
+    from .ship_adapted import ship_adapted
+
+    try:
+        return ship_adapted(cfg, run_dir, log=log)
+    except ShipRefused as exc:
+        log(f"ship: REFUSED: {exc}")
+        raise SystemExit(1) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.stage == "build":
-        stages = [s.strip() for s in args.stages.split(",")] if args.stages else list(STAGES)
+        default = ADAPTED_STAGES if cfg.adapt.enabled else tuple(s for s in STAGES if s != "adapt")
+        stages = [s.strip() for s in args.stages.split(",")] if args.stages else list(default)
         bad = [s for s in stages if s not in STAGES]
         if bad:
             print(f"unknown stage(s) in --stages: {bad}", file=sys.stderr)

@@ -38,6 +38,7 @@ __all__ = [
     "GateConfig",
     "TargetsConfig",
     "ShipConfig",
+    "AdaptConfig",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -323,6 +324,51 @@ class TargetsConfig:
     fst_group_auroc: float = _f(auroc_value, 0.85)
     fst_gap: float = _f(unit_closed, 0.05)
     fst_min_n: int = _f(pos_int, 30)
+    pad_fst_labelled_auroc: float = _f(auroc_value, 0.85)
+    fitz_auroc: float = _f(auroc_value, 0.88)
+    fitz_group_auroc: float = _f(auroc_value, 0.85)
+    fitz_gap: float = _f(unit_closed, 0.05)
+    latency_ratio_avx2: float = _f(pos_float, 1 / 3)
+
+
+def pos_float_list(key: str, v: Any) -> tuple[float, ...]:
+    if not isinstance(v, list) or not v or not all(_is_num(x) and x > 0 for x in v):
+        raise _fail(key, "a non-empty list of positive numbers", v)
+    return tuple(float(x) for x in v)
+
+
+def view_list(key: str, v: Any) -> tuple[str, ...]:
+    items = str_list(key, v)
+    if not items or items[0] != "id" or not set(items) <= {"id", "hflip", "vflip"} or len(set(items)) != len(items):
+        raise _fail(key, 'a list of distinct views starting with "id", from "id", "hflip", "vflip"', v)
+    return items
+
+
+def fp32_keep_list(key: str, v: Any) -> tuple[str, ...]:
+    return str_list(key, v) if v != [] else ()
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """The adapted teacher (compression.adapt) and its three-way split. ``enabled``: ``build`` runs
+    data split -> adapt -> validate (gate) -> report -> ship for the adapted teacher's INT8 model."""
+
+    enabled: bool = _f(boolean, False)
+    select_fraction: float = _f(unit_open, 0.20)
+    gate_fraction: float = _f(unit_open, 0.30)
+    split_seed: int = _f(nonneg_int, 20261201)
+    train_views: tuple[str, ...] = _f(view_list, ("id", "hflip"))
+    c_malignancy: tuple[float, ...] = _f(pos_float_list, (0.001, 0.003, 0.01))
+    c_classes: tuple[float, ...] = _f(pos_float_list, (0.001, 0.003, 0.01))
+    min_sensitivity: float = _f(unit_open, 0.85)
+    calibration_per_group: int = _f(pos_int, 24)
+    reduce_range: bool = _f(boolean, True)
+    activation_type: str = _f(one_of("uint8", "int8"), "uint8")
+    method: str = _f(one_of("minmax", "percentile", "entropy"), "minmax")
+    keep_fp32: tuple[str, ...] = _f(fp32_keep_list, ())
+    check_inputs: int = _f(pos_int, 6)
+    check_tolerance_floor: float = _f(unit_open, 0.03)
+    reference_images: int = _f(pos_int, 240)
 
 
 @dataclass(frozen=True)
@@ -344,6 +390,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     ship: ShipConfig = field(default_factory=ShipConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     source: str = field(default="", compare=False)
 
     def run_dir(self, repo_root: str | Path | None = None) -> Path:
@@ -400,7 +447,7 @@ def _cross_checks(obj: Any, prefix: str) -> None:
 _SECTION_TYPES: dict[str, type] = {
     c.__name__: c
     for c in (RunConfig, DataConfig, ModelConfig, PruneConfig, FairnessConfig, TrainConfig, EarlyStopConfig,
-              QuantizeConfig, GateConfig, TargetsConfig, ShipConfig)
+              QuantizeConfig, GateConfig, TargetsConfig, ShipConfig, AdaptConfig)
 }  # fmt: skip
 
 

@@ -554,6 +554,9 @@ def quantize_int8_static(
     percentile: float = 99.999,
     equalize: float = 0.0,
     threads: int = 2,
+    reduce_range: bool = False,
+    activation_type: str = "uint8",
+    keep_fp32: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """INT8 static QDQ of ``fp32_path`` calibrated on ``images[positions]`` (real, preprocessed images).
@@ -561,6 +564,11 @@ def quantize_int8_static(
     Writes ``out_path`` and copies the FP32 head sidecar beside it. Raises if the head is not FP32 after
     quantization (when ``head_fp32``). ``equalize`` > 0 first applies :func:`equalize_separable` with that
     alpha (same calibration images).
+
+    ``reduce_range`` quantizes weights to 7 bits: ONNX Runtime's U8S8 kernels on x86 without VNNI (AVX2, plain
+    AVX-512) add pairs of u8 x s8 products in int16 and saturate; with |w| <= 64 a pair sum stays below 2^15, so
+    the result is exact, and identical, on every x86 CPU. ``activation_type`` "uint8" (U8S8) or "int8" (S8S8).
+    ``keep_fp32``: extra node groups left in FP32: ``"depthwise"`` (every depthwise Conv) or node names.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
@@ -578,6 +586,7 @@ def quantize_int8_static(
         quant_pre_process(str(src), str(pre), skip_optimization=True, skip_onnx_shape=False,
                           skip_symbolic_shape=False)  # fmt: skip
         exclude = nodes_to_exclude(pre) if head_fp32 else []
+        exclude += [n for n in _keep_fp32_nodes(pre, keep_fp32) if n not in exclude]
         reader = ArrayCalibrationReader(images, meta, positions, batch_size=batch_size)
         # One batch per collect step unless told otherwise: bounded memory for the histogram calibrators, and
         # ORT's entropy collector cannot stack a short last batch with a full one in the same step.
@@ -595,14 +604,17 @@ def quantize_int8_static(
         def write(p: Path) -> None:
             quantize_static(
                 str(pre), str(p), reader,
-                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=False,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude, calibrate_method=_method(method), extra_options=extra,
             )  # fmt: skip
             eq = (f", cross-layer equalization alpha={equalize} ({eq_info['depthwise_pointwise']} + "
                   f"{eq_info['pointwise_relu_depthwise']} pairs)") if eq_info else ""  # fmt: skip
-            _finalize(p, {"quantization": f"int8 static QDQ, per_channel={per_channel}, calibration={method}, "
-                                           f"images={len(positions)}, head_fp32={head_fp32}{eq}"})  # fmt: skip
+            fmt = ("U8S8" if activation_type == "uint8" else "S8S8") + (", reduce_range" if reduce_range else "")
+            kept = f", fp32={list(keep_fp32)}" if keep_fp32 else ""
+            _finalize(p, {"quantization": f"int8 static QDQ {fmt}, per_channel={per_channel}, calibration={method}, "
+                                           f"images={len(positions)}, head_fp32={head_fp32}{kept}{eq}"})  # fmt: skip
 
         _save_atomic(write, out_path)
     if head_fp32:
@@ -614,6 +626,33 @@ def quantize_int8_static(
         log(f"quantize: {method} INT8 static QDQ -> {out_path.name} "
             f"({out_path.stat().st_size / 1e6:.1f} MB, {time.time() - t0:.0f}s)")  # fmt: skip
     return out_path
+
+
+def depthwise_conv_nodes(model: Any) -> list[str]:
+    """Names of the depthwise Convs (group == input channels > 1)."""
+    from onnx import numpy_helper
+
+    m = _load(model)
+    shapes = {t.name: numpy_helper.to_array(t).shape for t in m.graph.initializer}
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        w = shapes.get(n.input[1]) if len(n.input) > 1 else None
+        if group > 1 and w is not None and w[1] == 1:
+            out.append(n.name)
+    return out
+
+
+def _keep_fp32_nodes(model: Any, keep: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for k in keep:
+        if k == "depthwise":
+            names += depthwise_conv_nodes(model)
+        else:
+            names.append(k)
+    return names
 
 
 def quantize_dynamic_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *,

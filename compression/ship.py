@@ -64,7 +64,7 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_FILE = "student_int8.onnx"
 THRESHOLD_POOLS = ("external", "pad")
-BUNDLE_SUFFIXES = (".onnx", ".head.npz", ".calibration.csv", ".json")
+BUNDLE_SUFFIXES = (".onnx", ".head.npz", ".calibration.csv", ".selfcheck.npz", ".reference_probs.csv", ".json")
 
 Log = Callable[[str], None]
 

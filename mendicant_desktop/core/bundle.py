@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import ModelVerificationError
 from .results import CLASS_NAMES
+from .selfcheck import SelfCheck, load_self_check
 
 CARD_FORMAT_VERSION = 1
 HEAD_KEYS: tuple[str, ...] = (
@@ -25,6 +26,10 @@ HEAD_KEYS: tuple[str, ...] = (
     "meta_fc2_w", "meta_fc2_b", "meta_bn2_scale", "meta_bn2_shift",
     "fc_w", "fc_b", "fc_bn_scale", "fc_bn_shift", "out_w", "out_b",
 )
+#: A linear head on pooled features of several depths (the adapted teacher): for Grad-CAM only the rows of its
+#: (folded) weights that act on the pooled ``features`` output are needed, plus the biases. Columns: the class
+#: logits, then (optionally) a direct malignancy logit.
+LINEAR_HEAD_KEYS: tuple[str, ...] = ("linear_w_features", "linear_b")
 _REQUIRED = ("format_version", "name", "version", "file", "sha256", "size_bytes", "class_names",
              "input", "preprocessing", "threshold", "provenance", "metrics")
 
@@ -146,6 +151,9 @@ class ModelBundle:
     model_path: Path
     model_bytes: bytes = field(repr=False)
     head: dict[str, np.ndarray] = field(repr=False)
+    #: Built-in inputs with the FP32 counterpart's outputs (``self_check`` in the card); the engine runs them
+    #: at load (see :mod:`mendicant_desktop.core.selfcheck`). ``None`` for a card without one.
+    self_check: SelfCheck | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -176,7 +184,8 @@ class ModelBundle:
         if len(data) != card.size_bytes:
             raise ModelVerificationError(f"model file {mpath.name} size {len(data)} != card {card.size_bytes}")
         head = _load_head(cpath.parent, card)
-        return cls(card=card, card_path=cpath, model_path=mpath, model_bytes=data, head=head)
+        check = load_self_check(cpath.parent, card.raw.get("self_check"))
+        return cls(card=card, card_path=cpath, model_path=mpath, model_bytes=data, head=head, self_check=check)
 
 
 def _load_head(folder: Path, card: ModelCard) -> dict[str, np.ndarray]:
@@ -193,7 +202,8 @@ def _load_head(folder: Path, card: ModelCard) -> dict[str, np.ndarray]:
 
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            head = {k: np.asarray(npz[k], dtype=np.float32) for k in HEAD_KEYS}
+            keys = LINEAR_HEAD_KEYS if LINEAR_HEAD_KEYS[0] in npz.files else HEAD_KEYS
+            head = {k: np.asarray(npz[k], dtype=np.float32) for k in keys}
     except KeyError as exc:
         raise ModelVerificationError(f"head file {hpath.name} lacks array {exc}") from None
     except (ValueError, OSError) as exc:

@@ -9,11 +9,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from .bundle import ModelBundle
-from .errors import MendicantError
+from .errors import MendicantError, ModelVerificationError
 from .metadata import Metadata, encode_metadata
 from .preprocess import preprocess
 from .results import MALIGNANT_CLASSES, Prediction, risk_band
-from .saliency import CAM_METHODS, head_forward, probability_score_weights, score_gradients, softmax
+from .saliency import (
+    CAM_METHODS,
+    head_forward,
+    is_linear_head,
+    linear_score_gradients,
+    probability_score_weights,
+    score_gradients,
+    softmax,
+)
+from .selfcheck import SelfCheckResult, run_self_check
 
 #: Grad-CAM target: a class name, "top" (the predicted class) or "malignancy" (mel+bcc+akiec).
 CamTarget = str
@@ -55,6 +64,10 @@ class Engine:
         self.class_names = bundle.card.class_names
         self.input_size = bundle.card.input_size
         self._mal_idx = [self.class_names.index(c) for c in MALIGNANT_CLASSES]
+        #: This CPU's kernels against the FP32 counterpart on the card's built-in inputs (run once, at load).
+        self.self_check: SelfCheckResult = run_self_check(self.run, bundle.self_check)
+        if self.self_check.status == "failed":
+            raise ModelVerificationError(self.self_check.refusal(self.card.name))
 
     @classmethod
     def from_default(cls, threads: int | None = None) -> Engine:
@@ -141,9 +154,11 @@ class Engine:
         self, probs: np.ndarray, feats: np.ndarray, meta: np.ndarray, target: CamTarget
     ) -> tuple[np.ndarray, list[str | None]]:
         head = self.bundle.head
+        n, k = probs.shape
+        if is_linear_head(head):
+            return self._linear_cam(probs, feats, target)
         pooled = feats.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
         hp = head_forward(head, pooled, meta)
-        n, k = probs.shape
         if target == "malignancy":
             weights = probability_score_weights(softmax(hp.logits), self._mal_idx)
             names: list[str | None] = ["malignancy"] * n
@@ -159,3 +174,28 @@ class Engine:
             names = [self.class_names[j] for j in idx]
         grads = score_gradients(head, hp, weights.astype(np.float32))
         return self._cam(feats, grads), names
+
+    def _linear_cam(self, probs: np.ndarray, feats: np.ndarray, target: CamTarget
+                    ) -> tuple[np.ndarray, list[str | None]]:  # fmt: skip
+        """Grad-CAM of a linear head: a class logit, or the direct malignancy logit (the last column) when the
+        head has one, else the malignant classes' logits weighted by their share of the malignancy."""
+        head = self.bundle.head
+        n, k = probs.shape
+        n_logits = head["linear_w_features"].shape[1]
+        weights = np.zeros((n, n_logits), dtype=np.float32)
+        if target == "malignancy":
+            if n_logits > k:
+                weights[:, k] = 1.0
+            else:
+                weights[:, :k] = probability_score_weights(probs.astype(np.float32), self._mal_idx)
+            names: list[str | None] = ["malignancy"] * n
+        else:
+            if target == "top":
+                idx = probs.argmax(axis=1)
+            elif target in self.class_names:
+                idx = np.full(n, self.class_names.index(target))
+            else:
+                raise ValueError(f"unknown Grad-CAM target {target!r}")
+            weights[np.arange(n), idx] = 1.0
+            names = [self.class_names[j] for j in idx]
+        return self._cam(feats, linear_score_gradients(head, weights)), names

@@ -41,6 +41,19 @@ def head_forward(head: dict[str, np.ndarray], pooled: np.ndarray, meta: np.ndarr
     return HeadPass(logits=logits, img_mask=img_mask, fc_mask=fc_mask)
 
 
+def is_linear_head(head: dict[str, np.ndarray]) -> bool:
+    """A linear head (``linear_w_features``): its logits are affine in the pooled features."""
+    return "linear_w_features" in head
+
+
+def linear_score_gradients(head: dict[str, np.ndarray], score_weights: np.ndarray) -> np.ndarray:
+    """Exact d(score)/d(pooled) of a linear head: ``score_weights`` (N, L) over its logit columns."""
+    w = head["linear_w_features"]  # (C, L)
+    if score_weights.shape[1] != w.shape[1]:
+        raise ValueError(f"score weights {score_weights.shape} do not match the head's {w.shape[1]} logits")
+    return (score_weights @ w.T).astype(np.float32)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)

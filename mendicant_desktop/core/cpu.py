@@ -1,0 +1,42 @@
+"""The CPU features that decide which INT8 kernels ONNX Runtime runs, read portably through numpy.
+
+ONNX Runtime's U8S8 kernels saturate on x86 without VNNI (AVX2, plain AVX-512), so an INT8 model's outputs depend
+on the CPU. Every report that quotes an INT8 figure records these flags (validate's report, the model card, the
+engine's load-time self-check).
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+
+#: The flags that matter for ONNX Runtime's integer GEMM dispatch on x86 (numpy's names).
+KEY_FEATURES: tuple[str, ...] = ("AVX2", "AVX512F", "AVX512VNNI", "AVX512_VNNI", "AVXVNNI", "AVX_VNNI", "FMA3",
+                                 "ASIMD", "ASIMDDP")
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> dict[str, object]:
+    """``{"machine": ..., "AVX2": bool, "AVX512F": bool, "VNNI": bool, ...}`` for this process's CPU."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as feats  # type: ignore[no-redef]
+    out: dict[str, object] = {"machine": platform.machine()}
+    for k in KEY_FEATURES:
+        if k in feats:
+            out[k] = bool(feats[k])
+    out["VNNI"] = any(bool(feats.get(k, False)) for k in ("AVX512VNNI", "AVX512_VNNI", "AVXVNNI", "AVX_VNNI"))
+    return out
+
+
+def describe_cpu() -> str:
+    """A one-line summary, e.g. ``x86_64 AVX2 AVX-512 VNNI``."""
+    f = cpu_features()
+    parts = [str(f.get("machine", "?"))]
+    if f.get("AVX2"):
+        parts.append("AVX2")
+    if f.get("AVX512F"):
+        parts.append("AVX-512")
+    parts.append("VNNI" if f.get("VNNI") else "no VNNI")
+    return " ".join(parts)
