@@ -22,7 +22,7 @@ Then, in one process and one run, side by side:
   per-FST PAD AUROC (clinician FST, groups with n >= 30 and >= 5 of each class) and the per-FST gap
   (``compression.validate.evaluate``).
 
-Writes ``benchmarks/results/compression_benchmark.json`` and ``docs/compression_results.md`` (generated, never
+Writes ``benchmarks/results/compression_benchmark.json`` and ``docs/compression_results_fairprune.md`` (generated, never
 edited by hand) with PNG plots in ``docs/compression_results/``: AUROC vs MAC reduction, gap vs MAC reduction,
 latency vs size. The shipped build's own report (``compression.report``) is appended to the same document.
 """
@@ -58,7 +58,7 @@ from compression.validate import (  # noqa: E402
     paired_differences,
 )
 
-DOCS = REPO / "docs" / "compression_results.md"
+DOCS = REPO / "docs" / "compression_results_fairprune.md"
 PLOTS = REPO / "docs" / "compression_results"
 RESULTS = REPO / "benchmarks" / "results" / "compression_benchmark.json"
 VARIANTS = (

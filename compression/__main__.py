@@ -119,6 +119,10 @@ def _stage_outputs_exist(stage: str, run_dir: Path) -> bool:
         from .train import train_done
 
         return train_done(run_dir)
+    if stage == "adapt":
+        from .adapt import adapt_done
+
+        return adapt_done(run_dir)
     return (run_dir / "quantize" / "quantize.json").is_file()
 
 
@@ -149,11 +153,14 @@ def _run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace,
         cache["index"] = build_data(cfg, run_dir, log=log)
         return cache["index"]
     if stage == "adapt":
-        from .adapt import run_adapt
+        from .adapt import adapt_done, run_adapt
 
+        if adapt_done(run_dir):
+            log("adapt: outputs exist (adapt/adapt.json) and match the configuration; skipped")
+            return None
         return run_adapt(cfg, run_dir, log=log)
     if cfg.adapt.enabled and stage in ("validate", "ship"):
-        return _adapted_stage(stage, cfg, run_dir, log)
+        return _adapted_stage(stage, cfg, run_dir, log, list(args.rest or []))
     if stage in ("prune", "train"):
         from .data import load_index
 
@@ -196,17 +203,41 @@ def _run_stage(stage: str, cfg: Config, run_dir: Path, args: argparse.Namespace,
     raise StageNotImplemented(f"stage {stage!r} is not implemented yet by {modname} (no run_stage or main)")
 
 
-def _adapted_stage(stage: str, cfg: Config, run_dir: Path, log: Callable[[str], None]) -> Any:
-    """validate: the gate of the adapted track (``<run>/validate/gate.json``); ship: bundle it if it passed."""
+def _adapted_stage(stage: str, cfg: Config, run_dir: Path, log: Callable[[str], None], rest: list[str]) -> Any:
+    """validate: the gate of the adapted track (``<run>/validate/gate.json``), or, given a model card or ONNX
+    file, that model's gate against its FP32 counterpart rebuilt from the reference network and the model's own
+    head (``--out FILE`` to keep the result); ship: bundle the run's model if its gate passed."""
     import json
+    import tempfile
 
     if stage == "validate":
         from .gate import run_gate, write_result
 
+        out = None
+        if "--out" in rest:
+            k = rest.index("--out")
+            out = Path(rest[k + 1])
+            rest = rest[:k] + rest[k + 2 :]
+        if rest:
+            from .adapt import fp32_counterpart, reference_fp32
+
+            model = Path(rest[0])
+            card = json.loads(model.with_suffix(".json").read_text(encoding="utf-8")) if model.suffix in (
+                ".json", ".onnx") and model.with_suffix(".json").is_file() else None  # fmt: skip
+            onnx_path = model.parent / card["file"] if card else model
+            split = ((card or {}).get("provenance") or {}).get("splits", {}).get("sha256")
+            with tempfile.TemporaryDirectory() as tmp:
+                teacher = fp32_counterpart(onnx_path, reference_fp32(log), Path(tmp) / "teacher_fp32.onnx")
+                res = run_gate(cfg, onnx_path, teacher, expected_split_sha=split, log=log)
+            if out:
+                write_result(res, out)
+            if not res["gate_passed"]:
+                raise SystemExit(1)
+            return res
         adapt = json.loads((run_dir / "adapt" / "adapt.json").read_text(encoding="utf-8"))
         res = run_gate(cfg, run_dir / "adapt" / "teacher_int8.onnx", run_dir / "adapt" / "teacher_fp32.onnx",
                        expected_split_sha=adapt["split"]["sha256"], log=log)  # fmt: skip
-        write_result(res, run_dir / "validate" / "gate.json")
+        write_result(res, out or run_dir / "validate" / "gate.json")
         return res
     from .ship import ShipRefused
     from .ship_adapted import ship_adapted

@@ -582,7 +582,7 @@ def graft_head(fp32_onnx: str | os.PathLike, wf: np.ndarray, bf: np.ndarray, out
         node("Identity", [feat_src], ["features"])
     g.output.extend([
         helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(CLASSES)]),
-        helper.make_tensor_value_info("features", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", int(dims[-1]), "h", "w"]),
         helper.make_tensor_value_info("malignancy", TensorProto.FLOAT, ["N", 1]),
     ])  # fmt: skip
     onnx.checker.check_model(m)
@@ -863,6 +863,50 @@ def _fit_select(cfg: Any, sd: SplitData, views: Sequence[np.ndarray], id_all: np
     return best[1], trials
 
 
+def _adapt_cfg(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(cfg.adapt).items()
+            if k in ("select_fraction", "gate_fraction", "split_seed", "train_views", "c_malignancy", "c_classes")}
+
+
+def _fit_code_sha() -> str:
+    import inspect
+
+    srcs = [inspect.getsource(f) for f in (training_rows, seven_class_mask, fit_heads, _fit_select, _baselines,
+                                           evaluate, three_way_split, _assign_groups)]  # fmt: skip
+    return hashlib.sha256("\n".join(srcs).encode()).hexdigest()
+
+
+def _save_fit(path: Path, key: str, heads: LinearHeads, trials: list[dict[str, Any]], baselines: dict[str, Any]) -> None:
+    """The fitted heads and their selection record, so a stopped stage resumes without refitting."""
+    meta = json.dumps({"trials": trials, "baselines": baselines, "taps": heads.taps, "dims": heads.dims,
+                       "c7": heads.c7, "cm": heads.cm}, default=float)  # fmt: skip
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, key=key, meta=meta, mu=heads.mu, sd=heads.sd, w7=heads.w7, b7=heads.b7, wm=heads.wm,
+             bm=np.array(heads.bm))  # fmt: skip
+    tmp.replace(path)
+
+
+def _load_fit(path: Path, key: str) -> tuple[LinearHeads, list[dict[str, Any]], dict[str, Any]] | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        if str(z["key"]) != key:
+            return None
+        meta = json.loads(str(z["meta"]))
+        heads = LinearHeads(taps=tuple(meta["taps"]), dims=tuple(meta["dims"]), mu=z["mu"], sd=z["sd"], w7=z["w7"],
+                            b7=z["b7"], wm=z["wm"], bm=float(z["bm"]), c7=meta["c7"], cm=meta["cm"])  # fmt: skip
+    return heads, meta["trials"], meta["baselines"]
+
+
+def adapt_done(run_dir: str | os.PathLike) -> bool:
+    """The stage finished (its report is written last, after the ONNX files and the kernel check)."""
+    d = Path(run_dir) / "adapt"
+    return all((d / f).is_file() for f in ("adapt.json", "teacher_fp32.onnx", "teacher_int8.onnx",
+                                             "teacher_int8.selfcheck.npz"))  # fmt: skip
+
+
 def run_adapt(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Split, features, heads (C on select), the FP32 teacher ONNX, its INT8 model, agreement, kernel check."""
     from .quantize import calibration_manifest, fst_balanced_selection, quantize_int8_static
@@ -884,21 +928,31 @@ def run_adapt(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
     dims = [fid.pools[t].shape[1] for t in TAPS.values()]
     train = sd.rows("train")
     views = [id_all[train]]
+    view_keys = []
     for v in a.train_views[1:]:
-        views.append(extract_features(fp32, sd.records, sd.shared, cache, view=v, rows=train,
-                                      threads=cfg.run.threads, log=log).matrix())  # fmt: skip
-    heads, trials = _fit_select(cfg, sd, views, id_all, dims, log)
+        fv = extract_features(fp32, sd.records, sd.shared, cache, view=v, rows=train, threads=cfg.run.threads,
+                              log=log)  # fmt: skip
+        views.append(fv.matrix())
+        view_keys.append(fv.key)
+    fit_key = hashlib.sha256(json.dumps({"features": [fid.key, *view_keys], "adapt": _adapt_cfg(cfg),
+                                         "seed": cfg.run.seed, "code": _fit_code_sha()}, sort_keys=True,
+                                        default=str).encode()).hexdigest()  # fmt: skip
+    cached = _load_fit(out / "fit.npz", fit_key)
+    if cached is not None:
+        heads, trials, baselines = cached
+        log(f"adapt: heads reused from {out / 'fit.npz'} (same features, config and code)")
+    else:
+        heads, trials = _fit_select(cfg, sd, views, id_all, dims, log)
+        baselines = _baselines(cfg, sd, id_all, dims, heads, log)
+        _save_fit(out / "fit.npz", fit_key, heads, trials, baselines)
     del views
     select = sd.rows("select")
-    baselines = _baselines(cfg, sd, id_all, dims, heads, log)
     p_sel = heads.probs(id_all[select], metadata_matrix([sd.records[i] for i in select]))
     ys = np.array([sd.records[i].malignant for i in select])
     in_q = np.isin(select, np.concatenate([question_rows(sd.records, select)[q] for q in
                                            ("isic_malignancy", "pad_fst_labelled", "fitz_malignant")]))  # fmt: skip
     threshold = threshold_at_sensitivity(ys[in_q], p_sel[in_q][:, list(MAL_IDX)].sum(1), a.min_sensitivity)
     teacher = build_teacher_onnx(fp32, heads, out / "teacher_fp32.onnx")
-    np.savez(out / "heads.npz", w7=heads.w7, b7=heads.b7, wm=heads.wm, bm=heads.bm, mu=heads.mu, sd=heads.sd,
-             dims=np.array(heads.dims), c7=heads.c7, cm=heads.cm)  # fmt: skip
     # The ONNX graph must compute what the numpy heads compute.
     probe = select[:16]
     p_onnx = ort_probs(teacher, sd.records, probe, sd.shared, threads=cfg.run.threads)

@@ -38,6 +38,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prune": ("run.seed", "data", "model", "prune", "fairness"),
     "train": ("run.seed", "data", "model", "prune", "fairness", "train"),
     "quantize": ("run.seed", "data", "model", "prune", "fairness", "train", "quantize"),
+    "adapt": ("run.seed", "data.shared_data", "adapt"),
 }
 RECORD = "config.json"
 #: Keys added after runs had been recorded, left out of the fingerprint while their switch is off, so an older

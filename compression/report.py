@@ -5,7 +5,7 @@ Reads only what the other stages wrote into ``runs/<name>/`` and writes
 * ``<run>/report/report.json`` (everything gathered, with the file each value came from),
 * ``<run>/report/report.md`` (the same as Markdown tables),
 * with ``--docs PATH``, a generated document there with PNG plots beside it (AUROC and per-FST gap per
-  fine-tuning epoch, drawn with Pillow). ``docs/compression_results.md`` itself is written by
+  fine-tuning epoch, drawn with Pillow). ``docs/compression_results_fairprune.md`` itself is written by
   ``benchmarks/compression_benchmark.py``, which puts the ladder and this report together.
 
 Every number is read from a file of the run; a measurement that is absent prints ``not measured``. The status
@@ -48,7 +48,7 @@ VARIANTS = (
 )
 SHIPPED = "student_int8.onnx"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DOCS_MD = REPO_ROOT / "docs" / "compression_results.md"
+DOCS_MD = REPO_ROOT / "docs" / "compression_results_fairprune.md"
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)$")
 
 

@@ -1,0 +1,33 @@
+"""docs/compression_results.md is generated from benchmarks/results/compression_adapted.json and matches it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from tests.conftest import REPO
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("adapted_benchmark", REPO / "benchmarks" / "adapted_benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_results_doc_is_the_rendering_of_its_json() -> None:
+    bench = _bench()
+    res = json.loads(bench.RESULTS.read_text(encoding="utf-8"))
+    assert bench.DOC.read_text(encoding="utf-8") == bench.render(res, res.get("gate")), (
+        "docs/compression_results.md differs from benchmarks/results/compression_adapted.json: "
+        "run `python benchmarks/adapted_benchmark.py --render-only`")
+
+
+def test_the_results_name_the_cpu_and_every_student_rung() -> None:
+    bench = _bench()
+    res = json.loads(bench.RESULTS.read_text(encoding="utf-8"))
+    assert {"AVX2", "VNNI"} <= set(res["cpu"]) and res["cpu_summary"]
+    assert set(res["students"]) == set(bench.STUDENT_RUNGS)
+    assert {"teacher FP32", "teacher FP16", "teacher INT8"} <= set(res["rows"])
+    doc = bench.DOC.read_text(encoding="utf-8")
+    assert res["cpu_summary"] in doc and "not built" in doc
