@@ -115,8 +115,8 @@ def stage_timings(files: list[Path], card: Path, threads: int, batch_size: int) 
 
 
 def profile_pipeline(files: list[Path], card: Path, threads: int | None, batch_size: int, top: int) -> None:
-    from mendicant_desktop.cli import scoring
-    from mendicant_desktop.cli.batch import build_engine
+    from mendicant_desktop.app import scoring
+    from mendicant_desktop.app.model import load_engine as build_engine
 
     engine = build_engine(str(card), threads)
     profiles: list[cProfile.Profile] = []

@@ -117,7 +117,7 @@ def drop_to_result(card: str, runs: int, tmp: Path) -> tuple[list[float], dict[s
     import mendicant_desktop.gui.assess_tab as assess_tab
 
     op_times: list[float] = []
-    real_assess = assess_tab.assess_source
+    real_assess = assess_tab.assess
 
     def timed_assess(*a, **k):  # the worker's share of each drop (decode .. Grad-CAM, side work)
         t = time.perf_counter()
@@ -126,7 +126,7 @@ def drop_to_result(card: str, runs: int, tmp: Path) -> tuple[list[float], dict[s
         finally:
             op_times.append(time.perf_counter() - t)
 
-    assess_tab.assess_source = timed_assess
+    assess_tab.assess = timed_assess
     files = [photo_like_jpeg(tmp / f"photo {i}.jpg", seed=i) for i in range(runs + 1)]
     size_mb = files[0].stat().st_size / 1e6
     times = []
@@ -150,7 +150,7 @@ def drop_to_result(card: str, runs: int, tmp: Path) -> tuple[list[float], dict[s
         if i > 0:  # the first drop warms caches (allocators, Qt image plugins)
             times.append(t)
     win.close()
-    assess_tab.assess_source = real_assess
+    assess_tab.assess = real_assess
     ops = op_times[1:]
     return times, {"jpeg_mb": size_mb, "op_ms": 1000 * statistics.median(ops),
                    "gui_ms": 1000 * statistics.median([t - o for t, o in zip(times, ops)]), "file": str(files[0])}
@@ -158,27 +158,24 @@ def drop_to_result(card: str, runs: int, tmp: Path) -> tuple[list[float], dict[s
 
 def stage_breakdown(card: str, path: Path, runs: int) -> dict[str, float]:
     """Each stage of the worker's path alone, best of ``runs`` (ms): what an unloaded machine approaches."""
-    from mendicant_desktop.core.bundle import ModelBundle
-    from mendicant_desktop.core.inference import Engine
-    from mendicant_desktop.core.preprocess import load_image, preprocess
-    from mendicant_desktop.gui import pipeline
+    from mendicant_desktop.app.assessment import complete, prepare, read_source
+    from mendicant_desktop.app.model import load_engine
+    from mendicant_desktop.gui.assess_tab import DISPLAY_SIDE
 
-    engine = Engine(ModelBundle.load(card))
+    engine = load_engine(card)
     best: dict[str, float] = {}
     for _ in range(runs):
         t0 = time.perf_counter()
-        rgb = load_image(path)
+        raw = read_source(path)
         t1 = time.perf_counter()
-        x = preprocess(rgb, engine.input_size)
+        p = prepare(raw, engine.input_size, preview_side=DISPLAY_SIDE)
         t2 = time.perf_counter()
-        engine.predict_preprocessed(x[None], [None], cam=True)
+        pred = engine.predict_preprocessed(p.x[None], [None], cam=True)[0]
         t3 = time.perf_counter()
-        pipeline._side_work(rgb, True)
+        complete(p, pred, engine.card.raw)
         t4 = time.perf_counter()
-        pipeline._sha256_file(path)
-        t5 = time.perf_counter()
-        for k, v in (("decode", t1 - t0), ("preprocess", t2 - t1), ("inference+gradcam", t3 - t2),
-                     ("display+quality+skin (parallel)", t4 - t3), ("sha256 (parallel)", t5 - t4)):
+        for k, v in (("read+sha256", t1 - t0), ("decode+preprocess+quality+skin+display", t2 - t1),
+                     ("inference+gradcam", t3 - t2), ("domain warnings", t4 - t3)):
             best[k] = min(best.get(k, 1e9), 1000 * v)
     return best
 
