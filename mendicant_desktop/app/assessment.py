@@ -209,8 +209,40 @@ def assess(
     ``cam_target`` None skips Grad-CAM. Raises :class:`ImageLoadError` (bad input, with a readable
     ``reason``); anything else is a bug.
     """
-    p = prepare(read_source(source, name), engine.input_size, metadata=metadata, estimate_fst=estimate_fst,
-                preview_side=preview_side, max_pixels=max_pixels)
+    return assess_raw(engine, read_source(source, name), metadata, threshold=threshold, cam_target=cam_target,
+                      estimate_fst=estimate_fst, preview_side=preview_side, max_pixels=max_pixels)
+
+
+def try_assess(engine: Engine, source: Source, metadata: Metadata | None = None, *, name: str | None = None,
+               **kwargs: Any) -> Assessment | Failure:
+    """:func:`assess`, but an input that cannot be decoded gives a :class:`Failure` (with its sha256 when the
+    file could be read), as a ``--batch`` row does, instead of raising. Keyword arguments are :func:`assess`'s.
+    """
+    label = name if name is not None else (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+    try:
+        raw = read_source(source, name)
+    except ImageLoadError as exc:
+        return Failure(label, exc.reason, metadata=metadata)
+    try:
+        return assess_raw(engine, raw, metadata, **kwargs)
+    except ImageLoadError as exc:
+        return Failure(raw.name, exc.reason, raw.sha256, metadata=metadata)
+
+
+def assess_raw(
+    engine: Engine,
+    raw: RawInput,
+    metadata: Metadata | None = None,
+    *,
+    threshold: float | None = None,
+    cam_target: str | None = "top",
+    estimate_fst: bool = True,
+    preview_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Assessment:
+    """:func:`assess` of an input already read (:func:`read_source`)."""
+    p = prepare(raw, engine.input_size, metadata=metadata, estimate_fst=estimate_fst, preview_side=preview_side,
+                max_pixels=max_pixels)
     pred = engine.predict_preprocessed(p.x[None], [metadata], cam=cam_target is not None,
                                        cam_target=cam_target or "top", threshold=threshold)[0]
     return complete(p, pred, engine.card.raw)

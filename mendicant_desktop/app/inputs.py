@@ -35,6 +35,8 @@ from dataclasses import dataclass
 #: The image extensions (lower case, matched in any case), in the order a labels name without one tries them.
 IMAGE_EXTENSION_ORDER: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(IMAGE_EXTENSION_ORDER)
+#: The formats those extensions and the content check stand for, as users name them.
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WebP")
 
 #: Bytes read from a file without an image extension to recognise an image signature.
 _SNIFF_BYTES = 32
@@ -228,6 +230,11 @@ def dialog_filter() -> str:
 def extensions_text(sep: str = ", ") -> str:
     """The image extensions for messages and help: "jpg, jpeg, png, ..." in a fixed order."""
     return sep.join(e.lstrip(".") for e in IMAGE_EXTENSION_ORDER)
+
+
+def formats_text(last: str = "or") -> str:
+    """"JPEG, PNG, TIFF, BMP, GIF or WebP" (``last`` joins the final two) for messages."""
+    return ", ".join(IMAGE_FORMATS[:-1]) + f" {last} {IMAGE_FORMATS[-1]}"
 
 
 def resolve_image(images_dir: str | os.PathLike, name: str) -> str:

@@ -12,7 +12,7 @@ from .bundle import ModelBundle
 from .errors import MendicantError
 from .metadata import META_SIZE, Metadata, encode_metadata
 from .preprocess import preprocess
-from .results import MALIGNANT_CLASSES, Prediction, risk_band
+from .results import MALIGNANT_INDICES, Prediction, risk_band
 from .saliency import CAM_METHODS, head_forward, probability_score_weights, score_gradients, softmax
 
 #: Grad-CAM target: a class name, "top" (the predicted class) or "malignancy" (mel+bcc+akiec).
@@ -59,7 +59,7 @@ class Engine:
         self._lock = threading.Lock()
         self.class_names = bundle.card.class_names
         self.input_size = bundle.card.input_size
-        self._mal_idx = [self.class_names.index(c) for c in MALIGNANT_CLASSES]
+        self._mal_idx = list(MALIGNANT_INDICES)  # the card's class_names equal CLASS_NAMES (checked on load)
 
     def run(self, x: np.ndarray, meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw forward: x (N, H, W, 3) float32 0..255, meta (N, 10) -> probs (N, K), features (N, C, h, w)."""

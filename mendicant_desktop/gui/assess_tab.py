@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mendicant_desktop.app.assessment import assess, estimate_skin, rescore, with_threshold
+from mendicant_desktop.app.assessment import Failure, estimate_skin, rescore, try_assess, with_threshold
 from mendicant_desktop.app.errors import failure_reason
 from mendicant_desktop.app.images import downscale
 from mendicant_desktop.app.inputs import iter_inputs
@@ -180,8 +180,10 @@ class AssessTab(QWidget):
         def op(ctx):
             ctx.check_cancelled()
             ctx.progress(0, 1, "scoring")
-            a = assess(engine, source, meta, name=case.source, threshold=threshold, estimate_fst=estimate,
-                       preview_side=DISPLAY_SIDE)
+            a = try_assess(engine, source, meta, name=case.source, threshold=threshold, estimate_fst=estimate,
+                           preview_side=DISPLAY_SIDE)
+            if isinstance(a, Failure):
+                return a, None, None
             # QImage is reentrant: build the display image here, in the format QPixmap uses as is
             qimg = rgb_to_qimage(a.preview).convertToFormat(QImage.Format.Format_RGB32)
             return a, np.ascontiguousarray(downscale(a.preview, THUMB_SIDE)), qimg
@@ -194,6 +196,10 @@ class AssessTab(QWidget):
         def ok(res) -> None:
             a, thumb, qimg = res
             self._ops.pop(case.id, None)
+            if isinstance(a, Failure):  # the input cannot be decoded: an error case, as --batch gives a row
+                case.set_failure(a)
+                self._changed(case, image_changed=True)
+                return
             case.set_assessment(a)
             case.display_qimage = qimg
             case.set_thumb(thumb)
@@ -206,11 +212,9 @@ class AssessTab(QWidget):
                 self.set_metadata(case, case.metadata, force=True)
             self._changed(case, image_changed=True)
 
-        def failed(exc: BaseException) -> None:
+        def failed(exc: BaseException) -> None:  # not a bad input: memory, or a bug
             self._ops.pop(case.id, None)
-            case.status = "error"
-            case.pending_bytes = None
-            case.error = failure_reason(exc)
+            case.set_failure(Failure(case.source, failure_reason(exc)))
             self._changed(case, image_changed=True)
 
         def cancelled() -> None:

@@ -76,6 +76,31 @@ class AuditTab(QWidget):
         intro.setObjectName("Muted")
         root.addWidget(intro)
 
+        root.addLayout(self._build_form())
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.setChildrenCollapsible(False)
+        split.addWidget(self._build_table_column())
+        split.addWidget(self._build_plots())
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([760, 500])
+        root.addWidget(split, 1)
+
+        root.addLayout(self._build_exports())
+
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.export_html_btn.clicked.connect(lambda: self._export("html"))
+        self.export_csv_btn.clicked.connect(lambda: self._export("csv"))
+        self._show_empty()
+
+    def _build_form(self) -> QFormLayout:
+        """Labels file, image folder, resamples and the run/cancel controls."""
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setVerticalSpacing(4)
@@ -114,14 +139,10 @@ class AuditTab(QWidget):
         r3.addWidget(self.cancel_btn)
         r3.addWidget(self.progress, 1)
         form.addRow("Resamples:", r3)
-        root.addLayout(form)
+        return form
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.setChildrenCollapsible(False)
+    def _build_table_column(self) -> QWidget:
+        """The per-group table, the gap sentence, how to read it and the failures."""
         left = QWidget()
         tl = QVBoxLayout(left)
         tl.setContentsMargins(0, 0, 0, 0)
@@ -152,7 +173,10 @@ class AuditTab(QWidget):
         self.failed_label.setObjectName("Muted")
         self.failed_label.setWordWrap(True)
         tl.addWidget(self.failed_label)
-        split.addWidget(left)
+        return left
+
+    def _build_plots(self) -> QWidget:
+        """ROC and calibration plots per skin type."""
         plots = QWidget()
         pl = QVBoxLayout(plots)
         pl.setContentsMargins(0, 0, 0, 0)
@@ -160,12 +184,10 @@ class AuditTab(QWidget):
         self.cal = CalibrationPlot()
         pl.addWidget(self.roc, 1)
         pl.addWidget(self.cal, 1)
-        split.addWidget(plots)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        split.setSizes([760, 500])
-        root.addWidget(split, 1)
+        return plots
 
+    def _build_exports(self) -> QHBoxLayout:
+        """The HTML and CSV export buttons (enabled once a run has finished)."""
         ex = QHBoxLayout()
         self.export_html_btn = QPushButton("Export HTML…")
         self.export_csv_btn = QPushButton("Export CSV…")
@@ -174,13 +196,7 @@ class AuditTab(QWidget):
         ex.addStretch(1)
         ex.addWidget(self.export_html_btn)
         ex.addWidget(self.export_csv_btn)
-        root.addLayout(ex)
-
-        self.run_btn.clicked.connect(self.start)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.export_html_btn.clicked.connect(lambda: self._export("html"))
-        self.export_csv_btn.clicked.connect(lambda: self._export("csv"))
-        self._show_empty()
+        return ex
 
     # ---- inputs -------------------------------------------------------------------------------
     def _browse_labels(self) -> None:

@@ -14,7 +14,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from mendicant_desktop.app.assessment import Assessment
+from mendicant_desktop.app.assessment import Assessment, Failure
 from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, Prediction, SkinToneEstimate
 
@@ -87,6 +87,12 @@ class Case:
         self.skin = a.skin
         self.image_warnings, self.domain_warnings = list(a.image_warnings), list(a.domain_warnings)
         self.prediction = a.prediction
+
+    def set_failure(self, f: Failure) -> None:
+        """The image could not be assessed: an error case with the reason (and its sha256 if it was read)."""
+        self.status, self.error = "error", f.reason
+        self.sha256 = f.sha256 or ""
+        self.pending_bytes = None
 
     def set_rescored(self, a: Assessment) -> None:
         """Take a re-score of the same image (other metadata): the prediction and its domain warnings."""
