@@ -183,6 +183,13 @@ def prepare(
     return Prepared(raw.name, sha, w, h, x, skin, tuple(warn), metadata, preview)
 
 
+def predict(engine: Engine, x: np.ndarray, metadata: Sequence[Metadata | None], threshold: float | None,
+            cam_target: str | None) -> list[Prediction]:
+    """The model step of the scoring path: a batch of model inputs, Grad-CAM for ``cam_target`` (None: none)."""
+    return engine.predict_preprocessed(x, list(metadata), cam=cam_target is not None, cam_target=cam_target or "top",
+                                       threshold=threshold)
+
+
 def complete(p: Prepared, prediction: Prediction, card_raw: dict[str, Any]) -> Assessment:
     """The assessment of a prepared input once the model has scored it (adds the domain warnings)."""
     return Assessment(
@@ -243,9 +250,7 @@ def assess_raw(
     """:func:`assess` of an input already read (:func:`read_source`)."""
     p = prepare(raw, engine.input_size, metadata=metadata, estimate_fst=estimate_fst, preview_side=preview_side,
                 max_pixels=max_pixels)
-    pred = engine.predict_preprocessed(p.x[None], [metadata], cam=cam_target is not None,
-                                       cam_target=cam_target or "top", threshold=threshold)[0]
-    return complete(p, pred, engine.card.raw)
+    return complete(p, predict(engine, p.x[None], [metadata], threshold, cam_target)[0], engine.card.raw)
 
 
 def rescore(
@@ -253,8 +258,7 @@ def rescore(
     cam_target: str | None = "top",
 ) -> Assessment:
     """The same image scored again with other metadata (one forward pass on the kept model input)."""
-    pred = engine.predict_preprocessed(a.x[None], [metadata], cam=cam_target is not None,
-                                       cam_target=cam_target or "top", threshold=threshold)[0]
+    pred = predict(engine, a.x[None], [metadata], threshold, cam_target)[0]
     return dataclasses.replace(a, prediction=pred, metadata=metadata,
                                domain_warnings=tuple(domain_warnings(engine.card.raw, pred.probabilities)))
 

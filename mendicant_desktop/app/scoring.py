@@ -28,7 +28,7 @@ from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.preprocess import DEFAULT_MAX_PIXELS
 from mendicant_desktop.core.saliency import overlay
 
-from .assessment import Assessment, Failure, Prepared, complete, prepare, read_source
+from .assessment import Assessment, Failure, Prepared, complete, predict, prepare, read_source
 from .errors import failure_reason
 from .inputs import InputItem
 from .rows import clean_text, columns_for
@@ -193,9 +193,7 @@ class _Stream:
         batch, self.batch = self.batch, []
         x = np.stack([p.x for _, p in batch])
         try:
-            preds = self.engine.predict_preprocessed(
-                x, [p.metadata for _, p in batch], cam=self.cam_target is not None,
-                cam_target=self.cam_target or "top", threshold=self.threshold)
+            preds = predict(self.engine, x, [p.metadata for _, p in batch], self.threshold, self.cam_target)
         except Exception as exc:
             log.debug("inference failed", exc_info=True)
             reason = f"model inference failed: {type(exc).__name__}: {exc}"
