@@ -201,7 +201,7 @@ def complete(p: Prepared, prediction: Prediction, card_raw: dict[str, Any]) -> A
 
 def assess(
     engine: Engine,
-    source: Source,
+    source: Source | RawInput,
     metadata: Metadata | None = None,
     *,
     name: str | None = None,
@@ -213,11 +213,13 @@ def assess(
 ) -> Assessment:
     """Read, decode, check and score one image; never a partial result.
 
-    ``cam_target`` None skips Grad-CAM. Raises :class:`ImageLoadError` (bad input, with a readable
-    ``reason``); anything else is a bug.
+    ``source`` may also be an input already read (:func:`read_source`). ``cam_target`` None skips Grad-CAM.
+    Raises :class:`ImageLoadError` (bad input, with a readable ``reason``); anything else is a bug.
     """
-    return assess_raw(engine, read_source(source, name), metadata, threshold=threshold, cam_target=cam_target,
-                      estimate_fst=estimate_fst, preview_side=preview_side, max_pixels=max_pixels)
+    raw = source if isinstance(source, RawInput) else read_source(source, name)
+    p = prepare(raw, engine.input_size, metadata=metadata, estimate_fst=estimate_fst, preview_side=preview_side,
+                max_pixels=max_pixels)
+    return complete(p, predict(engine, p.x[None], [metadata], threshold, cam_target)[0], engine.card.raw)
 
 
 def try_assess(engine: Engine, source: Source, metadata: Metadata | None = None, *, name: str | None = None,
@@ -231,26 +233,9 @@ def try_assess(engine: Engine, source: Source, metadata: Metadata | None = None,
     except ImageLoadError as exc:
         return Failure(label, exc.reason, metadata=metadata)
     try:
-        return assess_raw(engine, raw, metadata, **kwargs)
+        return assess(engine, raw, metadata, **kwargs)
     except ImageLoadError as exc:
         return Failure(raw.name, exc.reason, raw.sha256, metadata=metadata)
-
-
-def assess_raw(
-    engine: Engine,
-    raw: RawInput,
-    metadata: Metadata | None = None,
-    *,
-    threshold: float | None = None,
-    cam_target: str | None = "top",
-    estimate_fst: bool = True,
-    preview_side: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Assessment:
-    """:func:`assess` of an input already read (:func:`read_source`)."""
-    p = prepare(raw, engine.input_size, metadata=metadata, estimate_fst=estimate_fst, preview_side=preview_side,
-                max_pixels=max_pixels)
-    return complete(p, predict(engine, p.x[None], [metadata], threshold, cam_target)[0], engine.card.raw)
 
 
 def rescore(

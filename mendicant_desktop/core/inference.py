@@ -28,6 +28,21 @@ def default_threads() -> int:
     return max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1))
 
 
+#: The x86 CPU features ONNX Runtime's INT8 kernels depend on (U8S8 saturates without VNNI).
+INT8_CPU_FEATURES = ("avx2", "avx512_vnni", "avx_vnni")
+
+
+def cpu_features() -> list[str]:
+    """Which of :data:`INT8_CPU_FEATURES` this CPU has (Linux; empty elsewhere): INT8 results depend on them,
+    so benchmarks and expected-value fixtures record them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = set(fh.read().split())
+    except OSError:
+        return []
+    return sorted(f for f in INT8_CPU_FEATURES if f in flags)
+
+
 def make_session(model_bytes: bytes, threads: int | None = None):
     """An ORT CPU session: fixed intra-op threads, spinning off (shared clinic laptops, batteries)."""
     import onnxruntime as ort

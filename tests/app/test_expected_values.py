@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mendicant_desktop.app.model import load_engine
+from mendicant_desktop.core.inference import cpu_features
 from tests.support import expected_values as ev
 
 #: Probability tolerance on a CPU with the fixture's features (ONNX Runtime is deterministic there) ...
@@ -54,7 +55,7 @@ def _compare(got: dict, want: dict, same_cpu: bool, *, exact_sha: bool) -> None:
 
 
 def test_awkward_inputs_give_the_fixed_rows(tmp_path, engine, fixture):
-    same_cpu = ev.cpu_features() == fixture["made_on"]["cpu_features"]
+    same_cpu = cpu_features() == fixture["made_on"]["cpu_features"]
     files = ev.awkward_inputs(tmp_path)
     rows = [ev.portable(r, tmp_path) for r in ev.score(engine, list(files.values()), None)]
     assert [r["image"] for r in rows] == [r["image"] for r in fixture["awkward_inputs"]]
@@ -71,7 +72,7 @@ def test_awkward_inputs_give_the_fixed_rows(tmp_path, engine, fixture):
 
 
 def test_real_images_give_the_fixed_rows(shared_data, engine, fixture):
-    same_cpu = ev.cpu_features() == fixture["made_on"]["cpu_features"]
+    same_cpu = cpu_features() == fixture["made_on"]["cpu_features"]
     paths = [shared_data / ds / "images" / name for ds, name in ev.REAL_IMAGES]
     rows = [ev.portable(r, shared_data) for r in ev.score(engine, paths, ev.pad_metadata_csv())]
     assert [r["image"] for r in rows] == [r["image"] for r in fixture["real_images"]]

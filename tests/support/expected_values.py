@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mendicant_desktop.core.inference import cpu_features
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "bundled_expected.json"
 SHARED_DATA = Path(os.environ.get("MENDICANT_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -50,15 +52,6 @@ REAL_IMAGES: tuple[tuple[str, str], ...] = (
 )
 #: Cells whose values are floats from the model (compared with a tolerance); every other cell is exact.
 MODEL_FLOAT_CELLS = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC", "malignancy")
-
-
-def cpu_features() -> list[str]:
-    """The x86 features ONNX Runtime's INT8 kernels depend on (empty elsewhere)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return []
-    return sorted({f for f in flags if f in ("avx2", "avx512_vnni", "avx_vnni")})
 
 
 def _skin_with_lesion(w: int, h: int) -> np.ndarray:
