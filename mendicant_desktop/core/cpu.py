@@ -15,6 +15,22 @@ KEY_FEATURES: tuple[str, ...] = ("AVX2", "AVX512F", "AVX512VNNI", "AVX512_VNNI",
                                  "ASIMD", "ASIMDDP")
 
 
+#: The /proc/cpuinfo flags that decide ONNX Runtime's INT8 kernels (benchmarks and expected-value fixtures record
+#: them; numpy does not report ``avx_vnni``).
+INT8_CPU_FEATURES: tuple[str, ...] = ("avx2", "avx512_vnni", "avx_vnni")
+
+
+def int8_cpu_flags() -> list[str]:
+    """Which of :data:`INT8_CPU_FEATURES` this CPU has: /proc/cpuinfo on Linux, else numpy's view of it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = set(fh.read().split())
+    except OSError:
+        f = cpu_features()
+        flags = {name for name, key in (("avx2", "AVX2"), ("avx512_vnni", "AVX512VNNI")) if f.get(key)}
+    return sorted(f for f in INT8_CPU_FEATURES if f in flags)
+
+
 @lru_cache(maxsize=1)
 def cpu_features() -> dict[str, object]:
     """``{"machine": ..., "AVX2": bool, "AVX512F": bool, "VNNI": bool, ...}`` for this process's CPU."""
@@ -27,6 +43,11 @@ def cpu_features() -> dict[str, object]:
         if k in feats:
             out[k] = bool(feats[k])
     out["VNNI"] = any(bool(feats.get(k, False)) for k in ("AVX512VNNI", "AVX512_VNNI", "AVXVNNI", "AVX_VNNI"))
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            out["VNNI"] = bool(out["VNNI"] or {"avx_vnni", "avx512_vnni"} & set(fh.read().split()))
+    except OSError:
+        pass
     return out
 
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from .bundle import ModelBundle
 from .errors import MendicantError, ModelVerificationError
-from .metadata import Metadata, encode_metadata
+from .metadata import META_SIZE, Metadata, encode_metadata
 from .preprocess import preprocess
-from .results import MALIGNANT_CLASSES, Prediction, risk_band
+from .results import MALIGNANT_INDICES, Prediction, risk_band
 from .saliency import (
     CAM_METHODS,
     head_forward,
@@ -28,8 +28,13 @@ from .selfcheck import SelfCheckResult, run_self_check
 CamTarget = str
 
 
+#: Most threads used by default (inference and decoding): beyond this a laptop's other work suffers.
+MAX_DEFAULT_THREADS = 4
+
+
 def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Threads for inference and for decoding: the core count, at most :data:`MAX_DEFAULT_THREADS`."""
+    return max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1))
 
 
 def make_session(model_bytes: bytes, threads: int | None = None):
@@ -63,15 +68,11 @@ class Engine:
         self._lock = threading.Lock()
         self.class_names = bundle.card.class_names
         self.input_size = bundle.card.input_size
-        self._mal_idx = [self.class_names.index(c) for c in MALIGNANT_CLASSES]
+        self._mal_idx = list(MALIGNANT_INDICES)  # the card's class_names equal CLASS_NAMES (checked on load)
         #: This CPU's kernels against the FP32 counterpart on the card's built-in inputs (run once, at load).
         self.self_check: SelfCheckResult = run_self_check(self.run, bundle.self_check)
         if self.self_check.status == "failed":
             raise ModelVerificationError(self.self_check.refusal(self.card.name))
-
-    @classmethod
-    def from_default(cls, threads: int | None = None) -> Engine:
-        return cls(ModelBundle.load(), threads=threads)
 
     def run(self, x: np.ndarray, meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw forward: x (N, H, W, 3) float32 0..255, meta (N, 10) -> probs (N, K), features (N, C, h, w)."""
@@ -79,8 +80,8 @@ class Engine:
         meta = np.ascontiguousarray(meta, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (*self.input_size, 3):
             raise ValueError(f"expected input (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {x.shape}")
-        if meta.shape != (x.shape[0], 10):
-            raise ValueError(f"expected metadata (N, 10), got {meta.shape}")
+        if meta.shape != (x.shape[0], META_SIZE):
+            raise ValueError(f"expected metadata (N, {META_SIZE}), got {meta.shape}")
         probs, feats = self._session.run(["probs", "features"], {"image": x, "meta": meta})
         return probs, feats
 
@@ -99,7 +100,7 @@ class Engine:
         metas = list(metadata) if metadata is not None else [None] * n
         if len(metas) != n:
             raise ValueError(f"{n} images but {len(metas)} metadata entries")
-        meta = np.stack([encode_metadata(m) for m in metas]) if n else np.zeros((0, 10), np.float32)
+        meta = np.stack([encode_metadata(m) for m in metas]) if n else np.zeros((0, META_SIZE), np.float32)
         probs, feats = self.run(x, meta)
         cams: np.ndarray | None = None
         targets: list[str | None] = [None] * n
