@@ -67,3 +67,15 @@ def describe_model(card: str | os.PathLike | None = None) -> str:
     except ModelVerificationError as exc:
         return f"model: unavailable ({exc})"
     return f"model {c.name} {c.version} (sha256 {c.sha256[:12]})"
+
+
+def describe_kernel_check(card: str | os.PathLike | None = None, threads: int | None = 1) -> str:
+    """One line on the load-time kernel check of the model :func:`load_engine` would load (``--version``).
+
+    Loading runs the check; a CPU whose INT8 kernels disagree with the stored FP32 outputs makes loading fail,
+    and the line says so.
+    """
+    try:
+        return load_engine(card, threads).self_check.summary()
+    except ModelLoadError as exc:
+        return f"kernel check: model not loaded ({exc})"

@@ -23,9 +23,9 @@ Run a mode with --help for its options."""
 
 def version_text() -> str:
     """The app's version and the model ``--batch`` would load (the same ``--model``/``MENDICANT_MODEL`` rule)."""
-    from mendicant_desktop.app.model import describe_model
+    from mendicant_desktop.app.model import describe_kernel_check, describe_model
 
-    return f"mendicant-desktop {__version__}\n{describe_model()}"
+    return f"mendicant-desktop {__version__}\n{describe_model()}\n{describe_kernel_check()}"
 
 
 def run_headless(args: Sequence[str]) -> int | None:

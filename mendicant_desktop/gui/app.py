@@ -166,6 +166,7 @@ def selftest(args: argparse.Namespace) -> int:
             f"malignancy {pred.malignancy:.3f} ({pred.risk}); overlay shown"
             + (f"; screenshot {args.screenshot}" if args.screenshot else "")
         )
+        print(services.engine.self_check.summary())
         window.close()
         services.deleteLater()
         return int(ExitCode.OK)

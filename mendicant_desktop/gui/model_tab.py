@@ -14,7 +14,7 @@ from .services import Services
 from .settings import THRESHOLD_KEY
 from .text import pct
 
-_SKIP_CARD_KEYS = {"format_version", "name", "version", "file", "sha256", "size_bytes", "head", "class_names",
+_SKIP_CARD_KEYS = {"self_check", "format_version", "name", "version", "file", "sha256", "size_bytes", "head", "class_names",
                    "input", "outputs", "preprocessing", "threshold", "provenance", "metrics", "malignant_classes",
                    "malignancy_score", "intended_use", "limitations"}
 
@@ -137,6 +137,14 @@ def _use_and_limits(raw: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _kernel_check(eng: Any) -> str:
+    """The load-time kernel check on this CPU (a failed one never gets here: the engine refuses to load)."""
+    res = eng.self_check
+    colour = "#2e7d32" if res.passed else "#8a5a00"
+    mark = "✔" if res.passed else "•"
+    return f"<p style='color:{colour}'><b>{mark} INT8 kernels:</b> {_e(res.summary())}.</p>"
+
+
 def card_html(services: Services) -> str:
     eng, bundle = services.engine, services.bundle
     if eng is None or bundle is None:
@@ -156,6 +164,7 @@ def card_html(services: Services) -> str:
     return f"""
 <h2 style='margin-bottom:2px'>{_e(c.name)} <span style='color:#5b6673; font-weight:normal'>version {_e(c.version)}</span></h2>
 <p style='color:#2e7d32'><b>✔ Verified:</b> the model file's sha256 matches its card (checked at start-up{load}).</p>
+{_kernel_check(eng)}
 <table cellpadding='3' cellspacing='0'>
 <tr><td style='color:#5b6673; padding-right:14px'>sha256</td><td style='font-family:monospace'>{_e(c.sha256)}</td></tr>
 <tr><td style='color:#5b6673'>File</td><td>{_e(bundle.model_path)}</td></tr>
