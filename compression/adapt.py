@@ -257,7 +257,11 @@ def _code_sha() -> str:
     from mendicant_desktop.core import preprocess as pre
 
     parts = [inspect.getsource(f) for f in (tap_model, _prune_dead, view_transform, extract_features)]
-    parts.append(inspect.getsource(pre))
+    # The app's pixel path (decode, colour, EXIF, resize), not the whole module: a reworded error message there
+    # must not invalidate hours of features.
+    parts += [inspect.getsource(f) for f in (pre.load_image, pre._open, pre._to_rgb8, pre._axis_weights,
+                                             pre.resize_bilinear, pre.preprocess)]  # fmt: skip
+    parts.append(repr(pre.MODEL_SIZE))
     parts.append(repr(TAPS))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -547,7 +551,7 @@ def graft_head(fp32_onnx: str | os.PathLike, wf: np.ndarray, bf: np.ndarray, out
     del g.output[:]
     taps = tuple(TAPS.values())
     dims = _tap_dims(m)
-    g.input.append(helper.make_tensor_value_info("meta", TensorProto.FLOAT, ["N", 10]))
+    g.input.append(helper.make_tensor_value_info("meta", TensorProto.FLOAT, ["batch", 10]))
     pools = [f"pool_{t}" for t in taps]
     mal_mask = np.zeros(len(CLASSES), np.float32)
     mal_mask[list(MAL_IDX)] = 1.0
@@ -581,10 +585,14 @@ def graft_head(fp32_onnx: str | os.PathLike, wf: np.ndarray, bf: np.ndarray, out
     if feat_src != "features":
         node("Identity", [feat_src], ["features"])
     g.output.extend([
-        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(CLASSES)]),
-        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", int(dims[-1]), "h", "w"]),
-        helper.make_tensor_value_info("malignancy", TensorProto.FLOAT, ["N", 1]),
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", len(CLASSES)]),
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", int(dims[-1]), "h", "w"]),
+        helper.make_tensor_value_info("malignancy", TensorProto.FLOAT, ["batch", 1]),
     ])  # fmt: skip
+    produced = {o for n in g.node for o in n.output}
+    kept = [v for v in g.value_info if v.name in produced and v.name not in ("probs", "features", "malignancy")]
+    del g.value_info[:]
+    g.value_info.extend(kept)
     onnx.checker.check_model(m)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

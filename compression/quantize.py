@@ -268,7 +268,8 @@ def nodes_to_exclude(model: Any, prefix: str = HEAD_PREFIX) -> list[str]:
 def head_violations(model: Any, prefix: str = HEAD_PREFIX) -> list[str]:
     """Reasons the head is not pure FP32 (empty list = fine).
 
-    Checks every :func:`head_nodes` node: no input produced by a DequantizeLinear (or any Q/DQ), no output
+    Checks every :func:`head_nodes` node: no input produced by a DequantizeLinear (or any Q/DQ; except a pooling
+    node reading a dequantized backbone activation, where the head begins), no output
     consumed by a QuantizeLinear, no integer-typed weight initializer, and no Q/DQ node named under
     ``prefix``.
     """
@@ -285,7 +286,9 @@ def head_violations(model: Any, prefix: str = HEAD_PREFIX) -> list[str]:
     for n in head_nodes(m, prefix):
         for i in n.input:
             p = producer.get(i)
-            if p is not None and p.op_type in Q_OPS:
+            # The head starts where a pooling node reads a dequantized backbone activation and pools it in FP32.
+            entry = n.op_type in POOL_OP_TYPES and p is not None and p.op_type == "DequantizeLinear"
+            if p is not None and p.op_type in Q_OPS and not entry:
                 out.append(f"{n.name} ({n.op_type}) reads {i!r} from {p.op_type} {p.name}")
             if i in inits and inits[i].data_type != onnx.TensorProto.FLOAT and n.op_type in ("Gemm", "MatMul"):
                 out.append(f"{n.name} weight {i!r} is not float32")
