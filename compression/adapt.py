@@ -299,6 +299,20 @@ class Features:
         return np.concatenate([self.pools[t] for t in taps], axis=1)
 
 
+def pool_model(adapted_onnx: str | os.PathLike) -> Any:
+    """An adapted model (FP32 or INT8) cut to its ``pool_<tap>`` outputs: what the head sees, as this graph (and,
+    for INT8, this CPU's kernels) computes it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(adapted_onnx))
+    del m.graph.output[:]
+    for short in TAPS.values():
+        m.graph.output.append(helper.make_tensor_value_info(f"pool_{short}", TensorProto.FLOAT, ["batch", None]))
+    _prune_dead(m.graph)
+    return m
+
+
 def extract_features(
     fp32_onnx: str | os.PathLike,
     records: Sequence[Record],
@@ -309,6 +323,7 @@ def extract_features(
     rows: Sequence[int] | None = None,
     threads: int = 2,
     batch: int = 8,
+    graph: Callable[[str | os.PathLike], Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Features:
     """Pooled tap features of ``records[rows]`` (all rows by default) for one view, cached.
@@ -319,18 +334,19 @@ def extract_features(
     import onnxruntime as ort
 
     rows = list(range(len(records))) if rows is None else list(rows)
-    model = tap_model(fp32_onnx)
+    model = (graph or tap_model)(fp32_onnx)
     model_bytes = model.SerializeToString()
+    tag = "" if graph is None else f"{graph.__name__}:"
     key = feature_cache_key(hashlib.sha256(Path(fp32_onnx).read_bytes()).hexdigest(),
-                            [records[i].sha256 for i in rows], view)  # fmt: skip
+                            [records[i].sha256 for i in rows], tag + view)  # fmt: skip
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / f"features_{view}_{key[:16]}.npz"
+    final = cache_dir / f"features_{tag.rstrip(':') + '_' if tag else ''}{view}_{key[:16]}.npz"
     if final.is_file():
         with np.load(final) as z:
             if str(z["key"]) == key:
                 return Features({t: z[t] for t in TAPS.values()}, key=key, seconds=float(z["seconds"]))
-    part = cache_dir / f"features_{view}_{key[:16]}.part.npz"
+    part = final.with_suffix(".part.npz")
     done = 0
     pools: dict[str, list[np.ndarray]] = {t: [] for t in TAPS.values()}
     seconds = 0.0
@@ -953,8 +969,48 @@ def run_adapt(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
         heads, trials = _fit_select(cfg, sd, views, id_all, dims, log)
         baselines = _baselines(cfg, sd, id_all, dims, heads, log)
         _save_fit(out / "fit.npz", fit_key, heads, trials, baselines)
-    del views
     select = sd.rows("select")
+    # INT8: FST-balanced calibration from the train split (clinician/annotator FST only; ISIC has none).
+    fst = [r.fst if (r.fst_source == "label" and s == "train") else "unknown" for r, s in zip(sd.records, sd.split)]
+    positions, per_group = fst_balanced_selection(fst, a.calibration_per_group, seed=cfg.run.seed)
+    isic_train = [i for i in train if sd.records[i].dataset == "isic"]
+    rng = _rng(cfg.run.seed, "calib-isic")
+    isic_pick = sorted(rng.choice(isic_train, size=min(a.calibration_per_group * 2, len(isic_train)), replace=False))
+    positions = np.concatenate([positions, np.asarray(isic_pick, np.int64)])
+    # Mixed order: histogram calibration widens its bins batch by batch, and a first batch of only masked PAD crops
+    # (black around the lesion) gives ranges so narrow that merging a later one needs millions of bins.
+    positions = positions[_rng(cfg.run.seed, "calib-order").permutation(len(positions))]
+    cal_imgs = np.stack([preprocess(load_image(sd.shared / sd.records[i].relpath), MODEL_SIZE)
+                         for i in positions]).astype(np.float32)  # fmt: skip
+    cal_meta = metadata_matrix([sd.records[i] for i in positions])
+
+    def quantize(teacher: Path, imgs: np.ndarray) -> Path:
+        return quantize_int8_static(teacher, out / "teacher_int8.onnx", imgs, cal_meta, list(range(len(positions))),
+                                    method=a.method, per_channel=True, head_fp32=True, reduce_range=a.reduce_range,
+                                    activation_type=a.activation_type, keep_fp32=a.keep_fp32, threads=cfg.run.threads,
+                                    batch_size=8, log=log)  # fmt: skip
+
+    int8_aware = None
+    if a.int8_aware:
+        # The backbone's INT8 ranges do not depend on the head (it stays FP32), so a provisional INT8 model gives the
+        # pooled features the shipped one computes. Training the head on them too teaches it to ignore the
+        # directions quantization disturbs: the FP32 counterpart and the INT8 model then agree.
+        quantize(build_teacher_onnx(fp32, heads, out / "teacher_fp32.onnx"), cal_imgs)
+        f8 = extract_features(out / "teacher_int8.onnx", sd.records, sd.shared, cache, view="id", rows=train,
+                              graph=pool_model, threads=cfg.run.threads, log=log)  # fmt: skip
+        key8 = hashlib.sha256(f"{fit_key}|{f8.key}".encode()).hexdigest()
+        cached8 = _load_fit(out / "fit_int8_aware.npz", key8)
+        if cached8 is not None:
+            heads = cached8[0]
+            log("adapt: INT8-aware heads reused")
+        else:
+            X, M, R, W = training_rows(sd.records, train, [*views, f8.matrix()])
+            heads = fit_heads(X, M, R, W, c7=heads.c7, cm=heads.cm, taps=tuple(TAPS.values()), dims=dims,
+                              seed=cfg.run.seed)  # fmt: skip
+            del X, M, R, W
+            _save_fit(out / "fit_int8_aware.npz", key8, heads, trials, baselines)
+        int8_aware = {"int8_features_key": f8.key, "c_malignancy": heads.cm, "c_classes": heads.c7}
+    del views
     p_sel = heads.probs(id_all[select], metadata_matrix([sd.records[i] for i in select]))
     ys = np.array([sd.records[i].malignant for i in select])
     in_q = np.isin(select, np.concatenate([question_rows(sd.records, select)[q] for q in
@@ -968,20 +1024,7 @@ def run_adapt(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
     if graft_err > 1e-3:
         raise RuntimeError(f"adapt: the ONNX teacher differs from the fitted heads by {graft_err:.2e}")
     log(f"adapt: teacher_fp32.onnx matches the heads (max |Δp| {graft_err:.1e}); threshold {threshold:.4f}")
-    # INT8: FST-balanced calibration from the train split (clinician/annotator FST only; ISIC has none).
-    fst = [r.fst if (r.fst_source == "label" and s == "train") else "unknown" for r, s in zip(sd.records, sd.split)]
-    positions, per_group = fst_balanced_selection(fst, a.calibration_per_group, seed=cfg.run.seed)
-    isic_train = [i for i in train if sd.records[i].dataset == "isic"]
-    rng = _rng(cfg.run.seed, "calib-isic")
-    isic_pick = sorted(rng.choice(isic_train, size=min(a.calibration_per_group * 2, len(isic_train)), replace=False))
-    positions = np.concatenate([positions, np.asarray(isic_pick, np.int64)])
-    cal_imgs = np.stack([preprocess(load_image(sd.shared / sd.records[i].relpath), MODEL_SIZE)
-                         for i in positions]).astype(np.float32)  # fmt: skip
-    cal_meta = metadata_matrix([sd.records[i] for i in positions])
-    int8 = quantize_int8_static(teacher, out / "teacher_int8.onnx", cal_imgs, cal_meta, list(range(len(positions))),
-                                method=a.method, per_channel=True, head_fp32=True, reduce_range=a.reduce_range,
-                                activation_type=a.activation_type, keep_fp32=a.keep_fp32, threads=cfg.run.threads,
-                                log=log)  # fmt: skip
+    int8 = quantize(teacher, cal_imgs)
     del cal_imgs
     p_sel_q = ort_probs(int8, sd.records, select, sd.shared, threads=cfg.run.threads)
     p_sel_f = ort_probs(teacher, sd.records, select, sd.shared, threads=cfg.run.threads)
@@ -997,7 +1040,7 @@ def run_adapt(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
                   "fractions": {"select": a.select_fraction, "gate": a.gate_fraction}},
         "features": {"taps": TAPS, "dims": dims, "views": list(a.train_views), "key_id": fid.key,
                      "reference_fp32_sha256": hashlib.sha256(fp32.read_bytes()).hexdigest()},
-        "heads": {"c_malignancy": heads.cm, "c_classes": heads.c7, "trials": trials},
+        "heads": {"c_malignancy": heads.cm, "c_classes": heads.c7, "trials": trials, "int8_aware": int8_aware},
         "threshold": {"value": threshold, "rule": f"highest malignancy threshold with sensitivity >= "
                       f"{a.min_sensitivity} on the select split (ISIC external, PAD FST-labelled, Fitzpatrick17k)"},
         "select_fp32": evaluate(full_sel, sd.records, select),

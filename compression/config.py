@@ -366,6 +366,7 @@ class AdaptConfig:
     activation_type: str = _f(one_of("uint8", "int8"), "uint8")
     method: str = _f(one_of("minmax", "percentile", "entropy"), "minmax")
     keep_fp32: tuple[str, ...] = _f(fp32_keep_list, ())
+    int8_aware: bool = _f(boolean, True)
     check_inputs: int = _f(pos_int, 6)
     check_tolerance_floor: float = _f(unit_open, 0.03)
     reference_images: int = _f(pos_int, 240)
