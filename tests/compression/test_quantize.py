@@ -8,6 +8,7 @@ The bundled-model test needs ``resources/models`` (skips if empty), ``../shared/
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from compression.data import CLASSES  # noqa: E402
 from compression.export import export_onnx, head_npz_path  # noqa: E402
 from compression.quantize import (  # noqa: E402
     ArrayCalibrationReader,
@@ -254,6 +256,24 @@ def _probs(model, images, meta):
                            for i in range(0, len(images), 16)])  # fmt: skip
 
 
+def _own_fp32(card: dict):
+    """The bundled INT8 model's own FP32 network: the reference for the quantized reference; for a compressed
+    student, its FP32 export in the run folder (git-ignored, so absent in CI) when the card's sha256 matches."""
+    import hashlib
+
+    from tests.compression._tiny import fp32_reference_or_skip
+
+    comp = (card.get("provenance") or {}).get("compression")
+    if not comp:
+        return fp32_reference_or_skip(export=True), "reference"
+    repo = Path(__file__).resolve().parents[2]
+    path = repo / "runs" / str(comp.get("run")) / "quantize" / "student_fp32.onnx"
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != comp.get("student_fp32_onnx_sha256"):
+        pytest.skip(f"the student's FP32 export ({path}) is not here with the card's sha256: runs/ is git-ignored; "
+                    "the quantize stage measured its FP32-vs-INT8 agreement when the model was built")  # fmt: skip
+    return path, "student"
+
+
 @pytest.mark.slow
 def test_bundled_int8_head_is_fp32_and_probabilities_continuous(bundled_card, shared_data):
     from mendicant_desktop.core.bundle import ModelBundle
@@ -264,6 +284,27 @@ def test_bundled_int8_head_is_fp32_and_probabilities_continuous(bundled_card, sh
     p8 = _probs(bundle.model_bytes, images, meta)
     assert not probs_stepped(p8)
     np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bundled_int8_agrees_with_its_fp32_on_real_images(bundled_card, shared_data):
+    import json
+
+    from mendicant_desktop.core.bundle import ModelBundle
+
+    bundle = ModelBundle.load(bundled_card)
+    fp32, kind = _own_fp32(json.loads(Path(bundled_card).read_text(encoding="utf-8")))
+    images, meta = _real_sample(shared_data)
+    p32, p8 = _probs(fp32, images, meta), _probs(bundle.model_bytes, images, meta)
+    agree = top1_agreement(p32, p8)
+    mal = [p[:, [CLASSES.index(c) for c in ("mel", "bcc", "akiec")]].sum(1) for p in (p32, p8)]
+    ranks = [np.argsort(np.argsort(m)).astype(np.float64) for m in mal]  # continuous scores: no ties to average
+    rho = float(np.corrcoef(ranks[0], ranks[1])[0, 1])  # Spearman's rank correlation
+    if kind == "reference":
+        assert agree >= 0.93, f"FP32-vs-INT8 top-1 agreement {agree:.3f} on {len(images)} real images"
+    # A pruned student quantizes less faithfully (its top-1 agreement is lower, near-ties between classes flip);
+    # what its AUROCs rest on is the ranking of the malignancy score, which must survive INT8.
+    assert rho >= 0.9, f"FP32-vs-INT8 malignancy rank correlation {rho:.3f} ({kind}; top-1 agreement {agree:.3f})"
 
 
 def test_equalization_is_exact_and_evens_channel_ranges(tiny_fp32, calib, tmp_path):

@@ -6,6 +6,7 @@ are derived from the teacher's own scores (so the teacher's AUROCs are 1 and a b
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -247,6 +248,21 @@ def test_limits_come_from_the_config_and_match_the_fallback():
 # --------------------------------------------------------------------------------------------------
 # The gate on the committed artifact (CI): real data, real teacher
 # --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gate_passes_on_the_bundled_model(bundled_card, shared_data, monkeypatch, capsys, tmp_path):
+    from tests.compression._tiny import fp32_reference_or_skip
+
+    monkeypatch.delenv("MENDICANT_CACHE", raising=False)  # reuse the developer's prediction cache if present
+    fp32_reference_or_skip(export=False)  # validate exports it itself when only the wheel is cached
+    out = tmp_path / "gate.json"
+    rc = V.main([str(bundled_card), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    res = json.loads(out.read_text())
+    assert res["data"]["ham10000"] == 0 and res["data"]["n"] >= 300
+    assert res["seconds"] < 300, f"the gate took {res['seconds']} s (limit 5 min)"
 
 
 def _paired_case(seed=0):
