@@ -95,6 +95,34 @@ def measure(run: Path, rounds: int, threads: int = 2) -> dict[str, Any]:
             "generated_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
 
 
+def from_build(run: Path) -> dict[str, Any]:
+    """The ladder from the build's own measurements (``adapt/adapt.json``, ``validate/gate.json``): the FP32
+    teacher and its INT8 model, both scored on the gate split and timed side by side by the gate; no FP16 row."""
+    from compression.validate import count_macs_params
+
+    adapt = json.loads((run / "adapt" / "adapt.json").read_text())
+    gate = json.loads((run / "validate" / "gate.json").read_text())
+    lat = gate["latency"]
+    rows = {}
+    for k, who, f in (("teacher FP32", "teacher", "teacher_fp32.onnx"), ("teacher INT8", "candidate", "teacher_int8.onnx")):
+        mp = count_macs_params(run / "adapt" / f)
+        ratio = lat[who]["p50_ms"] / lat["teacher"]["p50_ms"]
+        rows[k] = {"size_mb": gate[who]["size_mb"], "params": mp.get("params"), "macs": mp.get("macs"),
+                   "p50_ms": lat[who]["p50_ms"], "p50_ratio": ratio,
+                   "p95_ratio": lat[who]["p95_ms"] / lat["teacher"]["p95_ms"], "p99_ratio": float("nan"),
+                   "metrics": gate[who]["metrics"],
+                   "agreement": gate["agreement_int8_vs_fp32"] if who == "candidate" else
+                   {"top1_agreement": 1.0, "malignancy_spearman": 1.0, "max_abs_diff_probs": 0.0}}  # fmt: skip
+    return {"rows": rows, "students": {r: "not built on the adapted teacher in this build" for r in STUDENT_RUNGS},
+            "cpu": gate["cpu"], "cpu_summary": gate["cpu_summary"], "threads": lat["threads"], "rounds": lat["rounds"],
+            "n_gate": gate["split"]["n_gate"], "split_sha256": gate["split"]["sha256"], "run": str(run.relative_to(REPO)),
+            "generated_utc": gate["date"], "source": "the build's adapt and validate stages",
+            "select": {"adapted_fp32": {q: v["auroc"] for q, v in adapt["select_fp32"].items()},
+                       **{k: {q: v["auroc"] for q, v in ev.items()} for k, ev in adapt["select_baselines"].items()}},
+            "int8_select": adapt["int8"]["agreement_select"],
+            "gate": {k: gate[k] for k in ("gate_passed", "checks", "targets", "cpu_summary")}}  # fmt: skip
+
+
 def _f(v: Any, nd: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "not measured"
@@ -123,11 +151,24 @@ def render(res: dict[str, Any], gate: dict[str, Any] | None = None) -> str:
     for k, r in res["rows"].items():
         m, a = r["metrics"], r["agreement"]
         out.append(f"| {k} | {r['size_mb']:.2f} | {_f((r['params'] or 0) / 1e6, 2)} | {_f((r['macs'] or 0) / 1e9, 2)} | "
-                   f"{r['p50_ms']:.1f} | {r['p50_ratio']:.3f} | {r['p95_ratio']:.3f} | {r['p99_ratio']:.3f} | "
+                   f"{r['p50_ms']:.1f} | {_f(r['p50_ratio'])} | {_f(r['p95_ratio'])} | {_f(r['p99_ratio'])} | "
                    f"{_ci(m['isic_mel_vs_nv'])} | {_ci(m['pad_fst_labelled'])} | {_ci(m['fitz_malignant'])} | "
                    f"{a['top1_agreement']:.4f} | {a['malignancy_spearman']:.4f} | {a['max_abs_diff_probs']:.4f} |")  # fmt: skip
     for rung, status in res["students"].items():
         out.append(f"| FairPrune student {rung} (FP16, INT8) | {status} |" + " |" * 13)
+    sel = res.get("select")
+    if sel:
+        out += ["", "## Model selection (select split, FP32)", "",
+                "The adapted teacher against what it must beat, on the select split (never the gate split):", "",
+                "| model | ISIC ext mel-vs-nv | PAD FST-labelled | Fitzpatrick17k | Fitzpatrick17k malignant vs benign neoplasm |",
+                "|---|---|---|---|---|"]
+        for k, ev in sel.items():
+            out.append(f"| {k.replace('_', ' ')} | {_f(ev['isic_mel_vs_nv'])} | {_f(ev['pad_fst_labelled'])} | "
+                       f"{_f(ev['fitz_malignant'])} | {_f(ev['fitz_malignant_vs_benign_neoplasm'])} |")
+        a = res["int8_select"]
+        out += ["", f"INT8 against FP32 on the select split (n={a['n']}): top-1 {a['top1_agreement']:.4f}, malignancy "
+                f"Spearman {a['malignancy_spearman']:.4f}, max |Δp| {a['max_abs_diff_probs']:.3f}, ΔAUROC "
+                + ", ".join(f"{q} {d:+.4f}" for q, d in a["delta_auroc"].items()) + "."]
     out += ["", "## Per skin-type group (DDI-style)", "",
             "| model | data set | I-II | III-IV | V-VI | gap |", "|---|---|---|---|---|---|"]
     for k, r in res["rows"].items():
@@ -154,8 +195,8 @@ def render(res: dict[str, Any], gate: dict[str, Any] | None = None) -> str:
             out.append(f"| {names.get(k, k)} | {v['mean']:.3f} | {v['sd']:.3f} | {v['min']:.3f} | {v['max']:.3f} |")
         out.append("")
     if gate:
-        out += ["## The gate (`compression validate`, shipped INT8 vs FP32 teacher)", "",
-                f"Run on {gate['cpu_summary']}; {'PASSED' if gate['gate_passed'] else 'FAILED'}.", "",
+        out += ["## The gate (`compression validate`: the INT8 model vs its FP32 teacher, gate split)", "",
+                f"Run on {gate['cpu_summary']}; {'PASSED' if gate['gate_passed'] else 'FAILED: ship refuses the model, the previous one stays bundled'}.", "",
                 "| check | value | limit | met |", "|---|---|---|---|"]
         for c in gate["checks"]:
             out.append(f"| {c['name']} | {_f(c['value'], 4)} | {c['op']} {c['bound']:.4f} | {'yes' if c['met'] else 'NO'} |")
@@ -171,9 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default=str(REPO / "runs" / "adapted-1"))
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--measure", action="store_true", help="measure FP32, FP16 and INT8 side by side (slow) instead "
+                   "of taking the build's own gate measurements")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    if not args.render_only:
+    if not args.render_only and not args.measure:
+        res = from_build(Path(args.run).resolve())
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(res, indent=1, default=float) + "\n", encoding="utf-8")
+    elif args.measure:
         res = measure(Path(args.run).resolve(), args.rounds)
         gate_path = Path(args.run) / "validate" / "gate.json"
         res["gate"] = json.loads(gate_path.read_text()) if gate_path.is_file() else None

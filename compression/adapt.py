@@ -1108,6 +1108,8 @@ def write_kernel_check(int8: Path, fp32: Path, path: Path, *, n: int, floor: flo
     diff = float(np.abs(p_f - p_q).max())
     tol = float(max(floor, 3 * diff))
     np.savez_compressed(path, image=x, meta=meta, probs_reference=p_f.astype(np.float32))
+    # A tolerance this wide would let a saturating CPU through: the model is then not fit to ship (ship refuses).
     return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "tolerance": tol,
+            "usable": bool(tol < 0.25),
             "n": n, "build_max_abs_diff": diff, "reference": "FP32 counterpart",
             "inputs": "synthetic lesion-like images (compression.adapt.synthetic_check_images), blank metadata"}

@@ -103,6 +103,17 @@ def gate_checks(ev_c: dict[str, Any], ev_t: dict[str, Any], size_mb: float, lat_
     return rows
 
 
+def agreement_checks(agree: dict[str, Any]) -> list[dict[str, Any]]:
+    """INT8 against its FP32 counterpart on the gate split, on this CPU: a model that does not reproduce the
+    figures it is gated on is not shipped either (top-1 >= 0.97, malignancy Spearman >= 0.98, |ΔAUROC| <= 0.01)."""
+    lim = agreement_limits()
+    rows = [_check("INT8-vs-FP32 top-1 agreement", agree["top1_agreement"], ">=", lim["top1_agreement"]),
+            _check("INT8-vs-FP32 malignancy Spearman", agree["malignancy_spearman"], ">=", lim["malignancy_spearman"])]
+    for q, d in agree["delta_auroc"].items():
+        rows.append(_check(f"INT8-vs-FP32 |ΔAUROC| {q}", abs(d) if _finite(d) else d, "<=", lim["max_abs_delta_auroc"]))
+    return rows
+
+
 def target_checks(ev_c: dict[str, Any], size_mb: float, lat_ratio: float, targets: Any) -> list[dict[str, Any]]:
     rows = [
         _target("ISIC external mel-vs-nv AUROC", ev_c["isic_mel_vs_nv"]["auroc"], ">=", targets.isic_external_auroc),
@@ -146,6 +157,7 @@ def run_gate(cfg: Any, candidate: str | os.PathLike, teacher: str | os.PathLike,
     checks = gate_checks(ev_c, ev_t, size_mb, lat["ratio_p50"], cfg.gate)
     targets = target_checks(ev_c, size_mb, lat["ratio_p50"], cfg.targets)
     agree = int8_agreement(p_t, p_c, sd.records, gate)
+    checks += agreement_checks(agree)
     res = {
         "gate_passed": all(c["met"] for c in checks),
         "checks": checks,
@@ -179,7 +191,8 @@ def validate_result(res: dict[str, Any], cfg: Any, *, split_sha: str, model_sha:
         why.append("the gate did not pass")
     names = {c.get("name") for c in res.get("checks", []) if c.get("kind") == "limit"}
     needed = {f"{q} AUROC" for q in QUESTIONS} | {f"{q} per-group gap" for q in GAP_QUESTIONS} | {
-        "size MB", "latency p50 ratio to the FP32 teacher"}
+        "size MB", "latency p50 ratio to the FP32 teacher", "INT8-vs-FP32 top-1 agreement",
+        "INT8-vs-FP32 malignancy Spearman"} | {f"INT8-vs-FP32 |ΔAUROC| {q}" for q in QUESTIONS}
     if needed - names:
         why.append(f"the gate result lacks checks {sorted(needed - names)}")
     if any(c.get("met") is not True for c in res.get("checks", []) if c.get("kind") == "limit"):

@@ -126,6 +126,9 @@ def ship_adapted(cfg: Any, run_dir: str | Path, *, models_dir: str | Path | None
     for f in (candidate, teacher, adir / "teacher_int8.head.npz", adir / "teacher_int8.selfcheck.npz"):
         if not f.is_file():
             raise ShipRefused(f"{f} does not exist (run `python -m compression adapt`)")
+    if not adapt["kernel_check"].get("usable", False):
+        raise ShipRefused(f"the INT8 model differs from its FP32 counterpart by {adapt['kernel_check']['build_max_abs_diff']:.3f} "
+                          "on the built-in check inputs: the load-time kernel check could not tell a faulty CPU from it")
     gate = _read_json(run_dir / "validate" / "gate.json", "gate result")
     sd: SplitData = load_split(cfg)
     if adapt["split"]["sha256"] != sd.sha256:

@@ -10,7 +10,7 @@ import pytest
 
 from compression import adapt
 from compression.adapt import MAL_IDX, Record, compose, ddi_group, three_way_split
-from compression.gate import _check, agreement_failures, gate_checks, validate_result
+from compression.gate import _check, agreement_checks, agreement_failures, gate_checks, validate_result
 from mendicant_desktop.core.cpu import cpu_features, describe_cpu
 from mendicant_desktop.core.errors import ModelVerificationError
 from mendicant_desktop.core.selfcheck import SelfCheck, load_self_check, run_self_check
@@ -109,7 +109,9 @@ class _Cfg:
 
 
 def test_ship_refuses_a_gate_result_missing_a_limit_or_on_another_split() -> None:
-    checks = gate_checks(_ev(0.80, 0.03), _ev(0.81, 0.03), 20.0, 0.4, _Gate)
+    good = {"top1_agreement": 0.98, "malignancy_spearman": 0.99,
+            "delta_auroc": {"isic_mel_vs_nv": 0.0, "pad_fst_labelled": 0.0, "fitz_malignant": -0.005}}
+    checks = gate_checks(_ev(0.80, 0.03), _ev(0.81, 0.03), 20.0, 0.4, _Gate) + agreement_checks(good)
     res = {"gate_passed": True, "checks": checks, "split": {"sha256": "s"}, "candidate": {"sha256": "m"},
            "gate_limits": {"max_auroc_drop": 0.02, "max_gap_increase": 0.005, "max_size_mb": 30.0,
                            "max_latency_ratio": 0.5}}
@@ -122,6 +124,12 @@ def test_ship_refuses_a_gate_result_missing_a_limit_or_on_another_split() -> Non
     assert "lacks the limit max_size_mb" in " ".join(validate_result(missing, _Cfg, split_sha="s", model_sha="m"))
     fewer = {**res, "checks": checks[:-1]}
     assert "lacks checks" in " ".join(validate_result(fewer, _Cfg, split_sha="s", model_sha="m"))
+
+
+def test_agreement_is_gated() -> None:
+    bad = {"top1_agreement": 0.69, "malignancy_spearman": 0.84,
+           "delta_auroc": {"isic_mel_vs_nv": -0.014, "pad_fst_labelled": -0.036, "fitz_malignant": float("nan")}}
+    assert [c["met"] for c in agreement_checks(bad)] == [False, False, False, False, False]
 
 
 def test_agreement_failures() -> None:
