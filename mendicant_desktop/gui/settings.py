@@ -15,19 +15,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
+from mendicant_desktop.app.paths import APP_AUTHOR, APP_NAME, executable_dir, is_portable
 from mendicant_desktop.core.inference import default_threads
 from mendicant_desktop.core.saliency import COLORMAPS
 
-APP_NAME = "MENDICANT Desktop"
-APP_AUTHOR = "MENDICANT"
 SETTINGS_FILE = "settings.ini"
-PORTABLE_MARKER = "portable.txt"
 PORTABLE_DIR = "MENDICANT-settings"
 
 # Settings keys: every module reads and compares these names, never bare strings.
@@ -43,20 +40,6 @@ GEOMETRY_KEY = "ui/geometry"
 STATE_KEY = "ui/state"
 #: Most inference threads the settings accept.
 MAX_THREADS = 64
-
-
-def executable_dir() -> Path:
-    """Folder of the running executable (the PyInstaller app, else the Python interpreter)."""
-    return Path(sys.executable).resolve().parent
-
-
-def is_portable() -> bool:
-    env = os.environ.get("MENDICANT_PORTABLE", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
-    return (executable_dir() / PORTABLE_MARKER).is_file()
 
 
 def config_dir() -> Path:
