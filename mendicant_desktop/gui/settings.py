@@ -20,12 +20,13 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from mendicant_desktop.app.paths import APP_AUTHOR, APP_NAME, executable_dir, is_portable
+from mendicant_desktop.app.paths import APP_AUTHOR, APP_NAME, PORTABLE_MARKER, executable_dir, is_portable
 from mendicant_desktop.core.inference import default_threads
 from mendicant_desktop.core.saliency import COLORMAPS
 
 SETTINGS_FILE = "settings.ini"
 PORTABLE_DIR = "MENDICANT-settings"
+__all__ = ["PORTABLE_MARKER", "AppSettings", "config_dir", "is_portable", "settings_path"]
 
 # Settings keys: every module reads and compares these names, never bare strings.
 THREADS_KEY = "inference/threads"
