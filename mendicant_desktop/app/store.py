@@ -258,7 +258,9 @@ def result_record(prediction: Prediction, *, row: dict[str, Any], skin: SkinTone
 
 def assessment_record(a, model_version: str = "") -> dict[str, Any]:
     """:func:`result_record` of an :class:`~mendicant_desktop.app.assessment.Assessment`."""
-    return result_record(a.prediction, row=a.row(), skin=a.skin, warnings=a.warnings, model_version=model_version)
+    r = result_record(a.prediction, row=a.row(), skin=a.skin, warnings=a.warnings, model_version=model_version)
+    r.update(image_warnings=list(a.image_warnings), domain_warnings=list(a.domain_warnings))
+    return r
 
 
 def thumbnail_png(rgb) -> bytes:

@@ -60,14 +60,17 @@ def create_app(argv: Sequence[str] = ()):
 
 
 def build_window(settings_path: str | os.PathLike | None = None, card: str | os.PathLike | None = None,
-                 load: bool = True):
-    """(services, window) -- services injected into the window; starts the model load unless ``load=False``."""
+                 load: bool = True, store: str | os.PathLike | None = None):
+    """(services, window) -- services injected into the window; starts the model load unless ``load=False``.
+
+    ``store``: the case store file (default: the one in the data folder, see :mod:`mendicant_desktop.app.paths`).
+    """
     from .main_window import MainWindow
     from .services import Services
     from .settings import AppSettings
 
     settings = AppSettings(settings_path)
-    services = Services(settings, card)
+    services = Services(settings, card, store=store)
     if load:
         # Start verifying/loading first: it runs on a worker while the window is built here. Its result
         # arrives through the event loop, i.e. after the window exists and has connected its slots.
@@ -118,7 +121,7 @@ def selftest(args: argparse.Namespace) -> int:
     from PySide6.QtCore import QMimeData, QUrl
 
     with tempfile.TemporaryDirectory(prefix="mendicant-selftest-") as tmp:
-        services, window = build_window(Path(tmp) / "settings.ini", args.model)
+        services, window = build_window(Path(tmp) / "settings.ini", args.model, store=Path(tmp) / "cases.sqlite3")
         window.resize(1280, 800)
         window.show()
         if not _wait(app, lambda: services.engine is not None or services.error is not None, args.timeout):

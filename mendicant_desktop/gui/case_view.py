@@ -29,6 +29,7 @@ from mendicant_desktop.core.saliency import COLORMAPS
 from mendicant_desktop.core.skintone import FST_TYPES
 
 from . import text
+from .case_details import CaseDetailsCard
 from .cases import Case
 from .qtutil import signals_blocked
 from .settings import AppSettings
@@ -297,6 +298,9 @@ class CaseView(QWidget):
         self.skin_card.lay.addLayout(row)
         pl.addWidget(self.skin_card)
 
+        self.details = CaseDetailsCard()
+        pl.addWidget(self.details)
+
         pl.addStretch(1)
         scroll.setWidget(panel)
         return scroll
@@ -528,6 +532,7 @@ class CaseView(QWidget):
     def show_case(self, case: Case | None, *, image_changed: bool = True) -> None:
         same = case is not None and case is self.case
         self.case = case
+        self.details.show_case(case)
         if case is None:
             self.title.setText("No case selected")
             self.status.setText("")

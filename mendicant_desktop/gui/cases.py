@@ -57,7 +57,29 @@ class Case:
     occlusion: np.ndarray | None = field(default=None, repr=False)
     occlusion_info: str = ""
     occlusion_progress: tuple[int, int] | None = None  # (done, total) while one is running, else None
+    # -- the case store (see gui/keeper.py): ids written by the store's worker, the rest by the GUI thread
+    title: str = ""  # the name shown (a restored case: the original file name; its path is the kept copy)
+    visit_id: int | None = None
+    lesion_id: int | None = None
+    patient_code: str = ""
+    patient_name: str = ""  # only with "Record patient names" in Settings
+    birth_date: str = ""
+    lesion_label: str = ""
+    lesion_choice: object = None  # "new" or a lesion id: applied (and cleared) by the next save
+    notes: str = ""
+    visit_date: str = ""  # ISO date of the visit (default: the day it was scored)
+    restored: bool = False  # loaded from the store at start-up (no model input or heat map until re-read)
+    saving: bool = False  # a save is running
+    needs_save: bool = False  # changed while a save was running: saved again when it ends
+    removed: bool = False
+    save_error: str = ""
     _pixmap: QPixmap | None = field(default=None, repr=False)
+
+    @property
+    def unsaved(self) -> bool:
+        """Not (yet) all in the case store: still being scored or written, or the last save failed."""
+        return (self.status in ("queued", "scoring") or self.saving or self.needs_save or bool(self.save_error)
+                or self.visit_id is None)
 
     @property
     def warnings(self) -> list[str]:
@@ -65,6 +87,8 @@ class Case:
 
     @property
     def name(self) -> str:
+        if self.title:
+            return self.title
         return self.path.name if self.path is not None else self.source
 
     @property

@@ -141,6 +141,9 @@ class MainWindow(QMainWindow):
         self.act_remove = self._act("&Remove case", self.assess.remove_current, "Del", "Remove the selected case")
         self.act_remove.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         self.assess.list.addAction(self.act_remove)
+        self.act_undo = self._act("&Undo remove", self.assess.undo_remove, K.Undo,
+                                  "Bring back the last removed case(s)")
+        self.act_undo.setEnabled(False)
         self.act_settings = self._act("&Settings…", self.open_settings, "Ctrl+,",
                                       "Threads, threshold, heat map and skin-type options", "settings")
         self.act_shortcuts = self._act("&Keyboard shortcuts", self.show_shortcuts, "F1")
@@ -156,6 +159,7 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         m.addAction(self.act_quit)
         m = mb.addMenu("&Edit")
+        m.addAction(self.act_undo)
         m.addAction(self.act_remove)
         m.addSeparator()
         m.addAction(self.act_settings)
@@ -212,6 +216,7 @@ class MainWindow(QMainWindow):
         self.act_pdf.setEnabled(case is not None and case.status == "done" and self.services.engine is not None)
         self.act_csv.setEnabled(self.assess.model.rowCount() > 0)
         self.act_explain.setEnabled(self.services.engine is not None and self.assess.view.can_explain(case))
+        self.act_undo.setEnabled(self.assess.btn_undo.isEnabled())
 
     # ---- status -------------------------------------------------------------------------------
     def _engine_ready(self, engine) -> None:
@@ -369,8 +374,22 @@ class MainWindow(QMainWindow):
     # ---- dialogs ------------------------------------------------------------------------------
     def open_settings(self) -> None:
         eng = self.services.engine
-        dlg = SettingsDialog(self.settings, eng.card.threshold if eng is not None else None, self)
+        dlg = SettingsDialog(self.settings, eng.card.threshold if eng is not None else None, self,
+                             store=self.services.store)
+        dlg.eraseRequested.connect(self.erase_all)
         dlg.exec()
+
+    def erase_all(self) -> bool:
+        """Settings ▸ Erase all local data, after a confirmation."""
+        store = self.services.store
+        where = f"\n\nThe case store: {store.path.parent}" if store is not None else ""
+        if not self.assess.confirm(
+                "Erase all local data",
+                "Erase every saved case, patient, lesion, image copy and audit run on this computer?\n\n"
+                "This cannot be undone. Settings are kept." + where, yes="Erase everything"):
+            return False
+        self.assess.erase_all()
+        return True
 
     def shortcuts_box(self) -> QMessageBox:
         rows = []
@@ -398,10 +417,34 @@ class MainWindow(QMainWindow):
                     f"leave this computer.</p><p>Model: {model}</p><p>{text.DISCLAIMER}</p>")
         return box
 
+    def _quit_confirmed(self, unsaved) -> bool:
+        n = len(unsaved)
+        if self.services.store is None:
+            why = "cases are not being saved on this computer (the case store could not be opened)"
+        else:
+            scoring = sum(c.status in ("queued", "scoring") for c in unsaved)
+            failed = sum(bool(c.save_error) for c in unsaved)
+            bits = []
+            if scoring:
+                bits.append(f"{scoring} still being scored")
+            if failed:
+                bits.append(f"{failed} could not be saved")
+            if n - scoring - failed:
+                bits.append(f"{n - scoring - failed} still being written")
+            why = ", ".join(bits)
+        return self.assess.confirm("Quit MENDICANT",
+                                   f"{n} case{'s are' if n != 1 else ' is'} not saved yet ({why}).\n\n"
+                                   "Quit anyway and lose them?", yes="Quit without saving")
+
     def show_about(self) -> None:
         self.about_box().exec()
 
     def closeEvent(self, e: QCloseEvent) -> None:  # noqa: N802
+        unsaved = self.assess.unsaved_cases()
+        if unsaved and not self._quit_confirmed(unsaved):
+            e.ignore()
+            return
+        self.assess.keeper.wait_idle(5000)  # let the saves already queued reach the disk
         self.settings.save_window_state(self.saveGeometry(), self.saveState())
         self.assess.cancel_all()
         if self.audit.is_running():

@@ -36,6 +36,10 @@ COLORMAP_KEY = OVERLAY_PREFIX + "colormap"
 OPACITY_KEY = OVERLAY_PREFIX + "opacity"
 SHOW_OVERLAY_KEY = OVERLAY_PREFIX + "show"
 ESTIMATE_FST_KEY = "skin/estimate_fst"
+COPY_IMAGES_KEY = "cases/copy_images"
+IDENTIFY_KEY = "cases/identify_patients"
+CLINICIAN_KEY = "report/clinician"
+CLINIC_KEY = "report/clinic"
 LAST_DIR_KEY = "ui/last_dir"
 GEOMETRY_KEY = "ui/geometry"
 STATE_KEY = "ui/state"
@@ -185,6 +189,40 @@ class AppSettings(QObject):
     @show_overlay.setter
     def show_overlay(self, on: bool) -> None:
         self._set(SHOW_OVERLAY_KEY, bool(on))
+
+    @property
+    def copy_images(self) -> bool:
+        """Keep a copy of each image in the case store (follow-up when the original moves); on by default."""
+        return self._bool(self._get(COPY_IMAGES_KEY, True), True)
+
+    @copy_images.setter
+    def copy_images(self, on: bool) -> None:
+        self._set(COPY_IMAGES_KEY, bool(on))
+
+    @property
+    def identify_patients(self) -> bool:
+        """Offer name and date of birth fields (off by default: patients are pseudonymous codes)."""
+        return self._bool(self._get(IDENTIFY_KEY, False), False)
+
+    @identify_patients.setter
+    def identify_patients(self, on: bool) -> None:
+        self._set(IDENTIFY_KEY, bool(on))
+
+    @property
+    def clinician(self) -> str:
+        return str(self._get(CLINICIAN_KEY, ""))
+
+    @clinician.setter
+    def clinician(self, v: str) -> None:
+        self._set(CLINICIAN_KEY, str(v).strip())
+
+    @property
+    def clinic(self) -> str:
+        return str(self._get(CLINIC_KEY, ""))
+
+    @clinic.setter
+    def clinic(self, v: str) -> None:
+        self._set(CLINIC_KEY, str(v).strip())
 
     @property
     def last_dir(self) -> str:

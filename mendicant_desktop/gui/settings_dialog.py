@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSlider,
     QSpinBox,
@@ -29,7 +30,10 @@ from .widgets import ColormapLegend
 
 
 class SettingsDialog(QDialog):
-    def __init__(self, settings: AppSettings, model_threshold: float | None, parent: QWidget | None = None) -> None:
+    eraseRequested = Signal()  # "Erase all local data…" (the window asks for confirmation and erases)
+
+    def __init__(self, settings: AppSettings, model_threshold: float | None, parent: QWidget | None = None,
+                 store=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings — MENDICANT")
         self.settings = settings
@@ -108,6 +112,8 @@ class SettingsDialog(QDialog):
         v3.addWidget(n3)
         root.addWidget(g3)
 
+        root.addWidget(self._build_cases_group(settings, store))
+
         where = QLabel(f"Settings file: {settings.path}" + ("  (portable mode)" if is_portable() else ""))
         where.setObjectName("Muted")
         where.setWordWrap(True)
@@ -118,6 +124,42 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         root.addWidget(buttons)
+
+    def _build_cases_group(self, settings: AppSettings, store) -> QGroupBox:
+        g = QGroupBox("Cases and reports")
+        f = QFormLayout(g)
+        f.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.copy_images = QCheckBox("Keep a copy of each image for follow-up")
+        self.copy_images.setToolTip("The copy stays on this computer, beside the saved cases, so a later visit can "
+                                    "be compared even when the original file is moved or deleted.")
+        self.copy_images.setChecked(settings.copy_images)
+        self.identify = QCheckBox("Record patient names and dates of birth")
+        self.identify.setToolTip("Off: patients are pseudonymous codes only.")
+        self.identify.setChecked(settings.identify_patients)
+        self.clinician = QLineEdit(settings.clinician)
+        self.clinician.setPlaceholderText("printed on reports")
+        self.clinic = QLineEdit(settings.clinic)
+        self.clinic.setPlaceholderText("printed on reports")
+        f.addRow(self.copy_images)
+        f.addRow(self.identify)
+        f.addRow("Clinician:", self.clinician)
+        f.addRow("Clinic:", self.clinic)
+        row = QHBoxLayout()
+        self.erase_btn = QPushButton("Erase all local data…")
+        self.erase_btn.setObjectName("DangerButton")
+        self.erase_btn.setToolTip("Delete every saved case, patient, image copy and audit run on this computer")
+        self.erase_btn.setEnabled(store is not None)
+        self.erase_btn.clicked.connect(self.eraseRequested)
+        row.addWidget(self.erase_btn)
+        row.addStretch(1)
+        f.addRow(row)
+        loc = QLabel(f"Saved cases: {store.path}" if store is not None else "Cases are not being saved (the case "
+                     "store could not be opened).")
+        loc.setObjectName("Muted")
+        loc.setWordWrap(True)
+        loc.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        f.addRow(loc)
+        return g
 
     def _threshold_edited(self, v: float) -> None:
         self._user_threshold = v
@@ -157,6 +199,14 @@ class SettingsDialog(QDialog):
             s.opacity = self.opacity.value() / 100
         if s.estimate_fst != self.estimate_fst.isChecked():
             s.estimate_fst = self.estimate_fst.isChecked()
+        if s.copy_images != self.copy_images.isChecked():
+            s.copy_images = self.copy_images.isChecked()
+        if s.identify_patients != self.identify.isChecked():
+            s.identify_patients = self.identify.isChecked()
+        if s.clinician != self.clinician.text().strip():
+            s.clinician = self.clinician.text()
+        if s.clinic != self.clinic.text().strip():
+            s.clinic = self.clinic.text()
 
     def accept(self) -> None:
         self.apply()
