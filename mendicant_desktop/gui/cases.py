@@ -284,7 +284,7 @@ class CaseDelegate(QStyledItemDelegate):
         y = r.y() + pad
         lh = fm.height() + 2
         p.drawText(QRectF(x, y, name_w, lh), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
-                   QFontMetrics(bold).elidedText(case.name, Qt.TextElideMode.ElideMiddle, int(name_w)))
+                   QFontMetrics(bold).elidedText(case.name, Qt.TextElideMode.ElideRight, int(name_w)))
         p.setFont(option.font)
         if pred is not None:
             line2 = f"{CLASS_FULL_NAMES.get(pred.top_class, pred.top_class)} ({pred.top_class}) {pct(pred.top_k[0][1])}"

@@ -12,11 +12,13 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSpinBox,
     QVBoxLayout,
@@ -38,8 +40,17 @@ class SettingsDialog(QDialog):
         self.setWindowTitle("Settings — MENDICANT")
         self.settings = settings
         self.model_threshold = model_threshold
-        self.setMinimumWidth(520)
-        root = QVBoxLayout(self)
+        self.setMinimumWidth(560)
+        outer = QVBoxLayout(self)
+        scroll = QScrollArea()  # on a 640-pixel-high screen the groups scroll instead of being squashed
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        body = QWidget()
+        scroll.setWidget(body)
+        outer.addWidget(scroll, 1)
+        root = QVBoxLayout(body)
+        root.setContentsMargins(0, 0, 6, 0)
 
         g1 = QGroupBox("Model")
         f1 = QFormLayout(g1)
@@ -123,7 +134,10 @@ class SettingsDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
-        root.addWidget(buttons)
+        outer.addWidget(buttons)
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        want = body.sizeHint().height() + buttons.sizeHint().height() + 40
+        self.resize(max(560, body.sizeHint().width() + 30), min(want, screen.height() - 60) if screen else want)
 
     def _build_cases_group(self, settings: AppSettings, store) -> QGroupBox:
         g = QGroupBox("Cases and reports")
