@@ -152,7 +152,10 @@ class AssessTab(QWidget):
         self.btn_undo.clicked.connect(self.undo_remove)
         self.btn_clear.clicked.connect(self.clear)
         self.view.details.detailsEdited.connect(self.set_details)
+        self.view.details.followupRequested.connect(self.choose_followup)
         self.view.details.lesion_choices = self.lesion_choices
+        self.view.followup.visits_of = self.lesion_visits
+        self.view.followup.threshold = lambda: self.services.threshold
         self.view.details.set_identify(self.settings.identify_patients)
         self.keeper.restored.connect(self._restored)
         self.keeper.saved.connect(self._saved)
@@ -261,8 +264,10 @@ class AssessTab(QWidget):
         self.message.emit(f"{len(cases)} saved case{'s' if len(cases) != 1 else ''} reopened")
 
     def _saved(self, case: Case) -> None:
-        if case is self.current_case():
-            self.view.details.show_case(case)
+        cur = self.current_case()
+        if cur is not None and (case is cur or (cur.lesion_id is not None and case.lesion_id == cur.lesion_id)):
+            self.view.details.show_case(cur)
+            self.view.followup.show_case(cur)
 
     def lesion_choices(self, patient_code: str) -> list[tuple[int, str, int]]:
         """The lesions on file for a patient (from the cases of the list): (id, label, visits)."""
@@ -289,6 +294,31 @@ class AssessTab(QWidget):
             case.lesion_choice = "new"  # another patient: the image is a lesion of that patient
         self.keeper.save(case)
         self._changed(case)
+
+    def choose_followup(self, case: Case) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        from mendicant_desktop.app.inputs import dialog_filter
+
+        files, _ = QFileDialog.getOpenFileNames(self, f"Follow-up image of {case.lesion_label or case.name}",
+                                                self.settings.last_dir, dialog_filter())
+        if files:
+            self.add_followup(case, files)
+
+    def add_followup(self, case: Case, paths: list[str | os.PathLike]) -> list[Case]:
+        """New images of the lesion of ``case``: same patient, lesion, label and patient details."""
+        new = []
+        for item in iter_inputs(list(paths)):
+            c = Case(source=item.path, path=Path(item.path), patient_code=case.patient_code,
+                     lesion_label=case.lesion_label, lesion_choice=case.lesion_id, lesion_id=None,
+                     metadata=case.metadata)
+            if item.error:
+                c.status, c.error = "error", item.error
+            new.append(c)
+        self._add(new)
+        if new:
+            self.select_case(new[-1])
+        return new
 
     def unsaved_cases(self) -> list[Case]:
         """Cases not (yet) all in the store: being scored or written, or never saved."""

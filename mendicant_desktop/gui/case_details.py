@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -41,6 +42,7 @@ class _Notes(QPlainTextEdit):
 
 class CaseDetailsCard(QFrame):
     detailsEdited = Signal(object, dict)  # Case, {field: value}
+    followupRequested = Signal(object)  # Case: add a new image of the same lesion
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -90,6 +92,11 @@ class CaseDetailsCard(QFrame):
         self.form = form
         lay.addLayout(form)
         lay.addWidget(self.notes)
+        self.followup_btn = QPushButton("Add a follow-up image of this lesion…")
+        self.followup_btn.setToolTip("Score a new photo of the same lesion (same patient, lesion and details) and "
+                                     "compare it with this visit")
+        self.followup_btn.clicked.connect(lambda: self.case is not None and self.followupRequested.emit(self.case))
+        lay.addWidget(self.followup_btn, 0, Qt.AlignmentFlag.AlignLeft)
         lay.addWidget(self.save_state)
         self.set_identify(False)
 
@@ -166,6 +173,7 @@ class CaseDetailsCard(QFrame):
                 current = self.lesion.count() - 1
             self.lesion.setCurrentIndex(current)
         self.lesion.setEnabled(case.status == "done")
+        self.followup_btn.setEnabled(case.status == "done" and case.lesion_id is not None)
         if case.save_error:
             self.save_state.setText(f"⚠ Not saved: {case.save_error}")
         elif case.visit_id is not None and not (case.saving or case.needs_save):

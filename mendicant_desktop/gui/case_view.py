@@ -31,6 +31,7 @@ from mendicant_desktop.core.skintone import FST_TYPES
 from . import text
 from .case_details import CaseDetailsCard
 from .cases import Case
+from .followup import FollowUpCard
 from .qtutil import signals_blocked
 from .settings import AppSettings
 from .widgets import ColormapLegend, ImageView, ProbabilityBars, RiskGauge
@@ -300,6 +301,8 @@ class CaseView(QWidget):
 
         self.details = CaseDetailsCard()
         pl.addWidget(self.details)
+        self.followup = FollowUpCard()
+        pl.addWidget(self.followup)
 
         pl.addStretch(1)
         scroll.setWidget(panel)
@@ -533,6 +536,7 @@ class CaseView(QWidget):
         same = case is not None and case is self.case
         self.case = case
         self.details.show_case(case)
+        self.followup.show_case(case)
         if case is None:
             self.title.setText("No case selected")
             self.status.setText("")

@@ -248,3 +248,51 @@ def test_kill_9_mid_session_loses_no_saved_case(qtbot, tmp_path, tiny_bundle, se
     assert names[:saved] == [f"k{i}.jpg" for i in range(saved)]
     assert services.store.integrity_ok()
     win.close()
+
+
+def test_follow_up_view_flags_a_rise_across_the_threshold(qtbot, window, tmp_path, tiny_bundle, settings_path):
+    first = lesion_image(tmp_path / "visit A.jpg", seed=3)
+    window.assess.patient_edit.setText("P-FOLLOW")
+    (a,) = window.add_paths([first])
+    wait_all_scored(qtbot, window)
+    _saved(qtbot, window, 1)
+    assert not window.assess.view.followup.isVisible()  # one visit: no follow-up yet
+    (b,) = window.assess.add_followup(a, [lesion_image(tmp_path / "visit B.jpg", seed=11, size=(300, 260))])
+    wait_all_scored(qtbot, window)
+    _saved(qtbot, window, 2)
+    assert b.lesion_id == a.lesion_id and b.patient_code == "P-FOLLOW" and b.metadata == a.metadata
+    ma, mb = a.prediction.malignancy, b.prediction.malignancy
+    assert ma != mb
+    lo, hi = (a, b) if ma < mb else (b, a)
+    window.assess.set_details(lo, {"visit_date": "2026-03-01"})
+    window.assess.set_details(hi, {"visit_date": "2026-09-01"})
+    window.settings.threshold = (ma + mb) / 2  # the later visit crosses it
+    window.assess.select_case(hi)
+    card = window.assess.view.followup
+    qtbot.waitUntil(lambda: card.isVisible() and card.flagged, timeout=10_000)
+    assert [p.date for p in card.plot.points] == ["2026-03-01", "2026-09-01"]
+    assert card.plot.current == 1 and card.plot.change.crossed_up
+    assert "crossed the" in card.text.text() and "Rose across the threshold" in card.flag.text()
+    # the earlier visit: the same plot, its point current; the flag is about the change into the later one
+    window.assess.select_case(lo)
+    assert card.isVisible() and card.plot.current == 0
+    dlg = card.open_compare()
+    qtbot.addWidget(dlg)
+    assert dlg.case_at(0) is lo and dlg.case_at(1) is hi
+    assert "crossed the" in dlg.change.text()
+    dlg.close()
+    # a threshold above both: no flag
+    window.settings.threshold = min(0.99, max(ma, mb) + 0.01)
+    window.assess.select_case(hi)
+    assert card.isVisible() and not card.flagged
+    window.settings.threshold = (ma + mb) / 2
+    _saved(qtbot, window, 2)
+    window.close()
+    # after a restart the follow-up is there again
+    services, win2 = _second_window(qtbot, tiny_bundle, settings_path)
+    qtbot.waitUntil(lambda: win2.assess.model.rowCount() == 2, timeout=10_000)
+    later = next(c for c in win2.assess.model.cases if c.visit_date == "2026-09-01")
+    win2.assess.select_case(later)
+    qtbot.waitUntil(lambda: win2.assess.view.followup.isVisible() and win2.assess.view.followup.flagged,
+                    timeout=10_000)
+    win2.close()
