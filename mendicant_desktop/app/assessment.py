@@ -30,7 +30,7 @@ from mendicant_desktop.core.skintone import estimate_skin_tone
 
 from .errors import MEMORY_REASON
 from .images import downscale
-from .quality import QUALITY_SIDE, domain_warnings, image_warnings
+from .quality import QUALITY_SIDE, domain_warnings, fst_caution, image_warnings
 from .rows import COLUMNS, error_row, ok_row
 
 #: The largest preview :func:`prepare` makes (the GUI's display copy); smaller previews and the quality checks
@@ -90,7 +90,9 @@ class Assessment:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return self.image_warnings + self.domain_warnings
+        """Image, domain and skin-type warnings (the V–VI caution when the skin type is estimated as V or VI)."""
+        caution = fst_caution(self.skin.fst if self.skin is not None else None)
+        return self.image_warnings + self.domain_warnings + ((caution,) if caution else ())
 
     def row(self, columns: Sequence[str] = COLUMNS, image: str | None = None) -> dict[str, Any]:
         """The row (see :mod:`~mendicant_desktop.app.rows`) for this assessment."""

@@ -130,3 +130,14 @@ def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...
     except (TypeError, ValueError):
         return []
     return out
+
+
+#: Skin types the model was barely validated on (almost absent from every labelled set it was tested on).
+CAUTION_FST = frozenset({"V", "VI"})
+FST_CAUTION = ("Skin type V–VI: the model's performance on dark skin is unknown (almost no V–VI images in the "
+               "data it was validated on). Interpret this result with extra caution.")
+
+
+def fst_caution(fst: str | None) -> str | None:
+    """The caution for a case whose skin type, estimated or set by the clinician, is V or VI (else None)."""
+    return FST_CAUTION if fst in CAUTION_FST else None

@@ -15,6 +15,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from mendicant_desktop.app.assessment import Assessment, Failure
+from mendicant_desktop.app.quality import fst_caution
 from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, Prediction, SkinToneEstimate
 
@@ -83,7 +84,10 @@ class Case:
 
     @property
     def warnings(self) -> list[str]:
-        return self.image_warnings + self.domain_warnings
+        """Image and domain warnings, and the V–VI caution when the skin type used (override, else estimate)
+        is V or VI."""
+        caution = fst_caution(self.fst)
+        return self.image_warnings + self.domain_warnings + ([caution] if caution else [])
 
     @property
     def name(self) -> str:

@@ -296,3 +296,22 @@ def test_follow_up_view_flags_a_rise_across_the_threshold(qtbot, window, tmp_pat
     qtbot.waitUntil(lambda: win2.assess.view.followup.isVisible() and win2.assess.view.followup.flagged,
                     timeout=10_000)
     win2.close()
+
+
+def test_v_vi_caution_on_a_case_set_to_v_vi(qtbot, window, tmp_path):
+    import csv
+
+    from mendicant_desktop.app.quality import FST_CAUTION
+
+    (case,) = window.add_paths([lesion_image(tmp_path / "dark.jpg")])
+    wait_all_scored(qtbot, window)
+    view = window.assess.view
+    assert FST_CAUTION not in case.warnings  # the synthetic light skin is not V–VI
+    view.fst_combo.setCurrentIndex(view.fst_combo.findData("VI"))
+    assert case.fst_override == "VI" and FST_CAUTION in case.warnings
+    assert view.warn_card.isVisibleTo(view) and "V–VI" in view.warn_text.text()
+    out = window.export_csv(str(tmp_path / "s.csv"))
+    row = next(csv.DictReader(out.open(encoding="utf-8")))
+    assert FST_CAUTION in row["warnings"] and row["fst_override"] == "VI"
+    view.fst_combo.setCurrentIndex(view.fst_combo.findData(None))
+    assert FST_CAUTION not in case.warnings and "V–VI" not in view.warn_text.text()
