@@ -16,7 +16,12 @@ Gaussian blur of a 180 px dermoscopy image and a photographed text page do fire.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,14 +110,56 @@ def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None
     return out
 
 
-def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...] | list[float]) -> list[str]:
-    """Warnings from the model card's optional ``domain_check`` (none when the card defines none)."""
+#: The card's ``domain_check.method`` of the feature-distance check (written by ``compression/domain.py``).
+FEATURE_METHOD = "feature_mahalanobis_pca"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_domain_sidecar(path: str, sha256: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The sidecar's (mean, components, variances), or None when it is missing or not the card's file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    with np.load(io.BytesIO(data)) as z:
+        return (z["mean"].astype(np.float64), z["components"].astype(np.float64),
+                z["variances"].astype(np.float64))
+
+
+def feature_distance(pooled: np.ndarray, mean: np.ndarray, components: np.ndarray, variances: np.ndarray) -> float:
+    """Mahalanobis distance of pooled features in the check's PCA subspace, over sqrt(k) (a typical training
+    image scores about 1); the formula of ``compression.domain.domain_scores``."""
+    z = (np.asarray(pooled, np.float64) - mean) @ components.T
+    return float(np.sqrt((z * z / variances).sum() / components.shape[0]))
+
+
+def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...] | list[float], *,
+                    pooled: np.ndarray | None = None, card_dir: str | os.PathLike | None = None) -> list[str]:
+    """Warnings from the model card's optional ``domain_check`` (none when the card defines none).
+
+    Two kinds: the probability-based one of older cards (``min_top_probability``, ``max_entropy``) and the
+    feature-distance one (``method`` :data:`FEATURE_METHOD`, with a ``.domain.npz`` sidecar beside the card),
+    measured on ``pooled`` (the model's features averaged over h, w)."""
     check = card_raw.get("domain_check") if isinstance(card_raw, Mapping) else None
     if not isinstance(check, Mapping):
         return []
     p = np.asarray(probabilities, dtype=np.float64)
     out: list[str] = []
     try:
+        if check.get("method") == FEATURE_METHOD and pooled is not None and card_dir is not None:
+            side = _load_domain_sidecar(str(Path(card_dir) / str(check.get("sidecar", ""))),
+                                        str(check.get("sidecar_sha256") or ""))
+            thr = check.get("threshold")
+            if side is not None and thr is not None:
+                d = feature_distance(pooled, *side)
+                if d >= float(thr):
+                    out.append(
+                        f"Unlike the images the model was trained on (feature distance {d:.2f}, at or above "
+                        f"{float(thr):.2f}): it may not be a skin lesion the model knows, or an unusual photo. "
+                        "Treat this result with extra caution."
+                    )
         min_top = check.get("min_top_probability")
         if min_top is not None and p.size and float(p.max()) < float(min_top):
             out.append(
@@ -127,8 +174,8 @@ def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...
                     f"Outside the model's training domain: the prediction is very uncertain (entropy {ent:.2f} "
                     f"> {float(max_ent):.2f}). Treat this result with extra caution."
                 )
-    except (TypeError, ValueError):
-        return []
+    except (TypeError, ValueError, KeyError):
+        return out
     return out
 
 
