@@ -94,11 +94,31 @@ class MainWindow(QMainWindow):
         services.modelFailed.connect(self._model_failed)
         services.modelLoading.connect(lambda: self.model_label.setText("Model: verifying…"))
         self._update_actions()
-        geo, state = self.settings.window_state()
-        if geo is not None:
-            self.restoreGeometry(geo)
-        else:
-            self.resize(1280, 800)
+        self.restore_size()
+
+    #: The first window size on a screen with room for it.
+    PREFERRED_SIZE = (1280, 800)
+
+    def restore_size(self) -> None:
+        """The last size and place when saved, else the preferred size; either way within the screen's
+        available geometry (a 1366×768 laptop keeps its status bar and disclaimer on screen)."""
+        geo, _state = self.settings.window_state()
+        restored = geo is not None and self.restoreGeometry(geo)
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            if not restored:
+                self.resize(*self.PREFERRED_SIZE)
+            return
+        avail = screen.availableGeometry()
+        # the frame (title bar, borders) is not known before the window is shown: leave room for a usual one
+        room_w, room_h = avail.width() - 16, avail.height() - 40
+        self.setMinimumSize(min(1024, room_w), min(640, room_h))
+        w, h = (self.width(), self.height()) if restored else self.PREFERRED_SIZE
+        w, h = min(w, room_w), min(h, room_h)
+        if (w, h) != (self.width(), self.height()):
+            self.resize(w, h)
+        if not restored:
+            self.move(avail.x() + (avail.width() - w) // 2, avail.y() + max(0, (avail.height() - h - 30) // 2))
 
     # ---- actions ------------------------------------------------------------------------------
     def _act(self, label: str, slot, shortcut=None, tip: str = "", icon_name: str = "") -> QAction:
