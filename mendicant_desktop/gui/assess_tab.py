@@ -457,6 +457,8 @@ class AssessTab(QWidget):
 
     def _engine_ready(self, engine) -> None:
         self.banner.setVisible(False)
+        self.view.gauge.model_default = engine.card.threshold
+        self.model.not_scored_reason = ""
         sexes = engine.card.raw.get("preprocessing", {}).get("metadata", {}).get("sex") or SEXES
         sites = engine.card.raw.get("preprocessing", {}).get("metadata", {}).get("site") or SITES
         self.view.set_categories([s for s in sexes if s in SEXES] or SEXES, [s for s in sites if s in SITES] or SITES)
@@ -465,6 +467,10 @@ class AssessTab(QWidget):
             self._schedule(c)
 
     def _model_failed(self, reason: str) -> None:
+        # queued cases say why they are not scored, instead of "waiting for the model…" forever
+        self.model.not_scored_reason = ("not scored: the model failed verification"
+                                        if "verification" in reason else "not scored: the model could not be loaded")
+        self.model.refresh_all()
         self.banner.setText(f"<b>The model could not be loaded:</b> {reason}<br>Images stay queued; see the "
                             "Model tab. Reinstall the application if the model file was modified.")
         self.banner.setVisible(True)

@@ -151,6 +151,8 @@ class CaseListModel(QAbstractListModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._cases: list[Case] = []
+        #: Shown on queued cases when the model failed to load or verify ("" while it loads or is ready).
+        self.not_scored_reason = ""
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
         return 0 if parent.isValid() else len(self._cases)
@@ -165,6 +167,8 @@ class CaseListModel(QAbstractListModel):
             return c.name
         if role == Qt.ItemDataRole.ToolTipRole:
             tip = [c.source, f"Status: {c.status}"]
+            if c.status == "queued" and self.not_scored_reason:
+                tip.append(self.not_scored_reason)
             if c.error:
                 tip.append(f"Error: {c.error}")
             if c.prediction is not None:
@@ -295,6 +299,9 @@ class CaseDelegate(QStyledItemDelegate):
             p.setPen(INK)
         elif case.status == "error":
             line2 = case.error or "could not be read"
+            p.setPen(ERROR)
+        elif case.status == "queued" and getattr(index.model(), "not_scored_reason", ""):
+            line2 = index.model().not_scored_reason
             p.setPen(ERROR)
         else:
             line2 = "waiting for the model…" if case.status == "queued" else "scoring…"

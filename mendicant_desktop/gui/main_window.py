@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -250,7 +251,7 @@ class MainWindow(QMainWindow):
         c = engine.card
         thr = self.services.threshold
         self.model_label.setText(f"Model: {c.name} {c.version} ✔ verified · {engine.threads} thread(s) · "
-                                 f"threshold {text.pct(thr)}")
+                                 f"threshold {text.threshold_text(thr, c.threshold, self.services.threshold_source)}")
         self.model_label.setToolTip(f"sha256 {c.sha256}")
         self._update_actions()
 
@@ -363,13 +364,15 @@ class MainWindow(QMainWindow):
         image, src = case.display, case.path
         card, s = engine.card, self.settings
         colormap, opacity, skin_on = s.colormap, s.opacity, s.estimate_fst
+        source = self.services.threshold_source
 
         def op(ctx):
             img = image
             if img is None:  # the display copy was dropped from memory: read the file again
                 img = downscale(load_image(src), DISPLAY_SIDE) if src is not None else case.thumb
-            data = report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap,
-                                   opacity=opacity, skin_enabled=skin_on)
+            data = dataclasses.replace(
+                report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap, opacity=opacity,
+                                skin_enabled=skin_on), model_threshold=card.threshold, threshold_source=source)
             return report.write_pdf(data, path)
 
         def ok(p) -> None:
@@ -391,7 +394,9 @@ class MainWindow(QMainWindow):
     def export_csv(self, path: str) -> Path | None:
         try:
             eng = self.services.engine
-            out = report.write_csv(self.assess.model.cases, path, *((eng.card.name, eng.card.sha256) if eng else ()))
+            out = report.write_csv(self.assess.model.cases, path,
+                                   *((eng.card.name, eng.card.sha256, eng.card.threshold,
+                                      self.services.threshold_source) if eng else ()))
         except OSError as exc:
             self._message(f"Could not save {path}: {exc}")
             return None

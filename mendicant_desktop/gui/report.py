@@ -32,14 +32,16 @@ from .text import pct
 
 #: The session CSV: the ``--batch --metadata`` columns (same cells for the same image and metadata), then the
 #: GUI's own columns.
-GUI_COLUMNS: tuple[str, ...] = ("threshold", "fst_override", "fst_used", "scored_at")
+GUI_COLUMNS: tuple[str, ...] = ("threshold", "threshold_default", "threshold_source", "fst_override", "fst_used",
+                                 "scored_at")
 EXPORT_COLUMNS: tuple[str, ...] = columns_for(metadata=True) + GUI_COLUMNS
 assert EXPORT_COLUMNS[-len(GUI_COLUMNS) - len(METADATA_COLUMNS):-len(GUI_COLUMNS)] == METADATA_COLUMNS
 #: Longest side of the images in the PDF report.
 REPORT_IMAGE_SIDE = 900
 
 
-def case_row(case: Case, model_name: str = "", model_sha256: str = "") -> dict[str, Any]:
+def case_row(case: Case, model_name: str = "", model_sha256: str = "", model_threshold: float | None = None,
+             threshold_source: str = "") -> dict[str, Any]:
     """One session row: the app layer's row of the case (as ``--batch`` writes it) plus the GUI's columns.
 
     ``model_name``/``model_sha256`` fill the model cells of cases that were not scored.
@@ -48,7 +50,9 @@ def case_row(case: Case, model_name: str = "", model_sha256: str = "") -> dict[s
     if case.status == "done" and pred is not None:
         row = ok_row(case.source, pred, sha256=case.sha256, width=case.width, height=case.height, skin=case.skin,
                      warnings=case.warnings, metadata=case.metadata, columns=EXPORT_COLUMNS)
-        row.update(threshold=pred.threshold, fst_used=case.fst)
+        row.update(threshold=pred.threshold, fst_used=case.fst, threshold_default=model_threshold,
+                   threshold_source=("model" if model_threshold is not None and abs(pred.threshold - model_threshold)
+                                     < 1e-12 else threshold_source))
     else:
         row = error_row(case.source, case.error, model_name=model_name, model_sha256=model_sha256,
                         sha256=case.sha256 or None, width=case.width or None, height=case.height or None,
@@ -59,12 +63,14 @@ def case_row(case: Case, model_name: str = "", model_sha256: str = "") -> dict[s
     return row
 
 
-def write_csv(cases: list[Case], path: str | os.PathLike, model_name: str = "", model_sha256: str = "") -> Path:
-    """The session CSV (UTF-8, one row per case, the app layer's formatter)."""
+def write_csv(cases: list[Case], path: str | os.PathLike, model_name: str = "", model_sha256: str = "",
+              model_threshold: float | None = None, threshold_source: str = "") -> Path:
+    """The session CSV (UTF-8, one row per case, the app layer's formatter). ``threshold_default`` and
+    ``threshold_source`` ("model", "site", "user") mark a threshold that is not the model card's."""
     p = Path(path)
     with RowWriter(p, EXPORT_COLUMNS, "csv") as w:
         for c in cases:
-            w.write(case_row(c, model_name, model_sha256))
+            w.write(case_row(c, model_name, model_sha256, model_threshold, threshold_source))
     return p
 
 
@@ -80,6 +86,8 @@ class ReportData:
     model_sha256: str
     colormap: str
     skin_enabled: bool
+    model_threshold: float | None = None
+    threshold_source: str = ""
 
 
 def snapshot(case: Case, image: np.ndarray, model_name: str, model_version: str, model_sha256: str,
@@ -143,7 +151,7 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
             f"<h3 {h3}>Assessment</h3>",
             f"<p style='font-size: 11pt; margin:0'><b style='color:{risk_col}'>Malignancy score "
             f"{pct(pred.malignancy)} — {pred.risk.upper()} band</b> (operating threshold "
-            f"{pct(pred.threshold)})</p>",
+            f"{e(text.threshold_text(pred.threshold, d.model_threshold, d.threshold_source))})</p>",
             f"<p style='margin-top:4px'>{e(text.summary(pred, c.warnings))}</p>",
             "<table cellpadding='2' cellspacing='0' border='0'>"
             "<tr><th align='left'>Class</th><th align='left'>Code</th><th align='right'>Probability</th><th></th></tr>",

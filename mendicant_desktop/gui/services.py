@@ -54,6 +54,18 @@ class Services(QObject):
             return self.settings.threshold
         return self.settings.effective_threshold(self.engine.card.threshold)
 
+    @property
+    def model_threshold(self) -> float | None:
+        """The model card's validated threshold (None before a model)."""
+        return self.engine.card.threshold if self.engine is not None else None
+
+    @property
+    def threshold_source(self) -> str:
+        """"model", "site" (IT's site file) or "user" (Settings) -- shown next to any non-default threshold."""
+        if self.engine is None:
+            return "model"
+        return self.settings.threshold_source(self.engine.card.threshold)
+
     def load_model(self) -> None:
         """Verify and load the model in the background; emits ``engineChanged`` or ``modelFailed``."""
         if self.loading:

@@ -58,6 +58,57 @@ def config_dir() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME, APP_AUTHOR))
 
 
+#: The site policy file IT deploys (read-only for the app): ``$MENDICANT_SITE_CONFIG``, else ``site.ini``
+#: beside the executable, else in the platform's site config dir (``/etc/xdg/MENDICANT Desktop`` on Linux).
+SITE_ENV = "MENDICANT_SITE_CONFIG"
+SITE_FILE = "site.ini"
+SITE_THRESHOLD_KEY = "threshold/value"
+SITE_USER_MAY_CHANGE_KEY = "threshold/user_may_change"
+
+
+def site_config_path() -> Path | None:
+    env = os.environ.get(SITE_ENV)
+    if env:
+        return Path(env)
+    beside = executable_dir() / SITE_FILE
+    if beside.is_file():
+        return beside
+    import platformdirs
+
+    p = Path(platformdirs.site_config_dir(APP_NAME, APP_AUTHOR)) / SITE_FILE
+    return p if p.is_file() else None
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """What IT set for every user of this computer. ``threshold`` None: the model card's default."""
+
+    path: Path | None = None
+    threshold: float | None = None
+    user_may_change: bool = True
+
+    @property
+    def locked(self) -> bool:
+        return self.threshold is not None and not self.user_may_change
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> SitePolicy:
+        path = path if path is not None else site_config_path()
+        if path is None or not Path(path).is_file():
+            return cls(path=None)
+        qs = QSettings(str(path), QSettings.Format.IniFormat)
+        t = None
+        try:
+            raw = qs.value(SITE_THRESHOLD_KEY, None)
+            t = float(raw) if raw not in (None, "") else None
+        except (TypeError, ValueError):
+            t = None
+        if t is not None and not (math.isfinite(t) and 0.0 < t < 1.0):
+            t = None
+        may = AppSettings._bool(qs.value(SITE_USER_MAY_CHANGE_KEY, False), False)
+        return cls(path=Path(path), threshold=t, user_may_change=may)
+
+
 def settings_path() -> Path:
     return config_dir() / SETTINGS_FILE
 
@@ -86,6 +137,7 @@ class AppSettings(QObject):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._qs = QSettings(str(self.path), QSettings.Format.IniFormat)
         self.defaults = Defaults(threads=default_threads())
+        self.site = SitePolicy.load()
 
     # -- helpers ------------------------------------------------------------------------------
     def _get(self, key: str, default):
@@ -132,13 +184,30 @@ class AppSettings(QObject):
 
     @threshold.setter
     def threshold(self, t: float | None) -> None:
+        if self.site.locked:
+            raise PermissionError(f"the operating threshold is set by the site policy ({self.site.path}) and "
+                                  "cannot be changed by users")
         if t is not None and not (0.0 < float(t) < 1.0):
             raise ValueError(f"threshold must lie in (0, 1), got {t}")
         self._set(THRESHOLD_KEY, None if t is None else float(t))
 
     def effective_threshold(self, model_default: float) -> float:
+        """The site's locked threshold, else the user's, else the site's default, else the model card's."""
+        if self.site.locked:
+            return self.site.threshold
         t = self.threshold
-        return model_default if t is None else t
+        if t is not None:
+            return t
+        return self.site.threshold if self.site.threshold is not None else model_default
+
+    def threshold_source(self, model_default: float) -> str:
+        """Where the threshold in use comes from: "model" (the card's validated default), "site" or "user"."""
+        t = self.effective_threshold(model_default)
+        if abs(t - model_default) < 1e-12:
+            return "model"
+        if self.site.locked or (self.threshold is None and self.site.threshold is not None):
+            return "site"
+        return "user"
 
     @property
     def colormap(self) -> str:

@@ -106,6 +106,12 @@ class SettingsDialog(QDialog):
         f1.addRow("", self.thr_note)
         self._user_threshold = self.settings.threshold
         self.threshold.valueChanged.connect(self._threshold_edited)
+        site = self.settings.site
+        self.threshold_locked = site.locked
+        if site.locked:  # IT's site file sets it and does not let users change it
+            self.threshold.setEnabled(False)
+            self.reset_thr.setEnabled(False)
+            self.threshold.setToolTip(f"Set by your clinic's IT in {site.path}; it cannot be changed here.")
         self._update_thr_note()
         return g1
 
@@ -198,8 +204,16 @@ class SettingsDialog(QDialog):
         self._update_thr_note()
 
     def _update_thr_note(self) -> None:
+        site = self.settings.site
+        if site.locked:
+            default = f"; the model's validated default is {self.model_threshold:.3f}" if self.model_threshold else ""
+            self.thr_note.setText(f"Set by your clinic's IT ({site.path}){default}. Users cannot change it.")
+            return
         if self.model_threshold is None:
             self.thr_note.setText("The model's default is shown once a model is loaded.")
+        elif self._user_threshold is None and site.threshold is not None:
+            self.thr_note.setText(f"Using the site default set by IT ({site.threshold:.3f}); the model's validated "
+                                  f"default is {self.model_threshold:.3f}.")
         elif self._user_threshold is None:
             self.thr_note.setText(f"Using the model's default ({self.model_threshold:.3f}), chosen by its developers.")
         else:
@@ -214,7 +228,7 @@ class SettingsDialog(QDialog):
         new_thr = self._user_threshold
         if new_thr is not None and self.model_threshold is not None and abs(new_thr - self.model_threshold) < 1e-9:
             new_thr = None
-        if s.threshold != new_thr:
+        if not s.site.locked and s.threshold != new_thr:
             s.threshold = new_thr
         if s.colormap != self.colormap.currentText():
             s.colormap = self.colormap.currentText()

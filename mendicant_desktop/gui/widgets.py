@@ -353,6 +353,7 @@ class RiskGauge(QWidget):
         super().__init__(parent)
         self._score: float | None = None
         self._threshold = 0.5
+        self.model_default: float | None = None  # the card's threshold: a different one is labelled as such
         self._risk: str | None = None
         self.setMinimumHeight(64)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -414,7 +415,10 @@ class RiskGauge(QWidget):
         p.drawText(QPointF(bar.x(), y), "0%")
         end = "100%"
         p.drawText(QPointF(bar.right() - fm.horizontalAdvance(end), y), end)
+        default = getattr(self, "model_default", None)
         label = f"threshold {pct(self._threshold)}"
+        if default is not None and abs(self._threshold - default) > 1e-12:
+            label += f" (default {pct(default)})"
         lw = fm.horizontalAdvance(label)
         p.setPen(INK)
         p.drawText(QPointF(min(max(0.0, tx - lw / 2), w - lw), y), label)

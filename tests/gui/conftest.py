@@ -19,6 +19,7 @@ def _isolated_config(tmp_path, monkeypatch):
     """Never touch the user's real settings; no portable marker from the environment."""
     monkeypatch.setenv("MENDICANT_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("MENDICANT_DATA_DIR", str(tmp_path / "data"))  # the case store too
+    monkeypatch.setenv("MENDICANT_SITE_CONFIG", str(tmp_path / "no-site.ini"))  # no site policy unless a test sets one
     monkeypatch.delenv("MENDICANT_PORTABLE", raising=False)
     monkeypatch.delenv("MENDICANT_MODEL", raising=False)
 

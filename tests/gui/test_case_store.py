@@ -315,3 +315,35 @@ def test_v_vi_caution_on_a_case_set_to_v_vi(qtbot, window, tmp_path):
     assert FST_CAUTION in row["warnings"] and row["fst_override"] == "VI"
     view.fst_combo.setCurrentIndex(view.fst_combo.findData(None))
     assert FST_CAUTION not in case.warnings and "V–VI" not in view.warn_text.text()
+
+
+def test_queued_cases_say_the_model_failed_verification(qtbot, tmp_path, settings_path, tiny_bundle):
+    import shutil
+
+    from mendicant_desktop.gui.app import build_window, create_app
+    from mendicant_desktop.gui.cases import CaseRole
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle.parent, folder)
+    onnx = next(folder.glob("*.onnx"))
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the sha256 no longer matches the card
+    onnx.write_bytes(bytes(data))
+    create_app()
+    services, win = build_window(settings_path, folder / tiny_bundle.name)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: services.error is not None, timeout=10_000)
+    assert "verification" in services.error
+    (case,) = win.add_paths([lesion_image(tmp_path / "q.jpg")])
+    assert case.status == "queued"
+    assert win.assess.model.not_scored_reason == "not scored: the model failed verification"
+    ix = win.assess.model.index(0)
+    assert ix.data(CaseRole) is case and "the model failed verification" in ix.data(Qt_tooltip())
+    win.close()
+
+
+def Qt_tooltip():  # noqa: N802
+    from PySide6.QtCore import Qt
+
+    return Qt.ItemDataRole.ToolTipRole
