@@ -250,9 +250,11 @@ class MainWindow(QMainWindow):
     def _engine_ready(self, engine) -> None:
         c = engine.card
         thr = self.services.threshold
+        src = self.services.threshold_source
+        short = text.pct(thr) if src == "model" else f"{text.pct(thr)} ({src}; default {text.pct(c.threshold)})"
         self.model_label.setText(f"Model: {c.name} {c.version} ✔ verified · {engine.threads} thread(s) · "
-                                 f"threshold {text.threshold_text(thr, c.threshold, self.services.threshold_source)}")
-        self.model_label.setToolTip(f"sha256 {c.sha256}")
+                                 f"threshold {short}")
+        self.model_label.setToolTip(f"sha256 {c.sha256}\nThreshold {text.threshold_text(thr, c.threshold, src)}")
         self._update_actions()
 
     def _model_failed(self, reason: str) -> None:

@@ -24,6 +24,7 @@ def test_no_site_file_uses_the_cards_threshold(qtbot, window, tmp_path):
 def test_a_locked_site_threshold(qtbot, tmp_path, monkeypatch, settings_path, tiny_bundle):
     from mendicant_desktop.gui.app import build_window, create_app
     from mendicant_desktop.gui.settings_dialog import SettingsDialog
+    from mendicant_desktop.gui.text import pct
 
     site = _site(tmp_path, monkeypatch, 0.2, False)
     create_app()
@@ -41,7 +42,8 @@ def test_a_locked_site_threshold(qtbot, tmp_path, monkeypatch, settings_path, ti
     services.settings._qs.setValue("inference/threshold", 0.4)
     assert services.threshold == 0.2
     win._engine_ready(services.engine)
-    assert "20% (site threshold set by IT; the model's validated default is" in win.model_label.text()
+    assert f"threshold 20% (site; default {pct(card_t)})" in win.model_label.text()
+    assert "site threshold set by IT; the model's validated default is" in win.model_label.toolTip()
     dlg = SettingsDialog(services.settings, card_t, win, store=services.store)
     qtbot.addWidget(dlg)
     assert not dlg.threshold.isEnabled() and not dlg.reset_thr.isEnabled()
