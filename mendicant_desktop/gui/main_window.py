@@ -367,6 +367,7 @@ class MainWindow(QMainWindow):
         card, s = engine.card, self.settings
         colormap, opacity, skin_on = s.colormap, s.opacity, s.estimate_fst
         source = self.services.threshold_source
+        clinician, clinic = s.clinician, s.clinic
 
         def op(ctx):
             img = image
@@ -374,7 +375,8 @@ class MainWindow(QMainWindow):
                 img = downscale(load_image(src), DISPLAY_SIDE) if src is not None else case.thumb
             data = dataclasses.replace(
                 report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap, opacity=opacity,
-                                skin_enabled=skin_on), model_threshold=card.threshold, threshold_source=source)
+                                skin_enabled=skin_on), model_threshold=card.threshold, threshold_source=source,
+                clinician=clinician, clinic=clinic)
             return report.write_pdf(data, path)
 
         def ok(p) -> None:

@@ -88,6 +88,8 @@ class ReportData:
     skin_enabled: bool
     model_threshold: float | None = None
     threshold_source: str = ""
+    clinician: str = ""
+    clinic: str = ""
 
 
 def snapshot(case: Case, image: np.ndarray, model_name: str, model_version: str, model_sha256: str,
@@ -115,7 +117,7 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
             w = max(1, int(round(200 * p)))
             rows.append(
                 f"<tr><td>{e(CLASS_FULL_NAMES.get(name, name))}{mark}</td><td>{e(name)}</td>"
-                f"<td align='right'>{100 * p:.1f}%</td>"
+                f"<td align='right'>{e(pct(p))}</td>"
                 f"<td><table cellspacing='0' cellpadding='0'><tr><td bgcolor='#1f5f8b' width='{w}' height='8'></td>"
                 f"</tr></table></td></tr>"
             )
@@ -132,7 +134,13 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
         "<table width='100%' cellpadding='6' style='background:#fff4e0; border:1px solid #e0b060'><tr><td>"
         f"<b>{e(text.DISCLAIMER)}</b></td></tr></table>",
         "<table cellpadding='2' cellspacing='0' style='margin-top:8px'>",
-        f"<tr><td style='color:#5b6673'>Image</td><td>{e(c.source)} ({c.width} × {c.height} px)</td></tr>",
+        *(f"<tr><td style='color:#5b6673'>{k}</td><td>{e(v)}</td></tr>" for k, v in (
+            ("Patient", c.patient_code), ("Lesion", (c.lesion_label or "") + (f" (#{c.lesion_id})" if c.lesion_id
+                                                                               else "")),
+            ("Visit date", c.visit_date or (c.scored.date().isoformat() if c.scored else "")),
+            ("Clinician", d.clinician), ("Clinic", d.clinic)) if v),
+        # the file's name only: a report leaves the computer, the folders it came from do not
+        f"<tr><td style='color:#5b6673'>Image</td><td>{e(c.name)} ({c.width} × {c.height} px)</td></tr>",
         f"<tr><td style='color:#5b6673'>Image sha256</td><td style='{mono}'>{e(c.sha256)}</td></tr>",
         f"<tr><td style='color:#5b6673; padding-right:10px'>Model</td><td><b>{e(d.model_name)}</b> version "
         f"{e(d.model_version)} (file verified against its card's sha256 when loaded)</td></tr>",
@@ -170,6 +178,8 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
         f"<td style='color:#5b6673; padding-left:24px; padding-right:10px'>Body site</td><td>{e(text.SITE_LABELS.get(m.site, m.site))}</td></tr>",
         "</table>",
         f"<p style='margin-top:4px'><b>Skin type:</b> {e(head)}{('<br>' + e(detail)) if detail else ''}</p>",
+        *([f"<h3 {h3}>Notes</h3>", "<p style='margin-top:0'>" + e(c.notes).replace(chr(10), "<br>") + "</p>"]
+          if c.notes.strip() else []),
         f"<p style='color:#5b6673; font-size: 8pt; margin-top:10px'>{e(text.DISCLAIMER_SHORT)}</p>",
         "</body></html>",
     ]

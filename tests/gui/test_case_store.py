@@ -347,3 +347,28 @@ def Qt_tooltip():  # noqa: N802
     from PySide6.QtCore import Qt
 
     return Qt.ItemDataRole.ToolTipRole
+
+
+def test_the_report_names_patient_lesion_clinician_and_no_local_path(qtbot, window, tmp_path):
+    import dataclasses
+
+    from mendicant_desktop.gui import report
+    from mendicant_desktop.gui.text import pct
+
+    folder = tmp_path / "private folder name"
+    folder.mkdir()
+    window.assess.patient_edit.setText("P-REPORT")
+    (case,) = window.add_paths([lesion_image(folder / "lesion.jpg")])
+    wait_all_scored(qtbot, window)
+    window.assess.set_details(case, {"lesion_label": "left calf", "notes": "Bleeds when scratched",
+                                     "visit_date": "2026-11-30"})
+    card = window.services.engine.card
+    d = dataclasses.replace(report.snapshot(case, case.display, card.name, card.version, card.sha256),
+                            clinician="Dr A. Example", clinic="Harbour Clinic", model_threshold=card.threshold)
+    html = report.report_html(d)
+    for s in ("P-REPORT", "left calf", "2026-11-30", "Dr A. Example", "Harbour Clinic", "Bleeds when scratched",
+              "lesion.jpg"):
+        assert s in html, s
+    assert "private folder name" not in html and str(tmp_path) not in html
+    for p in case.prediction.probabilities:  # the same rounding as the screen ("<0.1%", not "0.0%")
+        assert pct(p) in html
