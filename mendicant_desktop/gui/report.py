@@ -117,7 +117,7 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
             w = max(1, int(round(200 * p)))
             rows.append(
                 f"<tr><td>{e(CLASS_FULL_NAMES.get(name, name))}{mark}</td><td>{e(name)}</td>"
-                f"<td align='right'>{e(pct(p))}</td>"
+                f"<td align='right'>{e(text.prob_text(p))}</td>"
                 f"<td><table cellspacing='0' cellpadding='0'><tr><td bgcolor='#1f5f8b' width='{w}' height='8'></td>"
                 f"</tr></table></td></tr>"
             )

@@ -38,6 +38,11 @@ def threshold_text(threshold: float, model_default: float | None, source: str = 
     return f"{pct(threshold)} ({who}; the model's validated default is {pct(model_default)})"
 
 
+def prob_text(p: float) -> str:
+    """A class probability as the probability bars show it, and the PDF too: one decimal, "<0.1%" below it."""
+    return "<0.1%" if 0 < p < 0.0005 else f"{100 * p:.1f}%"
+
+
 def pct(p: float) -> str:
     """A probability as a percentage, with a decimal where it matters (small values, low thresholds)."""
     v = 100.0 * float(p)

@@ -34,7 +34,7 @@ from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
 from mendicant_desktop.core.saliency import colormap_lut, upsample_cam
 
 from .qtutil import ACCENT, GRID, HIGH, INK, LOW, MUTED, rgb_to_qimage, rgba_to_qimage
-from .text import pct
+from .text import pct, prob_text
 
 OVERLAY_SIDE = 512  # the coloured heat map is built at this size and smoothly scaled by Qt
 
@@ -342,7 +342,7 @@ class ProbabilityBars(QWidget):
                 p.drawRoundedRect(fill, 4, 4)
             p.setPen(INK)
             p.drawText(QRectF(bar_x + bar_w, y, pct_w, rh), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
-                       "<0.1%" if 0 < prob < 0.0005 else f"{100 * prob:.1f}%")
+                       prob_text(prob))
         p.end()
 
 

@@ -353,7 +353,7 @@ def test_the_report_names_patient_lesion_clinician_and_no_local_path(qtbot, wind
     import dataclasses
 
     from mendicant_desktop.gui import report
-    from mendicant_desktop.gui.text import pct
+    from mendicant_desktop.gui.text import prob_text
 
     folder = tmp_path / "private folder name"
     folder.mkdir()
@@ -370,5 +370,6 @@ def test_the_report_names_patient_lesion_clinician_and_no_local_path(qtbot, wind
               "lesion.jpg"):
         assert s in html, s
     assert "private folder name" not in html and str(tmp_path) not in html
-    for p in case.prediction.probabilities:  # the same rounding as the screen ("<0.1%", not "0.0%")
-        assert pct(p) in html
+    for p in case.prediction.probabilities:  # the same rounding as the screen's bars ("<0.1%", not "0.0%")
+        assert prob_text(p) in html
+    assert prob_text(0.0004) == "<0.1%" and prob_text(0.358) == "35.8%"
