@@ -46,7 +46,7 @@ from .cases import Case, CaseDelegate, CaseListModel, CaseRole
 from .keeper import CaseKeeper
 from .qtutil import qimage_png_bytes, rgb_to_qimage
 from .services import Services
-from .settings import ESTIMATE_FST_KEY, IDENTIFY_KEY, OVERLAY_PREFIX, THRESHOLD_KEY
+from .settings import CAM_TARGET_KEY, ESTIMATE_FST_KEY, IDENTIFY_KEY, OVERLAY_PREFIX, THRESHOLD_KEY
 from .widgets import DropZone
 from .worker import BackgroundOp, scoring_pool
 
@@ -402,12 +402,14 @@ class AssessTab(QWidget):
         meta = case.metadata
         threshold = self.services.threshold
         estimate = self.settings.estimate_fst
+        cam_target = self.settings.cam_target
         source = case.pending_bytes if case.pending_bytes is not None else case.path
 
         def op(ctx):
             ctx.check_cancelled()
             ctx.progress(0, 1, "scoring")
             a = try_assess(engine, source, meta, name=case.source, threshold=threshold, estimate_fst=estimate,
+                           cam_target=cam_target,
                            preview_side=DISPLAY_SIDE)
             if isinstance(a, Failure):
                 return a, None, None
@@ -507,7 +509,9 @@ class AssessTab(QWidget):
             self.message.emit(f"Re-scoring {case.name} failed: {exc}")
             self._changed(case)
 
-        BackgroundOp(self, op=lambda ctx: rescore(engine, scored, meta, threshold=threshold), success=ok).failure(
+        cam_target = self.settings.cam_target
+        BackgroundOp(self, op=lambda ctx: rescore(engine, scored, meta, threshold=threshold, cam_target=cam_target),
+                     success=ok).failure(
             failed).run_in_background()
 
     # ---- detailed explanation (occlusion sensitivity) ------------------------------------------
@@ -586,6 +590,10 @@ class AssessTab(QWidget):
     def _setting_changed(self, key: str) -> None:
         if key == THRESHOLD_KEY:
             self._rethreshold()
+        elif key == CAM_TARGET_KEY:
+            cur = self.current_case()  # the case on screen is explained again at once; others when re-scored
+            if cur is not None and cur.assessment is not None and cur.status == "done":
+                self.set_metadata(cur, cur.metadata, force=True)
         elif key.startswith(OVERLAY_PREFIX):
             self.view.apply_settings()
         elif key == IDENTIFY_KEY:
@@ -639,9 +647,11 @@ class AssessTab(QWidget):
             return None
         self._rehydrating.add(case.id)
         path, meta, threshold, estimate = case.path, case.metadata, self.services.threshold, self.settings.estimate_fst
+        cam_target = self.settings.cam_target
 
         def op(ctx):
             a = try_assess(engine, path, meta, name=case.name, threshold=threshold, estimate_fst=estimate,
+                           cam_target=cam_target,
                            preview_side=DISPLAY_SIDE)
             if isinstance(a, Failure):
                 return a, None

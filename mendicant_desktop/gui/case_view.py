@@ -406,6 +406,8 @@ class CaseView(QWidget):
 
     def _overlay_toggled(self, on: bool) -> None:
         self.view.set_overlay_visible(on)
+        self.legend.setVisible(on)  # the colour legend and caption describe the map: hidden with it
+        self.cam_caption.setVisible(on)
         self.opacity.setEnabled(on)
         self.colormap.setEnabled(on)
         self.mode.setEnabled(on and self.case is not None and self.case.occlusion is not None)
@@ -456,7 +458,8 @@ class CaseView(QWidget):
                              "Run \u201cDetailed explanation\u201d to add the occlusion-sensitivity map")
         if effective == "Occlusion":
             self.view.set_cam(case.occlusion)
-            self.cam_caption.setText("Occlusion sensitivity of the malignancy score")
+            note = self.outside_note(case, case.occlusion)
+            self.cam_caption.setText("Occlusion sensitivity of the malignancy score" + (f" — ⚠ {note}" if note else ""))
             self.cam_caption.setToolTip("How much hiding each region (the image's mean colour over a sliding "
                                         "patch) changes the malignancy score, whatever the direction"
                                         + (f"; {case.occlusion_info}" if case.occlusion_info else ""))
@@ -467,9 +470,37 @@ class CaseView(QWidget):
                 self.cam_caption.setText("")
             else:
                 target = pred.cam_target or pred.top_class
-                self.cam_caption.setText(f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
-                                         else "Grad-CAM for the malignancy score")
+                caption = (f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
+                           else "Grad-CAM for the malignancy score")
+                note = self.outside_note(case, pred.cam)
+                self.cam_caption.setText(caption + (f" — ⚠ {note}" if note else ""))
+                self.cam_caption.setToolTip(note)
         self.view.set_overlay_visible(self.overlay_box.isChecked())
+
+    #: Below this share of the map's mass inside the lesion, the caption says the map looks elsewhere.
+    INSIDE_MIN = 0.5
+
+    def outside_note(self, case: Case, cam) -> str:
+        """"" when the map sits mostly on the lesion, else a plain note (cached per map)."""
+        if cam is None or case.x is None:
+            return ""
+        key = id(cam)
+        cached = getattr(case, "_outside_note", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        from mendicant_desktop.core.explain import saliency_in_lesion
+
+        note = ""
+        try:
+            s = saliency_in_lesion(cam, case.x)
+        except ValueError:
+            s = None
+        if s is not None and s.ok and s.ratio < self.INSIDE_MIN:
+            where = "the black background" if s.mask_kind == "masked-crop" else "the skin around it"
+            note = (f"only {s.ratio:.0%} of the map lies on the lesion; the rest falls on {where}, so it does not "
+                    "show what the score rests on")
+        case._outside_note = (key, note)
+        return note
 
     def show_explain_state(self, case: Case) -> None:
         """Button or progress bar + Cancel, for the case on screen."""
@@ -572,6 +603,8 @@ class CaseView(QWidget):
             c.setVisible(not err)
         self.image_tools.setVisible(not err)
         self.legend_row.setVisible(not err)
+        self.legend.setVisible(self.overlay_box.isChecked())
+        self.cam_caption.setVisible(self.overlay_box.isChecked())
         self.view.set_placeholder("This file could not be read, so there is no image to show." if err
                                   else "Loading the image…")
         if image_changed or not same:

@@ -36,6 +36,7 @@ COLORMAP_KEY = OVERLAY_PREFIX + "colormap"
 OPACITY_KEY = OVERLAY_PREFIX + "opacity"
 SHOW_OVERLAY_KEY = OVERLAY_PREFIX + "show"
 ESTIMATE_FST_KEY = "skin/estimate_fst"
+CAM_TARGET_KEY = OVERLAY_PREFIX + "target"
 COPY_IMAGES_KEY = "cases/copy_images"
 IDENTIFY_KEY = "cases/identify_patients"
 CLINICIAN_KEY = "report/clinician"
@@ -258,6 +259,18 @@ class AppSettings(QObject):
     @show_overlay.setter
     def show_overlay(self, on: bool) -> None:
         self._set(SHOW_OVERLAY_KEY, bool(on))
+
+    @property
+    def cam_target(self) -> str:
+        """What the Grad-CAM map explains: "malignancy" (the score, the default), "top" or a class name."""
+        from mendicant_desktop.core.results import CLASS_NAMES
+
+        v = str(self._get(CAM_TARGET_KEY, "malignancy"))
+        return v if v in ("malignancy", "top", *CLASS_NAMES) else "malignancy"
+
+    @cam_target.setter
+    def cam_target(self, v: str) -> None:
+        self._set(CAM_TARGET_KEY, str(v))
 
     @property
     def copy_images(self) -> bool:

@@ -138,6 +138,16 @@ class SettingsDialog(QDialog):
         op_row.addWidget(self.opacity, 1)
         op_row.addWidget(self.opacity_label)
         f2.addRow("Opacity:", op_row)
+        from mendicant_desktop.core.results import CLASS_FULL_NAMES, CLASS_NAMES
+
+        self.cam_target = QComboBox()
+        self.cam_target.addItem("the malignancy score (default)", "malignancy")
+        self.cam_target.addItem("the most likely class", "top")
+        for c in CLASS_NAMES:
+            self.cam_target.addItem(f"{CLASS_FULL_NAMES[c]} ({c})", c)
+        self.cam_target.setCurrentIndex(max(0, self.cam_target.findData(self.settings.cam_target)))
+        self.cam_target.setToolTip("What the Grad-CAM map explains; the caption under the image names it")
+        f2.addRow("Explain:", self.cam_target)
         return g2
 
     def _build_skin_group(self) -> QGroupBox:
@@ -236,6 +246,8 @@ class SettingsDialog(QDialog):
             s.opacity = self.opacity.value() / 100
         if s.estimate_fst != self.estimate_fst.isChecked():
             s.estimate_fst = self.estimate_fst.isChecked()
+        if s.cam_target != self.cam_target.currentData():
+            s.cam_target = self.cam_target.currentData()
         if s.copy_images != self.copy_images.isChecked():
             s.copy_images = self.copy_images.isChecked()
         if s.identify_patients != self.identify.isChecked():
