@@ -66,6 +66,7 @@ COMPACT_META_WIDTH = 540
 NARROW_TOOLS_WIDTH = 500
 SLIDER_WIDTH = 70
 NARROW_SLIDER_WIDTH = 40
+VERY_NARROW_TOOLS_WIDTH = 470
 
 
 class CaseView(QWidget):
@@ -379,6 +380,14 @@ class CaseView(QWidget):
         narrow = w < NARROW_TOOLS_WIDTH
         self.op_label.setVisible(not narrow)  # the slider keeps its tooltip and accessible name
         self.opacity.setMinimumWidth(NARROW_SLIDER_WIDTH if narrow else SLIDER_WIDTH)
+        # never clip the switch's or the combos' text: below this width the zoom buttons go (Ctrl++/-/0, the
+        # mouse wheel and a double-click still zoom and fit) and the colour scale combo (Settings has it)
+        very_narrow = w < VERY_NARROW_TOOLS_WIDTH
+        for b in (self.btn_in, self.btn_out, self.btn_100):
+            b.setVisible(not very_narrow)
+        self.colormap.setVisible(not very_narrow)
+        for wdg in (self.overlay_box, self.mode):
+            wdg.setMinimumWidth(wdg.sizeHint().width())
 
     def _tool(self, label: str, tip: str) -> QToolButton:
         b = QToolButton()
@@ -459,10 +468,12 @@ class CaseView(QWidget):
         if effective == "Occlusion":
             self.view.set_cam(case.occlusion)
             note = self.outside_note(case, case.occlusion)
-            self.cam_caption.setText("Occlusion sensitivity of the malignancy score" + (f" — ⚠ {note}" if note else ""))
+            self.cam_caption.setText("Occlusion sensitivity of the malignancy score"
+                                     + (" · ⚠ mostly off the lesion" if note else ""))
             self.cam_caption.setToolTip("How much hiding each region (the image's mean colour over a sliding "
                                         "patch) changes the malignancy score, whatever the direction"
-                                        + (f"; {case.occlusion_info}" if case.occlusion_info else ""))
+                                        + (f"; {case.occlusion_info}" if case.occlusion_info else "")
+                                        + (f". {note[:1].upper() + note[1:]}." if note else ""))
         else:
             self.cam_caption.setToolTip("")
             self.view.set_cam(pred.cam if pred is not None else None)
@@ -473,8 +484,8 @@ class CaseView(QWidget):
                 caption = (f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
                            else "Grad-CAM for the malignancy score")
                 note = self.outside_note(case, pred.cam)
-                self.cam_caption.setText(caption + (f" — ⚠ {note}" if note else ""))
-                self.cam_caption.setToolTip(note)
+                self.cam_caption.setText(caption + (" · ⚠ mostly off the lesion" if note else ""))
+                self.cam_caption.setToolTip(note[:1].upper() + note[1:] + "." if note else "")
         self.view.set_overlay_visible(self.overlay_box.isChecked())
 
     #: Below this share of the map's mass inside the lesion, the caption says the map looks elsewhere.

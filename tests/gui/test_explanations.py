@@ -43,6 +43,8 @@ def test_a_map_off_the_lesion_says_so(qtbot, window, tmp_path):
     corner = np.zeros((8, 8), np.float32)
     corner[0, 0] = 1.0  # all the mass in one corner: on the black background
     assert "black background" in view.outside_note(case, corner)
+    view._show_overlay(case)
+    assert view.cam_caption.text().startswith("Grad-CAM for the malignancy score")
     centre = np.zeros((8, 8), np.float32)
     centre[3:5, 3:5] = 1.0
     assert view.outside_note(case, centre) == ""
