@@ -39,6 +39,12 @@ QUALITY_SIDE = 512
 _SKIN_SIDE = 128
 #: Share of near-black pixels above which "mostly not skin" is blamed on a masked background.
 _MASKED_BLACK_SHARE = 0.5
+#: Overexposure: share of clipped-white pixels (every channel >= 250) at or above which the photo is blown out.
+CLIPPED_WHITE_SHARE = 0.25
+#: Underexposure: the 95th percentile of luma (0..255) below this means the whole photo is dark.
+DARK_P95_LUMA = 60.0
+#: Tiny lesion: the lesion covers less than this share of the photo (the model sees it at 254x254).
+TINY_LESION_SHARE = 0.01
 
 
 def _area_downsample(img: np.ndarray, side: int) -> np.ndarray:
@@ -60,6 +66,18 @@ def laplacian_variance(rgb: np.ndarray) -> float:
     if vals.size < 64:
         return float(lap.var()) if lap.size else 0.0
     return float(vals.var())
+
+
+def _lesion_share(rgb: np.ndarray) -> float | None:
+    """Share of the image the lesion mask covers (None when no lesion is found at all)."""
+    from mendicant_desktop.core.explain import MIN_LESION_FRACTION, lesion_mask
+
+    try:
+        mask, _kind = lesion_mask(np.asarray(downscale(rgb[..., :3], 256)))
+    except ValueError:
+        return None
+    share = float(mask.mean()) if mask.size else 0.0
+    return share if share >= MIN_LESION_FRACTION / 4 else None
 
 
 def skin_like_fraction(rgb: np.ndarray) -> tuple[float, float]:
@@ -94,6 +112,26 @@ def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None
         out.append(
             f"Heavy blur (sharpness {lv:.1f}, below {BLUR_VARIANCE:g}): the lesion's structure may not be "
             "visible to the model. Retake the photo in focus if possible."
+        )
+    small = _area_downsample(rgb[..., :3], _SKIN_SIDE)
+    white = float((small.min(axis=-1) >= 250).mean()) if small.size else 0.0
+    if white >= CLIPPED_WHITE_SHARE:
+        out.append(
+            f"Overexposed: {white:.0%} of the image is clipped white; colour and structure are lost there. "
+            "Retake with less light or flash if possible."
+        )
+    luma = small @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    lit = luma[luma >= 12.0]  # a masked crop's black background is not underexposure ("mostly not skin" says it)
+    if lit.size >= 0.5 * luma.size and float(np.percentile(lit, 95)) < DARK_P95_LUMA:
+        out.append(
+            "Underexposed: the whole image is very dark, so colours and structure are hard to see. "
+            "Retake with more light if possible."
+        )
+    lesion_share = _lesion_share(rgb)
+    if lesion_share is not None and lesion_share < TINY_LESION_SHARE:
+        out.append(
+            f"Tiny lesion: it covers only {lesion_share:.1%} of the photo, and the model sees the whole photo "
+            f"at {MODEL_SIZE[1]}×{MODEL_SIZE[0]}. Move closer or crop around the lesion."
         )
     skin, black = skin_like_fraction(rgb)
     if skin < MIN_SKIN_LIKE:
