@@ -145,6 +145,11 @@ class MainWindow(QMainWindow):
         self.act_paste = self._act("&Paste image", self.paste, K.Paste, "Assess an image from the clipboard", "paste")
         self.act_pdf = self._act("Export case &report (PDF)…", self.export_pdf_dialog, "Ctrl+E",
                                  "Save the selected case as a PDF report", "pdf")
+        self.act_print = self._act("&Print case report…", self.print_report, QKeySequence.StandardKey.Print,
+                                   "Print the selected case's report")
+        self.act_pdf_all = self._act("Export report of the cases &shown (PDF)…", self.export_all_pdf_dialog, None,
+                                     "One PDF with the report of every scored case the list shows (search and "
+                                     "filters apply)")
         self.act_csv = self._act("Export session (&CSV)…", self.export_csv_dialog, "Ctrl+Shift+E",
                                  "Save every case of this session as CSV (the batch columns)", "csv")
         self.act_quit = self._act("&Quit", self.close, "Ctrl+Q")
@@ -181,6 +186,8 @@ class MainWindow(QMainWindow):
             m.addAction(a)
         m.addSeparator()
         m.addAction(self.act_pdf)
+        m.addAction(self.act_pdf_all)
+        m.addAction(self.act_print)
         m.addAction(self.act_csv)
         m.addSeparator()
         m.addAction(self.act_quit)
@@ -242,6 +249,8 @@ class MainWindow(QMainWindow):
     def _update_actions(self, *_) -> None:
         case = self.assess.current_case()
         self.act_pdf.setEnabled(case is not None and case.status == "done" and self.services.engine is not None)
+        self.act_print.setEnabled(self.act_pdf.isEnabled())
+        self.act_pdf_all.setEnabled(self.services.engine is not None and self.assess.model.rowCount() > 0)
         self.act_csv.setEnabled(self.assess.model.rowCount() > 0)
         self.act_explain.setEnabled(self.services.engine is not None and self.assess.view.can_explain(case))
         self.act_undo.setEnabled(self.assess.btn_undo.isEnabled())
@@ -357,30 +366,45 @@ class MainWindow(QMainWindow):
                 path += ".pdf"
             self.export_pdf(path)
 
-    def export_pdf(self, path: str, case=None) -> BackgroundOp | None:
-        """Write the PDF report of ``case`` (default: the selected one) in the background."""
-        case = case or self.assess.current_case()
+    def _report_op(self, cases):
+        """A worker function building the report data of ``cases`` (their images re-read when dropped)."""
         engine = self.services.engine
-        if case is None or case.prediction is None or engine is None:
-            return None
-        image, src = case.display, case.path
         card, s = engine.card, self.settings
         colormap, opacity, skin_on = s.colormap, s.opacity, s.estimate_fst
         source = self.services.threshold_source
         clinician, clinic = s.clinician, s.clinic
+        items = [(c, c.display, c.path) for c in cases]
+
+        def datas():
+            out = []
+            for case, image, src in items:
+                img = image
+                if img is None:  # the display copy was dropped from memory: read the file again
+                    img = downscale(load_image(src), DISPLAY_SIDE) if src is not None else case.thumb
+                out.append(dataclasses.replace(
+                    report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap,
+                                    opacity=opacity, skin_enabled=skin_on),
+                    model_threshold=card.threshold, threshold_source=source, clinician=clinician, clinic=clinic))
+            return out
+
+        return datas
+
+    def export_pdf(self, path: str, case=None, cases=None) -> BackgroundOp | None:
+        """Write the PDF report of ``case`` (default: the selected one), or of several ``cases`` one after the
+        other, in the background."""
+        many = cases is not None
+        cases = [c for c in (cases if many else [case or self.assess.current_case()])
+                 if c is not None and c.prediction is not None and c.status == "done"]
+        if not cases or self.services.engine is None:
+            return None
+        datas = self._report_op(cases)
 
         def op(ctx):
-            img = image
-            if img is None:  # the display copy was dropped from memory: read the file again
-                img = downscale(load_image(src), DISPLAY_SIDE) if src is not None else case.thumb
-            data = dataclasses.replace(
-                report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap, opacity=opacity,
-                                skin_enabled=skin_on), model_threshold=card.threshold, threshold_source=source,
-                clinician=clinician, clinic=clinic)
-            return report.write_pdf(data, path)
+            ds = datas()
+            return report.write_pdf(ds if many else ds[0], path)
 
         def ok(p) -> None:
-            self._message(f"Report saved: {p}")
+            self._message(f"Report saved: {p}" + (f" ({len(cases)} cases)" if many else ""))
             self.pdfExported.emit(str(p))
 
         def failed(exc: BaseException) -> None:
@@ -388,6 +412,35 @@ class MainWindow(QMainWindow):
             self.exportFailed.emit(str(exc))
 
         return BackgroundOp(self, op=op, success=ok).failure(failed).run_in_background()
+
+    def export_all_pdf_dialog(self) -> None:
+        cases = [c for c in self.assess.visible_cases() if c.status == "done"]
+        if not cases:
+            return
+        default = str(Path(self.settings.last_dir or Path.home()) / "MENDICANT-cases.pdf")
+        path, _ = QFileDialog.getSaveFileName(self, f"Export a report of {len(cases)} cases", default, "PDF (*.pdf)")
+        if path:
+            self.export_pdf(path if path.lower().endswith(".pdf") else path + ".pdf", cases=cases)
+
+    def print_report(self, cases=None, printer=None, ask: bool = True) -> bool:
+        """Print the selected case's report (or ``cases``) through the system's print dialog."""
+        from PySide6.QtPrintSupport import QPrintDialog, QPrinter
+
+        cases = cases or [self.assess.current_case()]
+        cases = [c for c in cases if c is not None and c.status == "done" and c.prediction is not None]
+        if not cases or self.services.engine is None:
+            return False
+        printer = printer or QPrinter(QPrinter.PrinterMode.HighResolution)
+        if ask:
+            dlg = QPrintDialog(printer, self)
+            dlg.setWindowTitle("Print case report")
+            if dlg.exec() != QPrintDialog.DialogCode.Accepted:
+                return False
+        ds = self._report_op(cases)()
+        doc = report.build_document(ds if len(ds) > 1 else ds[0])
+        doc.print_(printer)
+        self._message(f"Sent {len(ds)} report{'s' if len(ds) != 1 else ''} to the printer")
+        return True
 
     def export_csv_dialog(self) -> None:
         default = str(Path(self.settings.last_dir or Path.home()) / "MENDICANT-session.csv")

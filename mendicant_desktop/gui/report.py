@@ -106,7 +106,9 @@ def _esc(s: object) -> str:
     return html.escape(str(s))
 
 
-def report_html(d: ReportData, now: datetime | None = None) -> str:
+def report_html(d: ReportData, now: datetime | None = None, key: str = "", wrap: bool = True) -> str:
+    """One case's report. ``key`` names its images' resources (several cases in one document); ``wrap`` False
+    gives the body's content only (:func:`reports_html` joins several)."""
     c, pred = d.case, d.case.prediction
     now = now or datetime.now()
     e = _esc
@@ -127,7 +129,7 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
     mono = "font-family: monospace; font-size: 7.5pt"
     h3 = "style='margin-top:10px; margin-bottom:4px'"
     parts = [
-        "<html><body style='font-family: sans-serif; font-size: 9.5pt; color:#1d2733'>",
+        BODY_OPEN,
         "<h2 style='margin:0'>MENDICANT — case report</h2>",
         f"<p style='color:#5b6673; margin-top:2px; margin-bottom:6px'>Generated {now:%Y-%m-%d %H:%M} · "
         f"MENDICANT Desktop {e(__version__)}</p>",
@@ -146,12 +148,12 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
         f"{e(d.model_version)} (file verified against its card's sha256 when loaded)</td></tr>",
         f"<tr><td style='color:#5b6673'>Model sha256</td><td style='{mono}'>{e(d.model_sha256)}</td></tr>",
         "</table>",
-        "<table cellspacing='6' style='margin-top:4px'><tr><td align='center'><img src='mendicant://image' "
+        f"<table cellspacing='6' style='margin-top:4px'><tr><td align='center'><img src='mendicant://image{key}' "
         "width='250'><br>Original</td>",
     ]
     if d.overlay_img is not None:
         target = pred.cam_target or pred.top_class if pred is not None else ""
-        parts.append(f"<td align='center'><img src='mendicant://overlay' width='250'><br>Grad-CAM ({e(d.colormap)}) "
+        parts.append(f"<td align='center'><img src='mendicant://overlay{key}' width='250'><br>Grad-CAM ({e(d.colormap)}) "
                      f"for {e(text.class_label(target)) if target != 'malignancy' else 'the malignancy score'}</td>")
     parts.append("</tr></table>")
     if pred is not None:
@@ -183,24 +185,49 @@ def report_html(d: ReportData, now: datetime | None = None) -> str:
         f"<p style='color:#5b6673; font-size: 8pt; margin-top:10px'>{e(text.DISCLAIMER_SHORT)}</p>",
         "</body></html>",
     ]
+    if not wrap:
+        parts = parts[1:-1]
     return "\n".join(parts)
 
 
-def write_pdf(d: ReportData, path: str | os.PathLike) -> Path:
-    """Render the report to a PDF (A4). Thread-safe: QImage + QTextDocument + QPdfWriter only."""
+BODY_OPEN = "<html><body style='font-family: sans-serif; font-size: 9.5pt; color:#1d2733'>"
+
+
+def reports_html(ds: list[ReportData], now: datetime | None = None) -> str:
+    """Several cases in one document, each from a new page."""
+    brk = "<p style='page-break-before: always; margin:0'></p>"
+    return BODY_OPEN + brk.join(report_html(d, now, key=str(i), wrap=False) for i, d in enumerate(ds)) + \
+        "</body></html>"
+
+
+def build_document(ds: ReportData | list[ReportData]) -> QTextDocument:
+    """The report(s) as a QTextDocument with their images (thread-safe: QImage + QTextDocument only)."""
+    many = isinstance(ds, list)
+    items = ds if many else [ds]
+    doc = QTextDocument()
+    for i, d in enumerate(items):
+        key = str(i) if many else ""
+        doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(f"mendicant://image{key}"),
+                        rgb_to_qimage(d.image))
+        if d.overlay_img is not None:
+            doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(f"mendicant://overlay{key}"),
+                            rgb_to_qimage(d.overlay_img))
+    doc.setHtml(reports_html(items) if many else report_html(items[0]))
+    return doc
+
+
+def write_pdf(d: ReportData | list[ReportData], path: str | os.PathLike) -> Path:
+    """Render the report (or several cases, one after another) to a PDF (A4). Thread-safe: QImage +
+    QTextDocument + QPdfWriter only."""
     p = Path(path)
     writer = QPdfWriter(str(p))
     writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
     writer.setPageMargins(QMarginsF(15, 15, 15, 15), QPageLayout.Unit.Millimeter)
     writer.setResolution(96)  # the document's px and pt then match a screen's; images keep their pixels
-    writer.setTitle(f"MENDICANT case report — {d.case.name}")
+    writer.setTitle(f"MENDICANT case report — {d.case.name}" if not isinstance(d, list)
+                    else f"MENDICANT case reports — {len(d)} cases")
     writer.setCreator(f"MENDICANT Desktop {__version__}")
-    doc = QTextDocument()
-    doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl("mendicant://image"), rgb_to_qimage(d.image))
-    if d.overlay_img is not None:
-        doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl("mendicant://overlay"),
-                        rgb_to_qimage(d.overlay_img))
-    doc.setHtml(report_html(d))
+    doc = build_document(d)
     layout = writer.pageLayout()
     rect = layout.paintRectPixels(writer.resolution())
     doc.setPageSize(QSizeF(rect.width(), rect.height()))

@@ -373,3 +373,25 @@ def test_the_report_names_patient_lesion_clinician_and_no_local_path(qtbot, wind
     for p in case.prediction.probabilities:  # the same rounding as the screen's bars ("<0.1%", not "0.0%")
         assert prob_text(p) in html
     assert prob_text(0.0004) == "<0.1%" and prob_text(0.358) == "35.8%"
+
+
+def test_multi_case_report_and_printing(qtbot, window, tmp_path):
+    from PySide6.QtPrintSupport import QPrinter
+
+    cases = window.add_paths([lesion_image(tmp_path / f"m{i}.jpg", seed=i) for i in range(3)])
+    wait_all_scored(qtbot, window)
+    done = []
+    window.pdfExported.connect(done.append)
+    out = tmp_path / "all.pdf"
+    window.export_pdf(str(out), cases=cases)
+    qtbot.waitUntil(lambda: bool(done), timeout=30_000)
+    import re
+
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", data)) >= 3  # a page per case
+    printer = QPrinter()
+    printer.setOutputFormat(QPrinter.OutputFormat.PdfFormat)
+    printer.setOutputFileName(str(tmp_path / "printed.pdf"))
+    assert window.print_report(printer=printer, ask=False)
+    assert (tmp_path / "printed.pdf").read_bytes().startswith(b"%PDF")
+    assert window.act_print.shortcut().toString() == "Ctrl+P"
