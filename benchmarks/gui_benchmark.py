@@ -73,7 +73,8 @@ def resolve_model(arg: str | None, tmp: Path) -> tuple[str, str]:
 
 
 def cold_start(card: str, runs: int, tmp: Path) -> list[float]:
-    env = {**os.environ, "MENDICANT_MODEL": card, "MENDICANT_CONFIG_DIR": str(tmp / "cfg")}
+    env = {**os.environ, "MENDICANT_MODEL": card, "MENDICANT_CONFIG_DIR": str(tmp / "cfg"),
+           "MENDICANT_DATA_DIR": str(tmp / "data")}
     # An installed app (wheel or PyInstaller bundle) starts from compiled bytecode; a development shell with
     # PYTHONDONTWRITEBYTECODE=1 would recompile every module on every start (~0.3 s here). Cache bytecode in
     # the temp dir (not in the repo); the first run, which compiles, is reported separately.

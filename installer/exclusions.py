@@ -50,11 +50,11 @@ MODULE_EXCLUDES: dict[str, tuple[str, list[str]]] = {
          "psutil", "cpuinfo", "py3nvml", "coloredlogs", "humanfriendly", "packaging", "fsspec", "filelock",
          "yaml", "_yaml"],
     ),
-    "stdlib extras (ssl/libssl, tkinter, unittest, pydoc, distutils, lib2to3, xmlrpc, sqlite3, curses)": (
-        "no network (so no TLS), no Tk, no test runner, no XML-RPC, no database in the frozen app; asyncio, "
-        "http.client and urllib import ssl optionally",
+    "stdlib extras (ssl/libssl, tkinter, unittest, pydoc, distutils, lib2to3, xmlrpc, curses)": (
+        "no network (so no TLS), no Tk, no test runner, no XML-RPC in the frozen app (sqlite3 stays: it is the "
+        "case store); asyncio, http.client and urllib import ssl optionally",
         ["tkinter", "_tkinter", "turtle", "turtledemo", "idlelib", "unittest", "pydoc", "pydoc_data", "doctest",
-         "distutils", "lib2to3", "xmlrpc", "sqlite3", "ssl", "_ssl", "_sqlite3", "curses", "_curses", "ensurepip", "venv",
+         "distutils", "lib2to3", "xmlrpc", "ssl", "_ssl", "curses", "_curses", "ensurepip", "venv",
          "test"],
     ),
     "numpy/Pillow extras (f2py, AVIF codec, FreeType text, Tk/Qt bridges)": (

@@ -30,7 +30,7 @@ from mendicant_desktop.core.skintone import estimate_skin_tone
 
 from .errors import MEMORY_REASON
 from .images import downscale
-from .quality import QUALITY_SIDE, domain_warnings, image_warnings
+from .quality import QUALITY_SIDE, domain_warnings, fst_caution, image_warnings
 from .rows import COLUMNS, error_row, ok_row
 
 #: The largest preview :func:`prepare` makes (the GUI's display copy); smaller previews and the quality checks
@@ -90,7 +90,9 @@ class Assessment:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return self.image_warnings + self.domain_warnings
+        """Image, domain and skin-type warnings (the V–VI caution when the skin type is estimated as V or VI)."""
+        caution = fst_caution(self.skin.fst if self.skin is not None else None)
+        return self.image_warnings + self.domain_warnings + ((caution,) if caution else ())
 
     def row(self, columns: Sequence[str] = COLUMNS, image: str | None = None) -> dict[str, Any]:
         """The row (see :mod:`~mendicant_desktop.app.rows`) for this assessment."""
@@ -196,11 +198,14 @@ def predict(engine: Engine, x: np.ndarray, metadata: Sequence[Metadata | None], 
                                        threshold=threshold)
 
 
-def complete(p: Prepared, prediction: Prediction, card_raw: dict[str, Any]) -> Assessment:
-    """The assessment of a prepared input once the model has scored it (adds the domain warnings)."""
+def complete(p: Prepared, prediction: Prediction, card_raw: dict[str, Any], card_dir=None) -> Assessment:
+    """The assessment of a prepared input once the model has scored it (adds the domain warnings; ``card_dir``:
+    the card's folder, where a feature-distance check's sidecar lies)."""
     return Assessment(
         name=p.name, sha256=p.sha256, width=p.width, height=p.height, x=p.x, skin=p.skin,
-        image_warnings=p.image_warnings, domain_warnings=tuple(domain_warnings(card_raw, prediction.probabilities)),
+        image_warnings=p.image_warnings,
+        domain_warnings=tuple(domain_warnings(card_raw, prediction.probabilities, pooled=prediction.pooled,
+                                              card_dir=card_dir)),
         prediction=prediction, metadata=p.metadata, preview=p.preview,
     )
 
@@ -225,7 +230,8 @@ def assess(
     raw = source if isinstance(source, RawInput) else read_source(source, name)
     p = prepare(raw, engine.input_size, metadata=metadata, estimate_fst=estimate_fst, preview_side=preview_side,
                 max_pixels=max_pixels)
-    return complete(p, predict(engine, p.x[None], [metadata], threshold, cam_target)[0], engine.card.raw)
+    return complete(p, predict(engine, p.x[None], [metadata], threshold, cam_target)[0], engine.card.raw,
+                    engine.bundle.card_path.parent)
 
 
 def try_assess(engine: Engine, source: Source, metadata: Metadata | None = None, *, name: str | None = None,
@@ -251,7 +257,9 @@ def rescore(
     """The same image scored again with other metadata (one forward pass on the kept model input)."""
     pred = predict(engine, a.x[None], [metadata], threshold, cam_target)[0]
     return dataclasses.replace(a, prediction=pred, metadata=metadata,
-                               domain_warnings=tuple(domain_warnings(engine.card.raw, pred.probabilities)))
+                               domain_warnings=tuple(domain_warnings(engine.card.raw, pred.probabilities,
+                                                                     pooled=pred.pooled,
+                                                                     card_dir=engine.bundle.card_path.parent)))
 
 
 def with_threshold(pred: Prediction, threshold: float) -> Prediction:

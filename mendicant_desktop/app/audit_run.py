@@ -9,10 +9,13 @@ report (:mod:`core.report_html`) both front ends write.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -240,3 +243,22 @@ def to_report(run: AuditRun, model_card: Mapping[str, Any] | None = None, app_ve
 def to_html(run: AuditRun, model_card: Mapping[str, Any] | None = None, app_version: str = "") -> str:
     """The self-contained HTML report, exactly as ``--audit`` writes it."""
     return report_html.render_html(to_report(run, model_card, app_version))
+
+
+def audit_record(run: AuditRun) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inputs, results) of a finished run, JSON-ready, for the case store's ``save_audit_run``: what was
+    audited (files, each image's label, skin type and its source, score; failures and skipped rows, the
+    bootstrap settings and threshold) and what came out (the audit's figures)."""
+    labels_sha = None
+    with contextlib.suppress(OSError):
+        labels_sha = hashlib.sha256(Path(run.labels_path).read_bytes()).hexdigest() if run.labels_path else None
+    inputs = {
+        "labels_path": run.labels_path, "labels_sha256": labels_sha, "images_dir": run.images_dir,
+        "n_boot": run.n_boot, "seed": run.seed, "threshold": run.threshold, "model": run.model,
+        "images": [{"image": i, "malignant": int(y), "fst": g, "fst_source": src, "score": float(sc)}
+                   for i, y, g, src, sc in zip(run.images, run.labels, run.groups, run.fst_source, run.scores)],
+        "failed": [list(f) for f in run.failed], "skipped": [list(k) for k in run.skipped],
+    }
+    results = run.result.to_dict(run.model) if run.result is not None else {}
+    return inputs, results
+

@@ -16,7 +16,12 @@ Gaussian blur of a 180 px dermoscopy image and a photographed text page do fire.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,12 @@ QUALITY_SIDE = 512
 _SKIN_SIDE = 128
 #: Share of near-black pixels above which "mostly not skin" is blamed on a masked background.
 _MASKED_BLACK_SHARE = 0.5
+#: Overexposure: share of clipped-white pixels (every channel >= 250) at or above which the photo is blown out.
+CLIPPED_WHITE_SHARE = 0.25
+#: Underexposure: the 95th percentile of luma (0..255) below this means the whole photo is dark.
+DARK_P95_LUMA = 60.0
+#: Tiny lesion: the lesion covers less than this share of the photo (the model sees it at 254x254).
+TINY_LESION_SHARE = 0.01
 
 
 def _area_downsample(img: np.ndarray, side: int) -> np.ndarray:
@@ -55,6 +66,18 @@ def laplacian_variance(rgb: np.ndarray) -> float:
     if vals.size < 64:
         return float(lap.var()) if lap.size else 0.0
     return float(vals.var())
+
+
+def _lesion_share(rgb: np.ndarray) -> float | None:
+    """Share of the image the lesion mask covers (None when no lesion is found at all)."""
+    from mendicant_desktop.core.explain import MIN_LESION_FRACTION, lesion_mask
+
+    try:
+        mask, _kind = lesion_mask(np.asarray(downscale(rgb[..., :3], 256)))
+    except ValueError:
+        return None
+    share = float(mask.mean()) if mask.size else 0.0
+    return share if share >= MIN_LESION_FRACTION / 4 else None
 
 
 def skin_like_fraction(rgb: np.ndarray) -> tuple[float, float]:
@@ -90,6 +113,26 @@ def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None
             f"Heavy blur (sharpness {lv:.1f}, below {BLUR_VARIANCE:g}): the lesion's structure may not be "
             "visible to the model. Retake the photo in focus if possible."
         )
+    small = _area_downsample(rgb[..., :3], _SKIN_SIDE)
+    white = float((small.min(axis=-1) >= 250).mean()) if small.size else 0.0
+    if white >= CLIPPED_WHITE_SHARE:
+        out.append(
+            f"Overexposed: {white:.0%} of the image is clipped white; colour and structure are lost there. "
+            "Retake with less light or flash if possible."
+        )
+    luma = small @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    lit = luma[luma >= 12.0]  # a masked crop's black background is not underexposure ("mostly not skin" says it)
+    if lit.size >= 0.5 * luma.size and float(np.percentile(lit, 95)) < DARK_P95_LUMA:
+        out.append(
+            "Underexposed: the whole image is very dark, so colours and structure are hard to see. "
+            "Retake with more light if possible."
+        )
+    lesion_share = _lesion_share(rgb)
+    if lesion_share is not None and lesion_share < TINY_LESION_SHARE:
+        out.append(
+            f"Tiny lesion: it covers only {lesion_share:.1%} of the photo, and the model sees the whole photo "
+            f"at {MODEL_SIZE[1]}×{MODEL_SIZE[0]}. Move closer or crop around the lesion."
+        )
     skin, black = skin_like_fraction(rgb)
     if skin < MIN_SKIN_LIKE:
         if black >= _MASKED_BLACK_SHARE:
@@ -105,14 +148,56 @@ def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None
     return out
 
 
-def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...] | list[float]) -> list[str]:
-    """Warnings from the model card's optional ``domain_check`` (none when the card defines none)."""
+#: The card's ``domain_check.method`` of the feature-distance check (written by ``compression/domain.py``).
+FEATURE_METHOD = "feature_mahalanobis_pca"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_domain_sidecar(path: str, sha256: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The sidecar's (mean, components, variances), or None when it is missing or not the card's file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    with np.load(io.BytesIO(data)) as z:
+        return (z["mean"].astype(np.float64), z["components"].astype(np.float64),
+                z["variances"].astype(np.float64))
+
+
+def feature_distance(pooled: np.ndarray, mean: np.ndarray, components: np.ndarray, variances: np.ndarray) -> float:
+    """Mahalanobis distance of pooled features in the check's PCA subspace, over sqrt(k) (a typical training
+    image scores about 1); the formula of ``compression.domain.domain_scores``."""
+    z = (np.asarray(pooled, np.float64) - mean) @ components.T
+    return float(np.sqrt((z * z / variances).sum() / components.shape[0]))
+
+
+def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...] | list[float], *,
+                    pooled: np.ndarray | None = None, card_dir: str | os.PathLike | None = None) -> list[str]:
+    """Warnings from the model card's optional ``domain_check`` (none when the card defines none).
+
+    Two kinds: the probability-based one of older cards (``min_top_probability``, ``max_entropy``) and the
+    feature-distance one (``method`` :data:`FEATURE_METHOD`, with a ``.domain.npz`` sidecar beside the card),
+    measured on ``pooled`` (the model's features averaged over h, w)."""
     check = card_raw.get("domain_check") if isinstance(card_raw, Mapping) else None
     if not isinstance(check, Mapping):
         return []
     p = np.asarray(probabilities, dtype=np.float64)
     out: list[str] = []
     try:
+        if check.get("method") == FEATURE_METHOD and pooled is not None and card_dir is not None:
+            side = _load_domain_sidecar(str(Path(card_dir) / str(check.get("sidecar", ""))),
+                                        str(check.get("sidecar_sha256") or ""))
+            thr = check.get("threshold")
+            if side is not None and thr is not None:
+                d = feature_distance(pooled, *side)
+                if d >= float(thr):
+                    out.append(
+                        f"Unlike the images the model was trained on (feature distance {d:.2f}, at or above "
+                        f"{float(thr):.2f}): it may not be a skin lesion the model knows, or an unusual photo. "
+                        "Treat this result with extra caution."
+                    )
         min_top = check.get("min_top_probability")
         if min_top is not None and p.size and float(p.max()) < float(min_top):
             out.append(
@@ -127,6 +212,17 @@ def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...
                     f"Outside the model's training domain: the prediction is very uncertain (entropy {ent:.2f} "
                     f"> {float(max_ent):.2f}). Treat this result with extra caution."
                 )
-    except (TypeError, ValueError):
-        return []
+    except (TypeError, ValueError, KeyError):
+        return out
     return out
+
+
+#: Skin types the model was barely validated on (almost absent from every labelled set it was tested on).
+CAUTION_FST = frozenset({"V", "VI"})
+FST_CAUTION = ("Skin type V–VI: the model's performance on dark skin is unknown (almost no V–VI images in the "
+               "data it was validated on). Interpret this result with extra caution.")
+
+
+def fst_caution(fst: str | None) -> str | None:
+    """The caution for a case whose skin type, estimated or set by the clinician, is V or VI (else None)."""
+    return FST_CAUTION if fst in CAUTION_FST else None

@@ -201,7 +201,7 @@ class _Stream:
                 self.fail(slot, Failure(p.name, reason, p.sha256, p.width, p.height, p.metadata))
             return
         for (slot, p), pred in zip(batch, preds, strict=True):
-            a = complete(p, pred, self.engine.card.raw)
+            a = complete(p, pred, self.engine.card.raw, self.engine.bundle.card_path.parent)
             row = a.row(self.columns)
             if self.png_pool is not None and pred.cam is not None and a.preview is not None:
                 dest = os.path.join(self.sal_dir, saliency_name(a.name, a.sha256))

@@ -107,6 +107,7 @@ class Engine:
         if cam and n:
             cams, targets = self._grad_cam(probs, feats, meta, cam_target)
         thr = self.card.threshold if threshold is None else float(threshold)
+        pooled = feats.mean(axis=(2, 3), dtype=np.float64).astype(np.float32) if n else None
         out = []
         for i in range(n):
             p = probs[i].astype(np.float64)
@@ -124,6 +125,7 @@ class Engine:
                     model_sha256=self.card.sha256,
                     cam=None if cams is None else cams[i],
                     cam_target=targets[i],
+                    pooled=None if pooled is None else pooled[i],
                 )
             )
         return out

@@ -40,6 +40,8 @@ class Prediction:
     model_sha256: str
     cam: np.ndarray | None = field(default=None, repr=False)
     cam_target: str | None = None
+    #: The ``features`` output averaged over h, w (C values): what a feature-distance domain check measures.
+    pooled: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def top_class(self) -> str:

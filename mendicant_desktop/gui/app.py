@@ -39,6 +39,62 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM"))
 
 
+#: The libraries Qt's xcb (X11) platform plugin loads that a minimal Linux install often lacks, with the
+#: Debian/Ubuntu and Fedora packages that provide them (from ``ldd`` of PySide6's ``libQt6XcbQpa.so.6``). Qt aborts the process when one is missing, so the window
+#: checks first and says what to install.
+XCB_LIBRARIES: tuple[tuple[str, str, str], ...] = (
+    ("libxcb-cursor.so.0", "libxcb-cursor0", "xcb-util-cursor"),
+    ("libxkbcommon-x11.so.0", "libxkbcommon-x11-0", "libxkbcommon-x11"),
+    ("libxcb-icccm.so.4", "libxcb-icccm4", "xcb-util-wm"),
+    ("libxcb-util.so.1", "libxcb-util1", "xcb-util"),
+    ("libxcb-keysyms.so.1", "libxcb-keysyms1", "xcb-util-keysyms"),
+    ("libxcb-image.so.0", "libxcb-image0", "xcb-util-image"),
+    ("libxcb-render-util.so.0", "libxcb-render-util0", "xcb-util-renderutil"),
+    ("libxcb-shape.so.0", "libxcb-shape0", "libxcb"),
+    ("libxcb-randr.so.0", "libxcb-randr0", "libxcb"),
+    ("libxcb-xkb.so.1", "libxcb-xkb1", "libxcb"),
+    ("libX11-xcb.so.1", "libx11-xcb1", "libX11-xcb"),
+    ("libEGL.so.1", "libegl1", "libglvnd-egl"),
+    ("libGL.so.1", "libgl1", "libglvnd-glx"),
+    ("libfontconfig.so.1", "libfontconfig1", "fontconfig"),
+)
+
+
+def _uses_xcb() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    plat = os.environ.get("QT_QPA_PLATFORM", "").strip().lower()
+    if plat:
+        return plat.startswith("xcb")
+    return bool(os.environ.get("DISPLAY")) and not os.environ.get("WAYLAND_DISPLAY")
+
+
+def missing_xcb_libraries(load=None) -> list[tuple[str, str, str]]:
+    """The entries of :data:`XCB_LIBRARIES` that cannot be loaded (empty off X11 or when all are there)."""
+    if not _uses_xcb():
+        return []
+    import ctypes
+
+    load = load or ctypes.CDLL
+    missing = []
+    for entry in XCB_LIBRARIES:
+        try:
+            load(entry[0])
+        except OSError:
+            missing.append(entry)
+    return missing
+
+
+def xcb_help(missing: list[tuple[str, str, str]]) -> str:
+    debian = " ".join(dict.fromkeys(m[1] for m in missing))
+    fedora = " ".join(dict.fromkeys(m[2] for m in missing))
+    return ("mendicant-desktop: the window cannot start: Qt's X11 platform plugin needs libraries this system "
+            f"lacks ({', '.join(m[0] for m in missing)}).\n"
+            f"  Debian/Ubuntu: sudo apt-get install {debian}\n"
+            f"  Fedora/RHEL:   sudo dnf install {fedora}\n"
+            "Headless modes need none of them: --batch, --audit, --serve.")
+
+
 def create_app(argv: Sequence[str] = ()):
     """The QApplication with the app's style (Fusion + QSS), high-DPI friendly."""
     from PySide6.QtCore import Qt
@@ -60,14 +116,17 @@ def create_app(argv: Sequence[str] = ()):
 
 
 def build_window(settings_path: str | os.PathLike | None = None, card: str | os.PathLike | None = None,
-                 load: bool = True):
-    """(services, window) -- services injected into the window; starts the model load unless ``load=False``."""
+                 load: bool = True, store: str | os.PathLike | None = None):
+    """(services, window) -- services injected into the window; starts the model load unless ``load=False``.
+
+    ``store``: the case store file (default: the one in the data folder, see :mod:`mendicant_desktop.app.paths`).
+    """
     from .main_window import MainWindow
     from .services import Services
     from .settings import AppSettings
 
     settings = AppSettings(settings_path)
-    services = Services(settings, card)
+    services = Services(settings, card, store=store)
     if load:
         # Start verifying/loading first: it runs on a worker while the window is built here. Its result
         # arrives through the event loop, i.e. after the window exists and has connected its slots.
@@ -118,7 +177,7 @@ def selftest(args: argparse.Namespace) -> int:
     from PySide6.QtCore import QMimeData, QUrl
 
     with tempfile.TemporaryDirectory(prefix="mendicant-selftest-") as tmp:
-        services, window = build_window(Path(tmp) / "settings.ini", args.model)
+        services, window = build_window(Path(tmp) / "settings.ini", args.model, store=Path(tmp) / "cases.sqlite3")
         window.resize(1280, 800)
         window.show()
         if not _wait(app, lambda: services.engine is not None or services.error is not None, args.timeout):
@@ -193,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _has_display():
         print("mendicant-desktop: no display found (DISPLAY/WAYLAND_DISPLAY unset). Headless modes still work: "
               "--batch, --audit, --selftest.", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    missing = missing_xcb_libraries()
+    if missing:
+        print(xcb_help(missing), file=sys.stderr)
         return int(ExitCode.USAGE)
     app = create_app()
     services, window = build_window(card=args.model)

@@ -26,14 +26,22 @@ from PySide6.QtWidgets import (
 
 from mendicant_desktop import __version__
 from mendicant_desktop.app import audit_text
-from mendicant_desktop.app.audit_run import AuditRun, load_audit_inputs, model_card_dict, run_audit, to_html
+from mendicant_desktop.app.audit_run import (
+    AuditRun,
+    audit_record,
+    load_audit_inputs,
+    model_card_dict,
+    run_audit,
+    to_html,
+)
 from mendicant_desktop.app.errors import CancelledError, UsageError
 from mendicant_desktop.core import audit as core_audit
 
+from .keeper import CaseKeeper
 from .plots import GROUP_COLOURS, CalibrationPlot, RocPlot, Series
 from .services import Services
 from .text import pct
-from .worker import BackgroundOp
+from .worker import BackgroundOp, store_pool
 
 GUI_COLUMNS = audit_text.TABLE_COLUMNS[:-1]  # the note goes into a spanned cell / tooltip
 
@@ -66,6 +74,8 @@ class AuditTab(QWidget):
         self.services = services
         self.run: AuditRun | None = None
         self._op: BackgroundOp | None = None
+        self.keeper = CaseKeeper(services.store, parent=self)  # audit runs are kept with their inputs
+        self.keeper.message.connect(self.message)
 
         root = QVBoxLayout(self)
         root.setContentsMargins(12, 8, 12, 8)
@@ -98,6 +108,7 @@ class AuditTab(QWidget):
         self.export_html_btn.clicked.connect(lambda: self._export("html"))
         self.export_csv_btn.clicked.connect(lambda: self._export("csv"))
         self._show_empty()
+        self._show_last_stored()
 
     def _build_form(self) -> QFormLayout:
         """Labels file, image folder, resamples and the run/cancel controls."""
@@ -285,7 +296,31 @@ class AuditTab(QWidget):
         self.progress.setFormat("done")
         self.run = run
         self.show_run(run)
+        eng = self.services.engine
+        inputs, results = audit_record(run)
+        self.keeper.save_audit(inputs, results, model_name=eng.card.name if eng else run.model,
+                               model_sha256=eng.card.sha256 if eng else "")
         self.finished.emit(run)
+
+    def _show_last_stored(self) -> None:
+        """After a restart: say what the last stored audit run found (its figures are in the case store)."""
+        store = self.services.store
+        if store is None:
+            return
+
+        def ok(runs) -> None:
+            if not runs or self.run is not None:
+                return
+            r = runs[-1]
+            auroc = (r.results.get("overall") or {}).get("auroc")
+            n = len(r.inputs.get("images") or [])
+            self.status.setText(
+                f"Last audit run {r.created[:16].replace('T', ' ')}: {n} images from "
+                f"{Path(r.inputs.get('labels_path') or '?').name}, overall AUROC "
+                f"{'–' if auroc is None else f'{auroc:.3f}'} ({len(runs)} run{'s' if len(runs) != 1 else ''} "
+                "kept on this computer). Run it again to see the curves.")
+
+        BackgroundOp(self, op=lambda ctx: store.audit_runs(), success=ok).run_in_background(store_pool())
 
     # ---- display ------------------------------------------------------------------------------
     def _show_empty(self) -> None:

@@ -29,7 +29,9 @@ from mendicant_desktop.core.saliency import COLORMAPS
 from mendicant_desktop.core.skintone import FST_TYPES
 
 from . import text
+from .case_details import CaseDetailsCard
 from .cases import Case
+from .followup import FollowUpCard
 from .qtutil import signals_blocked
 from .settings import AppSettings
 from .widgets import ColormapLegend, ImageView, ProbabilityBars, RiskGauge
@@ -64,6 +66,7 @@ COMPACT_META_WIDTH = 540
 NARROW_TOOLS_WIDTH = 500
 SLIDER_WIDTH = 70
 NARROW_SLIDER_WIDTH = 40
+VERY_NARROW_TOOLS_WIDTH = 470
 
 
 class CaseView(QWidget):
@@ -304,6 +307,11 @@ class CaseView(QWidget):
         self.skin_card.lay.addLayout(row)
         pl.addWidget(self.skin_card)
 
+        self.details = CaseDetailsCard()
+        pl.addWidget(self.details)
+        self.followup = FollowUpCard()
+        pl.addWidget(self.followup)
+
         pl.addStretch(1)
         scroll.setWidget(panel)
         return scroll
@@ -372,6 +380,14 @@ class CaseView(QWidget):
         narrow = w < NARROW_TOOLS_WIDTH
         self.op_label.setVisible(not narrow)  # the slider keeps its tooltip and accessible name
         self.opacity.setMinimumWidth(NARROW_SLIDER_WIDTH if narrow else SLIDER_WIDTH)
+        # never clip the switch's or the combos' text: below this width the zoom buttons go (Ctrl++/-/0, the
+        # mouse wheel and a double-click still zoom and fit) and the colour scale combo (Settings has it)
+        very_narrow = w < VERY_NARROW_TOOLS_WIDTH
+        for b in (self.btn_in, self.btn_out, self.btn_100):
+            b.setVisible(not very_narrow)
+        self.colormap.setVisible(not very_narrow)
+        for wdg in (self.overlay_box, self.mode):
+            wdg.setMinimumWidth(wdg.sizeHint().width())
 
     def _tool(self, label: str, tip: str) -> QToolButton:
         b = QToolButton()
@@ -399,6 +415,8 @@ class CaseView(QWidget):
 
     def _overlay_toggled(self, on: bool) -> None:
         self.view.set_overlay_visible(on)
+        self.legend.setVisible(on)  # the colour legend and caption describe the map: hidden with it
+        self.cam_caption.setVisible(on)
         self.opacity.setEnabled(on)
         self.colormap.setEnabled(on)
         self.mode.setEnabled(on and self.case is not None and self.case.occlusion is not None)
@@ -449,10 +467,13 @@ class CaseView(QWidget):
                              "Run \u201cDetailed explanation\u201d to add the occlusion-sensitivity map")
         if effective == "Occlusion":
             self.view.set_cam(case.occlusion)
-            self.cam_caption.setText("Occlusion sensitivity of the malignancy score")
+            note = self.outside_note(case, case.occlusion)
+            self.cam_caption.setText("Occlusion sensitivity of the malignancy score"
+                                     + (" · ⚠ mostly off the lesion" if note else ""))
             self.cam_caption.setToolTip("How much hiding each region (the image's mean colour over a sliding "
                                         "patch) changes the malignancy score, whatever the direction"
-                                        + (f"; {case.occlusion_info}" if case.occlusion_info else ""))
+                                        + (f"; {case.occlusion_info}" if case.occlusion_info else "")
+                                        + (f". {note[:1].upper() + note[1:]}." if note else ""))
         else:
             self.cam_caption.setToolTip("")
             self.view.set_cam(pred.cam if pred is not None else None)
@@ -460,9 +481,37 @@ class CaseView(QWidget):
                 self.cam_caption.setText("")
             else:
                 target = pred.cam_target or pred.top_class
-                self.cam_caption.setText(f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
-                                         else "Grad-CAM for the malignancy score")
+                caption = (f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
+                           else "Grad-CAM for the malignancy score")
+                note = self.outside_note(case, pred.cam)
+                self.cam_caption.setText(caption + (" · ⚠ mostly off the lesion" if note else ""))
+                self.cam_caption.setToolTip(note[:1].upper() + note[1:] + "." if note else "")
         self.view.set_overlay_visible(self.overlay_box.isChecked())
+
+    #: Below this share of the map's mass inside the lesion, the caption says the map looks elsewhere.
+    INSIDE_MIN = 0.5
+
+    def outside_note(self, case: Case, cam) -> str:
+        """"" when the map sits mostly on the lesion, else a plain note (cached per map)."""
+        if cam is None or case.x is None:
+            return ""
+        key = id(cam)
+        cached = getattr(case, "_outside_note", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        from mendicant_desktop.core.explain import saliency_in_lesion
+
+        note = ""
+        try:
+            s = saliency_in_lesion(cam, case.x)
+        except ValueError:
+            s = None
+        if s is not None and s.ok and s.ratio < self.INSIDE_MIN:
+            where = "the black background" if s.mask_kind == "masked-crop" else "the skin around it"
+            note = (f"only {s.ratio:.0%} of the map lies on the lesion; the rest falls on {where}, so it does not "
+                    "show what the score rests on")
+        case._outside_note = (key, note)
+        return note
 
     def show_explain_state(self, case: Case) -> None:
         """Button or progress bar + Cancel, for the case on screen."""
@@ -537,6 +586,8 @@ class CaseView(QWidget):
     def show_case(self, case: Case | None, *, image_changed: bool = True) -> None:
         same = case is not None and case is self.case
         self.case = case
+        self.details.show_case(case)
+        self.followup.show_case(case)
         if case is None:
             self.title.setText("No case selected")
             self.status.setText("")
@@ -563,6 +614,8 @@ class CaseView(QWidget):
             c.setVisible(not err)
         self.image_tools.setVisible(not err)
         self.legend_row.setVisible(not err)
+        self.legend.setVisible(self.overlay_box.isChecked())
+        self.cam_caption.setVisible(self.overlay_box.isChecked())
         self.view.set_placeholder("This file could not be read, so there is no image to show." if err
                                   else "Loading the image…")
         if image_changed or not same:

@@ -15,6 +15,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from mendicant_desktop.app.assessment import Assessment, Failure
+from mendicant_desktop.app.quality import fst_caution
 from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, Prediction, SkinToneEstimate
 
@@ -57,14 +58,41 @@ class Case:
     occlusion: np.ndarray | None = field(default=None, repr=False)
     occlusion_info: str = ""
     occlusion_progress: tuple[int, int] | None = None  # (done, total) while one is running, else None
+    # -- the case store (see gui/keeper.py): ids written by the store's worker, the rest by the GUI thread
+    title: str = ""  # the name shown (a restored case: the original file name; its path is the kept copy)
+    visit_id: int | None = None
+    lesion_id: int | None = None
+    patient_code: str = ""
+    patient_name: str = ""  # only with "Record patient names" in Settings
+    birth_date: str = ""
+    lesion_label: str = ""
+    lesion_choice: object = None  # "new" or a lesion id: applied (and cleared) by the next save
+    notes: str = ""
+    visit_date: str = ""  # ISO date of the visit (default: the day it was scored)
+    restored: bool = False  # loaded from the store at start-up (no model input or heat map until re-read)
+    saving: bool = False  # a save is running
+    needs_save: bool = False  # changed while a save was running: saved again when it ends
+    removed: bool = False
+    save_error: str = ""
     _pixmap: QPixmap | None = field(default=None, repr=False)
 
     @property
+    def unsaved(self) -> bool:
+        """Not (yet) all in the case store: still being scored or written, or the last save failed."""
+        return (self.status in ("queued", "scoring") or self.saving or self.needs_save or bool(self.save_error)
+                or self.visit_id is None)
+
+    @property
     def warnings(self) -> list[str]:
-        return self.image_warnings + self.domain_warnings
+        """Image and domain warnings, and the V–VI caution when the skin type used (override, else estimate)
+        is V or VI."""
+        caution = fst_caution(self.fst)
+        return self.image_warnings + self.domain_warnings + ([caution] if caution else [])
 
     @property
     def name(self) -> str:
+        if self.title:
+            return self.title
         return self.path.name if self.path is not None else self.source
 
     @property
@@ -123,6 +151,8 @@ class CaseListModel(QAbstractListModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._cases: list[Case] = []
+        #: Shown on queued cases when the model failed to load or verify ("" while it loads or is ready).
+        self.not_scored_reason = ""
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
         return 0 if parent.isValid() else len(self._cases)
@@ -137,6 +167,8 @@ class CaseListModel(QAbstractListModel):
             return c.name
         if role == Qt.ItemDataRole.ToolTipRole:
             tip = [c.source, f"Status: {c.status}"]
+            if c.status == "queued" and self.not_scored_reason:
+                tip.append(self.not_scored_reason)
             if c.error:
                 tip.append(f"Error: {c.error}")
             if c.prediction is not None:
@@ -260,13 +292,16 @@ class CaseDelegate(QStyledItemDelegate):
         y = r.y() + pad
         lh = fm.height() + 2
         p.drawText(QRectF(x, y, name_w, lh), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
-                   QFontMetrics(bold).elidedText(case.name, Qt.TextElideMode.ElideMiddle, int(name_w)))
+                   QFontMetrics(bold).elidedText(case.name, Qt.TextElideMode.ElideRight, int(name_w)))
         p.setFont(option.font)
         if pred is not None:
             line2 = f"{CLASS_FULL_NAMES.get(pred.top_class, pred.top_class)} ({pred.top_class}) {pct(pred.top_k[0][1])}"
             p.setPen(INK)
         elif case.status == "error":
             line2 = case.error or "could not be read"
+            p.setPen(ERROR)
+        elif case.status == "queued" and getattr(index.model(), "not_scored_reason", ""):
+            line2 = index.model().not_scored_reason
             p.setPen(ERROR)
         else:
             line2 = "waiting for the model…" if case.status == "queued" else "scoring…"

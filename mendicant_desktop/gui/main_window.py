@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -94,11 +95,31 @@ class MainWindow(QMainWindow):
         services.modelFailed.connect(self._model_failed)
         services.modelLoading.connect(lambda: self.model_label.setText("Model: verifying…"))
         self._update_actions()
-        geo, state = self.settings.window_state()
-        if geo is not None:
-            self.restoreGeometry(geo)
-        else:
-            self.resize(1280, 800)
+        self.restore_size()
+
+    #: The first window size on a screen with room for it.
+    PREFERRED_SIZE = (1280, 800)
+
+    def restore_size(self) -> None:
+        """The last size and place when saved, else the preferred size; either way within the screen's
+        available geometry (a 1366×768 laptop keeps its status bar and disclaimer on screen)."""
+        geo, _state = self.settings.window_state()
+        restored = geo is not None and self.restoreGeometry(geo)
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            if not restored:
+                self.resize(*self.PREFERRED_SIZE)
+            return
+        avail = screen.availableGeometry()
+        # the frame (title bar, borders) is not known before the window is shown: leave room for a usual one
+        room_w, room_h = avail.width() - 16, avail.height() - 40
+        self.setMinimumSize(min(1024, room_w), min(640, room_h))
+        w, h = (self.width(), self.height()) if restored else self.PREFERRED_SIZE
+        w, h = min(w, room_w), min(h, room_h)
+        if (w, h) != (self.width(), self.height()):
+            self.resize(w, h)
+        if not restored:
+            self.move(avail.x() + (avail.width() - w) // 2, avail.y() + max(0, (avail.height() - h - 30) // 2))
 
     # ---- actions ------------------------------------------------------------------------------
     def _act(self, label: str, slot, shortcut=None, tip: str = "", icon_name: str = "") -> QAction:
@@ -124,6 +145,11 @@ class MainWindow(QMainWindow):
         self.act_paste = self._act("&Paste image", self.paste, K.Paste, "Assess an image from the clipboard", "paste")
         self.act_pdf = self._act("Export case &report (PDF)…", self.export_pdf_dialog, "Ctrl+E",
                                  "Save the selected case as a PDF report", "pdf")
+        self.act_print = self._act("&Print case report…", self.print_report, QKeySequence.StandardKey.Print,
+                                   "Print the selected case's report")
+        self.act_pdf_all = self._act("Export report of the cases &shown (PDF)…", self.export_all_pdf_dialog, None,
+                                     "One PDF with the report of every scored case the list shows (search and "
+                                     "filters apply)")
         self.act_csv = self._act("Export session (&CSV)…", self.export_csv_dialog, "Ctrl+Shift+E",
                                  "Save every case of this session as CSV (the batch columns)", "csv")
         self.act_quit = self._act("&Quit", self.close, "Ctrl+Q")
@@ -141,6 +167,9 @@ class MainWindow(QMainWindow):
         self.act_remove = self._act("&Remove case", self.assess.remove_current, "Del", "Remove the selected case")
         self.act_remove.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         self.assess.list.addAction(self.act_remove)
+        self.act_undo = self._act("&Undo remove", self.assess.undo_remove, K.Undo,
+                                  "Bring back the last removed case(s)")
+        self.act_undo.setEnabled(False)
         self.act_settings = self._act("&Settings…", self.open_settings, "Ctrl+,",
                                       "Threads, threshold, heat map and skin-type options", "settings")
         self.act_shortcuts = self._act("&Keyboard shortcuts", self.show_shortcuts, "F1")
@@ -157,10 +186,13 @@ class MainWindow(QMainWindow):
             m.addAction(a)
         m.addSeparator()
         m.addAction(self.act_pdf)
+        m.addAction(self.act_pdf_all)
+        m.addAction(self.act_print)
         m.addAction(self.act_csv)
         m.addSeparator()
         m.addAction(self.act_quit)
         m = mb.addMenu("&Edit")
+        m.addAction(self.act_undo)
         m.addAction(self.act_remove)
         m.addSeparator()
         m.addAction(self.act_settings)
@@ -217,16 +249,21 @@ class MainWindow(QMainWindow):
     def _update_actions(self, *_) -> None:
         case = self.assess.current_case()
         self.act_pdf.setEnabled(case is not None and case.status == "done" and self.services.engine is not None)
+        self.act_print.setEnabled(self.act_pdf.isEnabled())
+        self.act_pdf_all.setEnabled(self.services.engine is not None and self.assess.model.rowCount() > 0)
         self.act_csv.setEnabled(self.assess.model.rowCount() > 0)
         self.act_explain.setEnabled(self.services.engine is not None and self.assess.view.can_explain(case))
+        self.act_undo.setEnabled(self.assess.btn_undo.isEnabled())
 
     # ---- status -------------------------------------------------------------------------------
     def _engine_ready(self, engine) -> None:
         c = engine.card
         thr = self.services.threshold
+        src = self.services.threshold_source
+        short = text.pct(thr) if src == "model" else f"{text.pct(thr)} ({src}; default {text.pct(c.threshold)})"
         self.model_label.setText(f"Model: {c.name} {c.version} ✔ verified · {engine.threads} thread(s) · "
-                                 f"threshold {text.pct(thr)}")
-        self.model_label.setToolTip(f"sha256 {c.sha256}")
+                                 f"threshold {short}")
+        self.model_label.setToolTip(f"sha256 {c.sha256}\nThreshold {text.threshold_text(thr, c.threshold, src)}")
         self._update_actions()
 
     def _model_failed(self, reason: str) -> None:
@@ -329,26 +366,45 @@ class MainWindow(QMainWindow):
                 path += ".pdf"
             self.export_pdf(path)
 
-    def export_pdf(self, path: str, case=None) -> BackgroundOp | None:
-        """Write the PDF report of ``case`` (default: the selected one) in the background."""
-        case = case or self.assess.current_case()
+    def _report_op(self, cases):
+        """A worker function building the report data of ``cases`` (their images re-read when dropped)."""
         engine = self.services.engine
-        if case is None or case.prediction is None or engine is None:
-            return None
-        image, src = case.display, case.path
         card, s = engine.card, self.settings
         colormap, opacity, skin_on = s.colormap, s.opacity, s.estimate_fst
+        source = self.services.threshold_source
+        clinician, clinic = s.clinician, s.clinic
+        items = [(c, c.display, c.path) for c in cases]
+
+        def datas():
+            out = []
+            for case, image, src in items:
+                img = image
+                if img is None:  # the display copy was dropped from memory: read the file again
+                    img = downscale(load_image(src), DISPLAY_SIDE) if src is not None else case.thumb
+                out.append(dataclasses.replace(
+                    report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap,
+                                    opacity=opacity, skin_enabled=skin_on),
+                    model_threshold=card.threshold, threshold_source=source, clinician=clinician, clinic=clinic))
+            return out
+
+        return datas
+
+    def export_pdf(self, path: str, case=None, cases=None) -> BackgroundOp | None:
+        """Write the PDF report of ``case`` (default: the selected one), or of several ``cases`` one after the
+        other, in the background."""
+        many = cases is not None
+        cases = [c for c in (cases if many else [case or self.assess.current_case()])
+                 if c is not None and c.prediction is not None and c.status == "done"]
+        if not cases or self.services.engine is None:
+            return None
+        datas = self._report_op(cases)
 
         def op(ctx):
-            img = image
-            if img is None:  # the display copy was dropped from memory: read the file again
-                img = downscale(load_image(src), DISPLAY_SIDE) if src is not None else case.thumb
-            data = report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap,
-                                   opacity=opacity, skin_enabled=skin_on)
-            return report.write_pdf(data, path)
+            ds = datas()
+            return report.write_pdf(ds if many else ds[0], path)
 
         def ok(p) -> None:
-            self._message(f"Report saved: {p}")
+            self._message(f"Report saved: {p}" + (f" ({len(cases)} cases)" if many else ""))
             self.pdfExported.emit(str(p))
 
         def failed(exc: BaseException) -> None:
@@ -356,6 +412,35 @@ class MainWindow(QMainWindow):
             self.exportFailed.emit(str(exc))
 
         return BackgroundOp(self, op=op, success=ok).failure(failed).run_in_background()
+
+    def export_all_pdf_dialog(self) -> None:
+        cases = [c for c in self.assess.visible_cases() if c.status == "done"]
+        if not cases:
+            return
+        default = str(Path(self.settings.last_dir or Path.home()) / "MENDICANT-cases.pdf")
+        path, _ = QFileDialog.getSaveFileName(self, f"Export a report of {len(cases)} cases", default, "PDF (*.pdf)")
+        if path:
+            self.export_pdf(path if path.lower().endswith(".pdf") else path + ".pdf", cases=cases)
+
+    def print_report(self, cases=None, printer=None, ask: bool = True) -> bool:
+        """Print the selected case's report (or ``cases``) through the system's print dialog."""
+        from PySide6.QtPrintSupport import QPrintDialog, QPrinter
+
+        cases = cases or [self.assess.current_case()]
+        cases = [c for c in cases if c is not None and c.status == "done" and c.prediction is not None]
+        if not cases or self.services.engine is None:
+            return False
+        printer = printer or QPrinter(QPrinter.PrinterMode.HighResolution)
+        if ask:
+            dlg = QPrintDialog(printer, self)
+            dlg.setWindowTitle("Print case report")
+            if dlg.exec() != QPrintDialog.DialogCode.Accepted:
+                return False
+        ds = self._report_op(cases)()
+        doc = report.build_document(ds if len(ds) > 1 else ds[0])
+        doc.print_(printer)
+        self._message(f"Sent {len(ds)} report{'s' if len(ds) != 1 else ''} to the printer")
+        return True
 
     def export_csv_dialog(self) -> None:
         default = str(Path(self.settings.last_dir or Path.home()) / "MENDICANT-session.csv")
@@ -366,7 +451,9 @@ class MainWindow(QMainWindow):
     def export_csv(self, path: str) -> Path | None:
         try:
             eng = self.services.engine
-            out = report.write_csv(self.assess.model.cases, path, *((eng.card.name, eng.card.sha256) if eng else ()))
+            out = report.write_csv(self.assess.model.cases, path,
+                                   *((eng.card.name, eng.card.sha256, eng.card.threshold,
+                                      self.services.threshold_source) if eng else ()))
         except OSError as exc:
             self._message(f"Could not save {path}: {exc}")
             return None
@@ -376,8 +463,22 @@ class MainWindow(QMainWindow):
     # ---- dialogs ------------------------------------------------------------------------------
     def open_settings(self) -> None:
         eng = self.services.engine
-        dlg = SettingsDialog(self.settings, eng.card.threshold if eng is not None else None, self)
+        dlg = SettingsDialog(self.settings, eng.card.threshold if eng is not None else None, self,
+                             store=self.services.store)
+        dlg.eraseRequested.connect(self.erase_all)
         dlg.exec()
+
+    def erase_all(self) -> bool:
+        """Settings ▸ Erase all local data, after a confirmation."""
+        store = self.services.store
+        where = f"\n\nThe case store: {store.path.parent}" if store is not None else ""
+        if not self.assess.confirm(
+                "Erase all local data",
+                "Erase every saved case, patient, lesion, image copy and audit run on this computer?\n\n"
+                "This cannot be undone. Settings are kept." + where, yes="Erase everything"):
+            return False
+        self.assess.erase_all()
+        return True
 
     def shortcuts_box(self) -> QMessageBox:
         rows = []
@@ -405,10 +506,34 @@ class MainWindow(QMainWindow):
                     f"leave this computer.</p><p>Model: {model}</p><p>{text.DISCLAIMER}</p>")
         return box
 
+    def _quit_confirmed(self, unsaved) -> bool:
+        n = len(unsaved)
+        if self.services.store is None:
+            why = "cases are not being saved on this computer (the case store could not be opened)"
+        else:
+            scoring = sum(c.status in ("queued", "scoring") for c in unsaved)
+            failed = sum(bool(c.save_error) for c in unsaved)
+            bits = []
+            if scoring:
+                bits.append(f"{scoring} still being scored")
+            if failed:
+                bits.append(f"{failed} could not be saved")
+            if n - scoring - failed:
+                bits.append(f"{n - scoring - failed} still being written")
+            why = ", ".join(bits)
+        return self.assess.confirm("Quit MENDICANT",
+                                   f"{n} case{'s are' if n != 1 else ' is'} not saved yet ({why}).\n\n"
+                                   "Quit anyway and lose them?", yes="Quit without saving")
+
     def show_about(self) -> None:
         self.about_box().exec()
 
     def closeEvent(self, e: QCloseEvent) -> None:  # noqa: N802
+        unsaved = self.assess.unsaved_cases()
+        if unsaved and not self._quit_confirmed(unsaved):
+            e.ignore()
+            return
+        self.assess.keeper.wait_idle(5000)  # let the saves already queued reach the disk
         self.settings.save_window_state(self.saveGeometry(), self.saveState())
         self.assess.cancel_all()
         if self.audit.is_running():

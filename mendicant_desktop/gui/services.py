@@ -13,10 +13,11 @@ import time
 from PySide6.QtCore import QObject, Signal
 
 from mendicant_desktop.app.model import load_bundle, make_engine
+from mendicant_desktop.app.store import CaseStore, StoreError
 from mendicant_desktop.core.bundle import ModelBundle
 from mendicant_desktop.core.inference import Engine
 
-from .settings import THREADS_KEY, AppSettings
+from .settings import COPY_IMAGES_KEY, THREADS_KEY, AppSettings
 from .worker import BackgroundOp
 
 
@@ -26,7 +27,7 @@ class Services(QObject):
     modelLoading = Signal()
 
     def __init__(self, settings: AppSettings, card: str | os.PathLike | None = None,
-                 parent: QObject | None = None) -> None:
+                 parent: QObject | None = None, store: str | os.PathLike | None = None) -> None:
         super().__init__(parent)
         self.settings = settings
         self.card_path = card  # resolved by app.model (--model > MENDICANT_MODEL > bundled) when loading
@@ -36,6 +37,14 @@ class Services(QObject):
         self.loading = False
         self.load_seconds: float | None = None
         self._op: BackgroundOp | None = None
+        # the case store (None when it cannot be opened: the window then says so and keeps nothing)
+        self.store: CaseStore | None = None
+        self.store_error: str | None = None
+        try:
+            self.store = (CaseStore.open_default(copy_images=settings.copy_images) if store is None
+                          else CaseStore(store, copy_images=settings.copy_images))
+        except StoreError as exc:
+            self.store_error = str(exc)
         settings.changed.connect(self._on_setting)
 
     @property
@@ -44,6 +53,18 @@ class Services(QObject):
         if self.engine is None:
             return self.settings.threshold
         return self.settings.effective_threshold(self.engine.card.threshold)
+
+    @property
+    def model_threshold(self) -> float | None:
+        """The model card's validated threshold (None before a model)."""
+        return self.engine.card.threshold if self.engine is not None else None
+
+    @property
+    def threshold_source(self) -> str:
+        """"model", "site" (IT's site file) or "user" (Settings) -- shown next to any non-default threshold."""
+        if self.engine is None:
+            return "model"
+        return self.settings.threshold_source(self.engine.card.threshold)
 
     def load_model(self) -> None:
         """Verify and load the model in the background; emits ``engineChanged`` or ``modelFailed``."""
@@ -75,6 +96,8 @@ class Services(QObject):
         self._op = BackgroundOp(self, op=op, success=done).failure(failed).run_in_background()
 
     def _on_setting(self, key: str) -> None:
+        if key == COPY_IMAGES_KEY and self.store is not None:
+            self.store.copy_images = self.settings.copy_images
         if key != THREADS_KEY or self.bundle is None or self.engine is None:
             return
         if self.engine.threads == self.settings.threads:

@@ -15,20 +15,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
+from mendicant_desktop.app.paths import APP_AUTHOR, APP_NAME, PORTABLE_MARKER, executable_dir, is_portable
 from mendicant_desktop.core.inference import default_threads
 from mendicant_desktop.core.saliency import COLORMAPS
 
-APP_NAME = "MENDICANT Desktop"
-APP_AUTHOR = "MENDICANT"
 SETTINGS_FILE = "settings.ini"
-PORTABLE_MARKER = "portable.txt"
 PORTABLE_DIR = "MENDICANT-settings"
+__all__ = ["PORTABLE_MARKER", "AppSettings", "config_dir", "is_portable", "settings_path"]
 
 # Settings keys: every module reads and compares these names, never bare strings.
 THREADS_KEY = "inference/threads"
@@ -38,25 +36,16 @@ COLORMAP_KEY = OVERLAY_PREFIX + "colormap"
 OPACITY_KEY = OVERLAY_PREFIX + "opacity"
 SHOW_OVERLAY_KEY = OVERLAY_PREFIX + "show"
 ESTIMATE_FST_KEY = "skin/estimate_fst"
+CAM_TARGET_KEY = OVERLAY_PREFIX + "target"
+COPY_IMAGES_KEY = "cases/copy_images"
+IDENTIFY_KEY = "cases/identify_patients"
+CLINICIAN_KEY = "report/clinician"
+CLINIC_KEY = "report/clinic"
 LAST_DIR_KEY = "ui/last_dir"
 GEOMETRY_KEY = "ui/geometry"
 STATE_KEY = "ui/state"
 #: Most inference threads the settings accept.
 MAX_THREADS = 64
-
-
-def executable_dir() -> Path:
-    """Folder of the running executable (the PyInstaller app, else the Python interpreter)."""
-    return Path(sys.executable).resolve().parent
-
-
-def is_portable() -> bool:
-    env = os.environ.get("MENDICANT_PORTABLE", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
-    return (executable_dir() / PORTABLE_MARKER).is_file()
 
 
 def config_dir() -> Path:
@@ -68,6 +57,57 @@ def config_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_config_dir(APP_NAME, APP_AUTHOR))
+
+
+#: The site policy file IT deploys (read-only for the app): ``$MENDICANT_SITE_CONFIG``, else ``site.ini``
+#: beside the executable, else in the platform's site config dir (``/etc/xdg/MENDICANT Desktop`` on Linux).
+SITE_ENV = "MENDICANT_SITE_CONFIG"
+SITE_FILE = "site.ini"
+SITE_THRESHOLD_KEY = "threshold/value"
+SITE_USER_MAY_CHANGE_KEY = "threshold/user_may_change"
+
+
+def site_config_path() -> Path | None:
+    env = os.environ.get(SITE_ENV)
+    if env:
+        return Path(env)
+    beside = executable_dir() / SITE_FILE
+    if beside.is_file():
+        return beside
+    import platformdirs
+
+    p = Path(platformdirs.site_config_dir(APP_NAME, APP_AUTHOR)) / SITE_FILE
+    return p if p.is_file() else None
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """What IT set for every user of this computer. ``threshold`` None: the model card's default."""
+
+    path: Path | None = None
+    threshold: float | None = None
+    user_may_change: bool = True
+
+    @property
+    def locked(self) -> bool:
+        return self.threshold is not None and not self.user_may_change
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> SitePolicy:
+        path = path if path is not None else site_config_path()
+        if path is None or not Path(path).is_file():
+            return cls(path=None)
+        qs = QSettings(str(path), QSettings.Format.IniFormat)
+        t = None
+        try:
+            raw = qs.value(SITE_THRESHOLD_KEY, None)
+            t = float(raw) if raw not in (None, "") else None
+        except (TypeError, ValueError):
+            t = None
+        if t is not None and not (math.isfinite(t) and 0.0 < t < 1.0):
+            t = None
+        may = AppSettings._bool(qs.value(SITE_USER_MAY_CHANGE_KEY, False), False)
+        return cls(path=Path(path), threshold=t, user_may_change=may)
 
 
 def settings_path() -> Path:
@@ -98,6 +138,7 @@ class AppSettings(QObject):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._qs = QSettings(str(self.path), QSettings.Format.IniFormat)
         self.defaults = Defaults(threads=default_threads())
+        self.site = SitePolicy.load()
 
     # -- helpers ------------------------------------------------------------------------------
     def _get(self, key: str, default):
@@ -144,13 +185,30 @@ class AppSettings(QObject):
 
     @threshold.setter
     def threshold(self, t: float | None) -> None:
+        if self.site.locked:
+            raise PermissionError(f"the operating threshold is set by the site policy ({self.site.path}) and "
+                                  "cannot be changed by users")
         if t is not None and not (0.0 < float(t) < 1.0):
             raise ValueError(f"threshold must lie in (0, 1), got {t}")
         self._set(THRESHOLD_KEY, None if t is None else float(t))
 
     def effective_threshold(self, model_default: float) -> float:
+        """The site's locked threshold, else the user's, else the site's default, else the model card's."""
+        if self.site.locked:
+            return self.site.threshold
         t = self.threshold
-        return model_default if t is None else t
+        if t is not None:
+            return t
+        return self.site.threshold if self.site.threshold is not None else model_default
+
+    def threshold_source(self, model_default: float) -> str:
+        """Where the threshold in use comes from: "model" (the card's validated default), "site" or "user"."""
+        t = self.effective_threshold(model_default)
+        if abs(t - model_default) < 1e-12:
+            return "model"
+        if self.site.locked or (self.threshold is None and self.site.threshold is not None):
+            return "site"
+        return "user"
 
     @property
     def colormap(self) -> str:
@@ -201,6 +259,52 @@ class AppSettings(QObject):
     @show_overlay.setter
     def show_overlay(self, on: bool) -> None:
         self._set(SHOW_OVERLAY_KEY, bool(on))
+
+    @property
+    def cam_target(self) -> str:
+        """What the Grad-CAM map explains: "malignancy" (the score, the default), "top" or a class name."""
+        from mendicant_desktop.core.results import CLASS_NAMES
+
+        v = str(self._get(CAM_TARGET_KEY, "malignancy"))
+        return v if v in ("malignancy", "top", *CLASS_NAMES) else "malignancy"
+
+    @cam_target.setter
+    def cam_target(self, v: str) -> None:
+        self._set(CAM_TARGET_KEY, str(v))
+
+    @property
+    def copy_images(self) -> bool:
+        """Keep a copy of each image in the case store (follow-up when the original moves); on by default."""
+        return self._bool(self._get(COPY_IMAGES_KEY, True), True)
+
+    @copy_images.setter
+    def copy_images(self, on: bool) -> None:
+        self._set(COPY_IMAGES_KEY, bool(on))
+
+    @property
+    def identify_patients(self) -> bool:
+        """Offer name and date of birth fields (off by default: patients are pseudonymous codes)."""
+        return self._bool(self._get(IDENTIFY_KEY, False), False)
+
+    @identify_patients.setter
+    def identify_patients(self, on: bool) -> None:
+        self._set(IDENTIFY_KEY, bool(on))
+
+    @property
+    def clinician(self) -> str:
+        return str(self._get(CLINICIAN_KEY, ""))
+
+    @clinician.setter
+    def clinician(self, v: str) -> None:
+        self._set(CLINICIAN_KEY, str(v).strip())
+
+    @property
+    def clinic(self) -> str:
+        return str(self._get(CLINIC_KEY, ""))
+
+    @clinic.setter
+    def clinic(self, v: str) -> None:
+        self._set(CLINIC_KEY, str(v).strip())
 
     @property
     def last_dir(self) -> str:

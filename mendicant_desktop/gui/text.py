@@ -29,6 +29,20 @@ FST_DESCRIPTIONS = {
 }
 
 
+def threshold_text(threshold: float, model_default: float | None, source: str = "") -> str:
+    """The threshold as shown everywhere: "13%", or "20% (site threshold; the model's validated default is
+    13%)" when it is not the model card's."""
+    if model_default is None or abs(threshold - model_default) < 1e-12:
+        return pct(threshold)
+    who = {"site": "site threshold set by IT", "user": "changed in Settings"}.get(source, "not the default")
+    return f"{pct(threshold)} ({who}; the model's validated default is {pct(model_default)})"
+
+
+def prob_text(p: float) -> str:
+    """A class probability as the probability bars show it, and the PDF too: one decimal, "<0.1%" below it."""
+    return "<0.1%" if 0 < p < 0.0005 else f"{100 * p:.1f}%"
+
+
 def pct(p: float) -> str:
     """A probability as a percentage, with a decimal where it matters (small values, low thresholds)."""
     v = 100.0 * float(p)
@@ -68,7 +82,7 @@ def summary(pred: Prediction, warnings: list[str] | None = None) -> str:
         parts.append("The top class is a malignant one although the summed score is below the threshold.")
     if warnings:
         n = len(warnings)
-        parts.append(f"{n} image-quality warning{'s' if n > 1 else ''}: interpret with extra caution.")
+        parts.append(f"{n} warning{'s' if n > 1 else ''} (below): interpret with extra caution.")
     return " ".join(parts)
 
 

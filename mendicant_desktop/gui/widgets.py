@@ -34,7 +34,7 @@ from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
 from mendicant_desktop.core.saliency import colormap_lut, upsample_cam
 
 from .qtutil import ACCENT, GRID, HIGH, INK, LOW, MUTED, rgb_to_qimage, rgba_to_qimage
-from .text import pct
+from .text import pct, prob_text
 
 OVERLAY_SIDE = 512  # the coloured heat map is built at this size and smoothly scaled by Qt
 
@@ -342,7 +342,7 @@ class ProbabilityBars(QWidget):
                 p.drawRoundedRect(fill, 4, 4)
             p.setPen(INK)
             p.drawText(QRectF(bar_x + bar_w, y, pct_w, rh), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
-                       "<0.1%" if 0 < prob < 0.0005 else f"{100 * prob:.1f}%")
+                       prob_text(prob))
         p.end()
 
 
@@ -353,6 +353,7 @@ class RiskGauge(QWidget):
         super().__init__(parent)
         self._score: float | None = None
         self._threshold = 0.5
+        self.model_default: float | None = None  # the card's threshold: a different one is labelled as such
         self._risk: str | None = None
         self.setMinimumHeight(64)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -414,7 +415,10 @@ class RiskGauge(QWidget):
         p.drawText(QPointF(bar.x(), y), "0%")
         end = "100%"
         p.drawText(QPointF(bar.right() - fm.horizontalAdvance(end), y), end)
+        default = getattr(self, "model_default", None)
         label = f"threshold {pct(self._threshold)}"
+        if default is not None and abs(self._threshold - default) > 1e-12:
+            label += f" (default {pct(default)})"
         lw = fm.horizontalAdvance(label)
         p.setPen(INK)
         p.drawText(QPointF(min(max(0.0, tx - lw / 2), w - lw), y), label)

@@ -28,10 +28,10 @@ from mendicant_desktop.core.errors import CancelledError
 
 T = TypeVar("T")
 
-__all__ = ["BackgroundOp", "TaskContext", "Worker", "WorkerSignals", "scoring_pool"]
+__all__ = ["BackgroundOp", "TaskContext", "Worker", "WorkerSignals", "scoring_pool", "store_pool"]
 
 _scoring_pool: QThreadPool | None = None
-
+_store_pool: QThreadPool | None = None
 
 
 def scoring_pool() -> QThreadPool:
@@ -42,6 +42,16 @@ def scoring_pool() -> QThreadPool:
         _scoring_pool.setMaxThreadCount(1)
         _scoring_pool.setObjectName("mendicant-scoring")
     return _scoring_pool
+
+
+def store_pool() -> QThreadPool:
+    """A one-thread pool for the case store: saves, deletes and undo run strictly in the order asked."""
+    global _store_pool
+    if _store_pool is None:
+        _store_pool = QThreadPool()
+        _store_pool.setMaxThreadCount(1)
+        _store_pool.setObjectName("mendicant-store")
+    return _store_pool
 
 
 class TaskContext:

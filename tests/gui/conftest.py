@@ -18,8 +18,26 @@ pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
 def _isolated_config(tmp_path, monkeypatch):
     """Never touch the user's real settings; no portable marker from the environment."""
     monkeypatch.setenv("MENDICANT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("MENDICANT_DATA_DIR", str(tmp_path / "data"))  # the case store too
+    monkeypatch.setenv("MENDICANT_SITE_CONFIG", str(tmp_path / "no-site.ini"))  # no site policy unless a test sets one
     monkeypatch.delenv("MENDICANT_PORTABLE", raising=False)
     monkeypatch.delenv("MENDICANT_MODEL", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_modal_dialogs(request, monkeypatch):
+    """Questions (remove, quit with unsaved cases) answer "yes" at once, unless a test asks for ``real_dialogs``:
+    a modal box in an offscreen run would wait forever (e.g. when pytest-qt closes a window in teardown)."""
+    if "real_dialogs" in request.fixturenames:
+        return
+    from mendicant_desktop.gui.assess_tab import AssessTab
+
+    monkeypatch.setattr(AssessTab, "_confirm_box", lambda self, *a, **k: True)
+
+
+@pytest.fixture
+def real_dialogs():
+    """Use the real QMessageBox questions (the test answers them itself)."""
 
 
 @pytest.fixture

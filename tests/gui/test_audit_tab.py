@@ -71,6 +71,20 @@ def test_audit_tab_on_small_labelled_set(qtbot, window, shared_data, tmp_path):
     assert rows[0][:3] == ["group", "n", "n_pos"]
     iii = next(r for r in rows if r and r[0] == "III")
     assert iii[5] == ""  # no bare number for an insufficient group
+    # the run is kept in the case store with its inputs and results, and named after a restart
+    store = window.services.store
+    qtbot.waitUntil(lambda: len(store.audit_runs()) == 1, timeout=10_000)
+    (kept,) = store.audit_runs()
+    assert kept.inputs["n_boot"] == 50 and len(kept.inputs["images"]) == n and kept.inputs["labels_sha256"]
+    assert kept.inputs["failed"][0][0] == "missing_file.jpg"
+    assert kept.results["overall"]["auroc"] == pytest.approx(res.overall.auroc)
+    assert kept.model_sha256 == window.services.engine.card.sha256
+    from mendicant_desktop.gui.audit_tab import AuditTab
+
+    again = AuditTab(window.services)
+    qtbot.addWidget(again)
+    qtbot.waitUntil(lambda: "Last audit run" in again.status.text(), timeout=5000)
+    assert f"{res.overall.auroc:.3f}" in again.status.text()
 
 
 def test_audit_cancel_and_bad_inputs(qtbot, window, tmp_path):

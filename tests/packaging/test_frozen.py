@@ -323,7 +323,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _time_to_window(exe: Path, model_args: list[str], display: str, cfg: Path) -> tuple[float | None, float, str]:
     """(wall seconds from exec to the main window being viewable, CPU seconds used by then, output)."""
-    env = _env(DISPLAY=display, MENDICANT_CONFIG_DIR=str(cfg))
+    env = _env(DISPLAY=display, MENDICANT_CONFIG_DIR=str(cfg), MENDICANT_DATA_DIR=str(cfg / "data"))
     t0 = time.perf_counter()
     app = subprocess.Popen([str(exe), *model_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     shown, cpu = None, float("nan")
