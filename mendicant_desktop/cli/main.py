@@ -1,4 +1,4 @@
-"""Headless dispatch for ``mendicant-desktop``: ``--batch``, ``--audit``, ``--version``, ``--help``.
+"""Headless dispatch for ``mendicant-desktop``: ``--batch``, ``--audit``, ``--serve``, ``--version``, ``--help``.
 
 ``mendicant_desktop.__main__`` calls :func:`run_headless` first and starts the GUI only when it returns
 None, so these modes work on a machine with no display and no Qt platform plugin.
@@ -16,6 +16,7 @@ USAGE = """usage:
   mendicant-desktop [IMAGE ...]                 open the window (with these images queued)
   mendicant-desktop --batch PATH [PATH ...] --out FILE [options]   score files/folders headless
   mendicant-desktop --audit LABELS.csv --images DIR --out REPORT.html [options]   fairness audit
+  mendicant-desktop --serve [--host H] [--port P] [--api-key-file F]   local REST API (the [server] extra)
   mendicant-desktop --selftest [--screenshot PNG]   start the window, score a test image, exit
   mendicant-desktop --version                    print the app and bundled model versions
 Run a mode with --help for its options."""
@@ -44,6 +45,10 @@ def run_headless(args: Sequence[str]) -> int | None:
         from .batch import main as batch_main
 
         return int(batch_main(args))
+    if "--serve" in args:
+        from .serve import main as serve_main
+
+        return int(serve_main(args))
     if "--audit" in args:
         from .audit import main as audit_main
 
