@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
@@ -61,8 +62,14 @@ def log_config(level: str = "info") -> dict[str, Any]:
     }
 
 
-class BodyTooLarge(Exception):
-    """Raised from ``receive`` when a streamed body passes the limit (turned into a 413 answer)."""
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit: a 413 answer.
+
+    An HTTPException, so that FastAPI's body parsing passes it on instead of turning it into a 400.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body exceeds the {limit} byte limit")
 
 
 def _json_response(status: int, kind: str, reason: str, headers: list[tuple[bytes, bytes]] | None = None):
@@ -112,7 +119,7 @@ class RequestGuard:
             if message["type"] == "http.request":
                 state["bytes_in"] += len(message.get("body", b""))
                 if state["bytes_in"] > self.max_body:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_body)
             return message
 
         async def answer(status: int, kind: str, reason: str) -> None:

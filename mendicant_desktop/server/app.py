@@ -55,6 +55,14 @@ _INPUT_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: {"model": S.ErrorResponse, "description": "the request took longer than the per-request timeout"},
 }
 
+#: Form fields shared by the upload routes (module level: the annotations are resolved by name).
+Age = Annotated[float | None, Form(ge=S.AGE_MIN, le=S.AGE_MAX, allow_inf_nan=False,
+                                   description="age in years (0-120)")]
+SexF = Annotated[S.Sex | None, Form(description="patient sex")]  # type: ignore[name-defined]
+SiteF = Annotated[S.Site | None, Form(description="body site")]  # type: ignore[name-defined]
+FstF = Annotated[S.Fst | None, Form(description="clinician-assigned Fitzpatrick type I-VI; overrides the "  # type: ignore[name-defined]
+                                              "estimate")]
+
 
 def _swagger_assets() -> Path | None:
     """Swagger UI's JS/CSS, shipped in the ``fastapi-offline`` wheel (no CDN: the service runs offline)."""
@@ -129,12 +137,6 @@ def _add_docs(app: FastAPI) -> None:
 def _add_routes(app: FastAPI, svc: Service) -> None:
     auth = [Depends(svc.authorize)]  # the API key, then the rate limit
     upload = [*auth, Depends(svc.require_multipart)]  # then multipart/form-data, before field validation
-    Age = Annotated[float | None, Form(ge=S.AGE_MIN, le=S.AGE_MAX, allow_inf_nan=False,
-                                       description="age in years (0-120)")]
-    SexF = Annotated[S.Sex | None, Form(description="patient sex")]  # type: ignore[name-defined]
-    SiteF = Annotated[S.Site | None, Form(description="body site")]  # type: ignore[name-defined]
-    FstF = Annotated[S.Fst | None, Form(description="clinician-assigned Fitzpatrick type I-VI; overrides the "  # type: ignore[name-defined]
-                                                  "estimate")]
 
     @app.get("/health", response_model=S.Health, tags=["service"],
              responses={503: {"model": S.Health, "description": "the model failed to load"}})

@@ -81,11 +81,11 @@ class Service:
             if self._engine_loader is not None:
                 engine = self._engine_loader()
             else:
-                from mendicant_desktop.app.model import load_engine
+                from mendicant_desktop.app import load_engine
 
                 engine = load_engine(self.config.model, self.config.threads)
         except Exception as exc:
-            from mendicant_desktop.app.errors import failure_reason
+            from mendicant_desktop.app import failure_reason
 
             self.load_error = failure_reason(exc, "loading the model")
             log.error("the model failed to load: %s", self.load_error)
@@ -208,7 +208,7 @@ class Service:
 
     def _assess(self, upload: Upload, meta: S.ItemMetadata, *, cam_target: str | None = None,
                 preview_side: int | None = None):
-        from mendicant_desktop.app.assess import assess
+        from mendicant_desktop.app import assess
 
         self.require_engine()
         return assess(self.batcher, upload.data, self._metadata(meta), name=upload.name, cam_target=cam_target,
@@ -222,7 +222,7 @@ class Service:
         return row
 
     def _bad_input(self, exc: Exception) -> ApiError:
-        from mendicant_desktop.app.errors import failure_reason
+        from mendicant_desktop.app import failure_reason
         from mendicant_desktop.core.errors import ImageLoadError, MetadataError
 
         reason = failure_reason(exc, "scoring")
@@ -244,8 +244,7 @@ class Service:
         return self._response(a, meta)
 
     def _batch_item(self, index: int, upload: Upload, meta: S.ItemMetadata) -> dict[str, Any]:
-        from mendicant_desktop.app.assess import Failure
-        from mendicant_desktop.app.errors import failure_reason
+        from mendicant_desktop.app import Failure, failure_reason
 
         card = self.engine.card
         if upload.refused is not None:
@@ -289,18 +288,22 @@ class Service:
 
     # ------------------------------------------------------------------ jobs
     def submit_occlusion(self, upload: Upload, meta: S.ItemMetadata, target: str):
-        """Decode now (a bad image is answered 422 at once), run the occlusion passes as a job."""
-        from mendicant_desktop.app.assess import prepare, read_source
+        """Assess now (a bad image is answered 422 at once), run the occlusion passes as a job.
+
+        The occlusion passes use the engine's raw forward (``Engine.run``) on the assessment's model input,
+        never the batcher: they come in batches of their own.
+        """
         from mendicant_desktop.core.explain import OcclusionSensitivity
 
         engine = self.require_engine()
         assert self.jobs is not None
         try:
-            p = prepare(read_source(upload.data, upload.name), engine.input_size, metadata=self._metadata(meta),
-                        estimate_fst=False, preview_side=OVERLAY_SIDE)
+            p = self._assess(upload, meta, preview_side=OVERLAY_SIDE)
+        except ApiError:
+            raise
         except Exception as exc:
             raise self._bad_input(exc) from None
-        md = self._metadata(meta)
+        md = p.metadata
 
         def run(progress: Callable[[int, int], None], cancel: threading.Event) -> dict[str, Any]:
             from mendicant_desktop.core.saliency import overlay
