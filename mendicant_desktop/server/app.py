@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +31,6 @@ from .accesslog import RequestGuard
 from .auth import HEADER, KeyStore
 from .config import ServerConfig
 from .errors import ApiError, error_body
-from .jobs import JobQueue
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ratelimit import RateLimiter
 from .service import Service
@@ -84,9 +82,7 @@ def create_app(config: ServerConfig | None = None, *, engine_loader: Any = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.jobs = JobQueue(config.max_jobs, config.job_ttl_s)
-        loader = threading.Thread(target=service.load, name="model-loader", daemon=True)
-        loader.start()
+        loader = service.start()
         try:
             yield
         finally:

@@ -71,10 +71,19 @@ class Service:
         self.jobs: JobQueue | None = None
         self.load_error: str | None = None
         self.started = time.monotonic()
-        self._pool = cf.ThreadPoolExecutor(max(2, config.max_batch_size), thread_name_prefix="batch-items")
+        self._pool: cf.ThreadPoolExecutor | None = None
         self._loaded = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
+    def start(self) -> threading.Thread:
+        """Lifespan start-up: the worker threads, then the model load on a thread of its own (returned)."""
+        self.load_error = None
+        self._pool = cf.ThreadPoolExecutor(max(2, self.config.max_batch_size), thread_name_prefix="batch-items")
+        self.jobs = JobQueue(self.config.max_jobs, self.config.job_ttl_s)
+        loader = threading.Thread(target=self.load, name="model-loader", daemon=True)
+        loader.start()
+        return loader
+
     def load(self) -> None:
         """Load and verify the model (lifespan, on a thread). A failure is kept and reported, not raised."""
         try:
@@ -101,11 +110,15 @@ class Service:
                  card.sha256[:12], f"{self.config.batch_window_ms:g} ms" if window else "off")
 
     def close(self) -> None:
+        """Lifespan shut-down: stop the batcher, the jobs and the item pool (a later start() begins afresh)."""
         if self.batcher is not None:
             self.batcher.close()
         if self.jobs is not None:
             self.jobs.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.engine = self.batcher = self.jobs = self._pool = None
+        self._loaded.clear()
 
     def wait_loaded(self, timeout: float) -> bool:
         return self._loaded.wait(timeout)
@@ -267,6 +280,7 @@ class Service:
     def batch_predict(self, uploads: list[Upload], metas: list[S.ItemMetadata]) -> dict[str, Any]:
         """Items run concurrently, so the batcher merges them into ONNX Runtime batches; order is kept."""
         self.require_engine()
+        assert self._pool is not None
         futures = [self._pool.submit(self._batch_item, i, u, m) for i, (u, m) in enumerate(zip(uploads, metas))]
         items = [f.result() for f in futures]
         ok = sum(1 for it in items if it["status"] == "ok")
