@@ -6,7 +6,8 @@ None, so these modes work on a machine with no display and no Qt platform plugin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from mendicant_desktop import __version__
 
@@ -23,22 +24,18 @@ Run a mode with --help for its options."""
 
 
 def version_text() -> str:
-    from mendicant_desktop.core.bundle import ModelCard, default_model_card
-    from mendicant_desktop.core.errors import ModelVerificationError
+    """The app's version and the model ``--batch`` would load (the same ``--model``/``MENDICANT_MODEL`` rule)."""
+    from mendicant_desktop.app.model import describe_model
 
-    try:
-        card = ModelCard.load(default_model_card())
-        model = f"model {card.name} {card.version} (sha256 {card.sha256[:12]})"
-    except ModelVerificationError as exc:
-        model = f"model: unavailable ({exc})"
-    return f"mendicant-desktop {__version__}\n{model}"
+    return f"mendicant-desktop {__version__}\n{describe_model()}"
 
 
-def run_headless(args: Sequence[str]) -> int | None:
+def run_headless(args: Sequence[str], *, serve_backend: Callable[[], Any] | None = None) -> int | None:
     """Run a headless mode if ``args`` ask for one; None means "not headless: open the window".
 
     The GUI is started by ``mendicant_desktop.__main__``, outside this package, so that nothing in
-    ``cli`` ever imports Qt (an import-linter contract).
+    ``cli`` ever imports Qt (an import-linter contract). For the same reason ``--serve`` gets the server
+    from ``serve_backend()`` (given by ``__main__``): ``cli`` parses the options, the server serves.
     """
     args = list(args)
     if "--batch" in args:
@@ -48,7 +45,7 @@ def run_headless(args: Sequence[str]) -> int | None:
     if "--serve" in args:
         from .serve import main as serve_main
 
-        return int(serve_main(args))
+        return int(serve_main(args, serve_backend))
     if "--audit" in args:
         from .audit import main as audit_main
 

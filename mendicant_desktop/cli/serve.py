@@ -1,27 +1,29 @@
 """``mendicant-desktop --serve``: the local REST service (FastAPI + uvicorn, the ``[server]`` extra).
 
-This module is only the command line: it parses the options into a
-:class:`~mendicant_desktop.server.config.ServerConfig` and hands it to
-:func:`mendicant_desktop.server.run.serve`. See ``docs/api.md``.
+This module is only the command line: it parses the options into the server's ``ServerConfig`` and hands it
+to the server's ``serve()``. ``cli`` never imports the server (the layers contract): the server's entry module
+(:mod:`mendicant_desktop.server.run`) comes from ``backend()``, given by ``mendicant_desktop.__main__``.
+See ``docs/api.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import ArgumentParser, ExitCode, UsageError, err, run_guarded
+from mendicant_desktop.app.errors import MendicantError
+
+from . import ArgumentParser, ExitCode, UsageError, check_threads, err, run_guarded
 
 DESCRIPTION = """Serve the assessment over HTTP for EHR, PACS and dermatoscope software: POST /predict,
 /batch_predict, /explain; GET /health, /ready, /metrics, /model, /docs. Loopback only by default; any other
 address needs --api-key-file (clients send X-API-Key). Endpoints and security: docs/api.md"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mendicant_desktop.server.config import MAX_BATCH_WINDOW_MS, ServerConfig
-
-    d = ServerConfig()
+def build_parser(backend: Any) -> argparse.ArgumentParser:
+    d = backend.ServerConfig()
     p = ArgumentParser(prog="mendicant-desktop --serve", description=DESCRIPTION,
                        usage="mendicant-desktop --serve [--host 127.0.0.1] [--port 8000] [--api-key-file F] "
                              "[--workers N] [options]",
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"images per /batch_predict request (default {d.max_batch_items})")
     p.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms, metavar="MS",
                    help=f"dynamic batching window, 0 = off (default {d.batch_window_ms:g}, at most "
-                        f"{MAX_BATCH_WINDOW_MS:g})")
+                        f"{backend.MAX_BATCH_WINDOW_MS:g})")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, metavar="N",
                    help=f"images per ONNX Runtime batch (default {d.max_batch_size})")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -58,37 +60,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, backend: Callable[[], Any] | None = None) -> int:
+    """``--serve``: ``backend()`` returns the server's entry module (ImportError without the extra)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    return run_guarded("--serve", lambda: _run(args_list), args_list, interrupted="stopped")
+    return run_guarded("--serve", lambda: _run(args_list, backend), args_list, interrupted="stopped")
 
 
-def _run(argv: list[str]) -> ExitCode:
+def _load(backend: Callable[[], Any] | None) -> Any:
+    if backend is None:
+        raise UsageError("--serve is not available from this entry point; run mendicant-desktop --serve")
     try:
-        from mendicant_desktop.server.config import ServerConfig
-    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        return backend()
+    except ImportError as exc:
         raise UsageError(f"--serve needs the server extra: pip install \"mendicant-desktop[server]\" ({exc})") from None
-    parser = build_parser()
+
+
+def _run(argv: list[str], backend: Callable[[], Any] | None) -> ExitCode:
+    server = _load(backend)
+    parser = build_parser(server)
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return ExitCode.OK
     args = parser.parse_args(argv)
-    from mendicant_desktop.core.errors import ConfigError
-
+    check_threads(args.threads)
     if args.add_api_key:
         if not args.api_key_file:
             raise UsageError("--add-api-key needs --api-key-file (the file to add the key to)")
-        from mendicant_desktop.server.auth import add_key
-
         try:
-            key = add_key(args.api_key_file, args.add_api_key)
-        except ConfigError as exc:
+            key = server.add_key(args.api_key_file, args.add_api_key)
+        except MendicantError as exc:
             raise UsageError(str(exc)) from None
         print(key)
         err(f"added key {args.add_api_key!r} to {args.api_key_file}; the key is shown only now")
         return ExitCode.OK
     try:
-        config = ServerConfig(
+        config = server.ServerConfig(
             host=args.host, port=args.port, api_key_file=args.api_key_file, workers=args.workers, model=args.model,
             threads=args.threads, rate_limit_per_minute=args.rate_limit, max_body_bytes=int(args.max_body_mb * 2**20),
             request_timeout_s=args.timeout, max_batch_items=args.max_batch_items,
@@ -96,11 +102,7 @@ def _run(argv: list[str]) -> ExitCode:
             cors_origins=tuple(args.cors_origin), ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
             log_level=args.log_level,
         )
-        from mendicant_desktop.server.run import serve
-
-        serve(config)
-    except ImportError as exc:
-        raise UsageError(f"--serve needs the server extra: pip install \"mendicant-desktop[server]\" ({exc})") from None
-    except ConfigError as exc:
+        server.serve(config)
+    except MendicantError as exc:  # a refused bind, a bad value, an unreadable key file (ConfigError)
         raise UsageError(f"--serve: {exc}") from None
     return ExitCode.OK

@@ -86,10 +86,10 @@ def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
     return s / (k * k)
 
 
-def _ring(shape: tuple[int, int]) -> np.ndarray:
-    """The border ring: the outer ``BORDER`` share of each side, where skin usually surrounds the lesion."""
+def border_ring(shape: tuple[int, int], share: float = BORDER) -> np.ndarray:
+    """The border ring: the outer ``share`` of each side, where skin usually surrounds the lesion."""
     h, w = shape
-    bh, bw = max(1, int(round(h * BORDER))), max(1, int(round(w * BORDER)))
+    bh, bw = max(1, int(round(h * share))), max(1, int(round(w * share)))
     ring = np.zeros((h, w), dtype=bool)
     ring[:bh, :] = ring[-bh:, :] = True
     ring[:, :bw] = ring[:, -bw:] = True
@@ -121,7 +121,7 @@ def lesion_skin_masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return lab, empty, empty
     t = otsu_threshold(blurred[valid])
     lesion = valid & (blurred < t)
-    ring = _ring(L.shape)
+    ring = border_ring(L.shape)
     specular = L > 97.0
     skin = ring & valid & ~lesion & ~specular & (lab[..., 2] > 0)
     return lab, lesion, skin
@@ -135,7 +135,7 @@ def estimate_skin_tone(rgb: np.ndarray, min_skin_fraction: float = MIN_SKIN_FRAC
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("expected an RGB uint8 image (H, W, 3)")
     lab, _lesion, skin = lesion_skin_masks(rgb)
-    ring = _ring(skin.shape)
+    ring = border_ring(skin.shape)
     frac = float(skin[ring].mean())
     small = _downsample(rgb)
     background = float(((lab[..., 0] < 12.0) | (small.max(axis=2) < 20))[ring].mean())
