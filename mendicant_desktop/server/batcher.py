@@ -3,10 +3,15 @@
 :class:`DynamicBatcher` stands in front of a :class:`~mendicant_desktop.core.inference.Engine` and
 offers the same ``predict_preprocessed`` (and every other attribute, delegated), so the application
 layer's scoring path runs unchanged on top of it. A call from a request thread queues its images and
-blocks; one batching thread takes the first queued call, waits up to ``window_s`` for more (or until
+blocks; one batching thread takes the queued calls, waits up to ``window_s`` for more (or until
 ``max_batch`` images are waiting), runs them through the engine in one call per distinct set of
 options, and hands each caller its own predictions. With ``window_s == 0`` or ``max_batch == 1`` it
 is a plain pass-through.
+
+With ``track_arrivals`` the batcher waits only for requests it knows are on their way: a request
+announces itself with :meth:`arriving` when it starts (before decoding), and the window is cut short as
+soon as no announced request is still being decoded. A lone request then never waits; under load the
+window fills as before. Without it, every batch waits the whole window for company.
 
 Why it helps on a CPU: one forward pass of N images costs less than N passes of one (ONNX Runtime
 parallelises within a batch and pays its per-call overhead once), and the request threads stop
@@ -16,11 +21,12 @@ competing for the same cores. ``benchmarks/api_benchmark.py`` measures batching 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +57,7 @@ class DynamicBatcher:
         window_s: float = 0.010,
         max_batch: int = 8,
         on_batch: Callable[[int], None] | None = None,
+        track_arrivals: bool = False,
     ) -> None:
         if window_s < 0 or max_batch < 1:
             raise ValueError("window_s must be >= 0 and max_batch >= 1")
@@ -58,9 +65,13 @@ class DynamicBatcher:
         self.window_s = float(window_s)
         self.max_batch = int(max_batch)
         self.on_batch = on_batch
+        self.track_arrivals = bool(track_arrivals)
         self.enabled = self.window_s > 0 and self.max_batch > 1
-        self._queue: queue.Queue[_Call | None] = queue.Queue()
-        self._closed = threading.Event()
+        self._calls: deque[_Call] = deque()
+        self._arriving = 0  # announced requests that have not queued their call yet
+        self._cv = threading.Condition()
+        self._closed = False
+        self._tls = threading.local()
         self._thread: threading.Thread | None = None
         if self.enabled:
             self._thread = threading.Thread(target=self._loop, name="dynamic-batcher", daemon=True)
@@ -71,81 +82,99 @@ class DynamicBatcher:
 
     @property
     def depth(self) -> int:
-        """Calls waiting for the batching thread (an approximation; for /health and /metrics)."""
-        return self._queue.qsize()
+        """Calls waiting for the batching thread (for /health and /metrics)."""
+        return len(self._calls)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce, for this thread, a request whose ``predict_preprocessed`` call will follow (or not)."""
+        if not (self.enabled and self.track_arrivals):
+            yield
+            return
+        with self._cv:
+            self._arriving += 1
+        self._tls.announced = True
+        try:
+            yield
+        finally:
+            if getattr(self._tls, "announced", False):  # it never reached the model (a bad image): not coming
+                self._tls.announced = False
+                with self._cv:
+                    self._arriving -= 1
+                    self._cv.notify_all()
 
     def predict_preprocessed(self, x: np.ndarray, metadata: Sequence[Any] | None = None, **options: Any) -> list:
         x = np.asarray(x, dtype=np.float32)
         metas = list(metadata) if metadata is not None else [None] * x.shape[0]
+        announced = getattr(self._tls, "announced", False)
+        self._tls.announced = False
         if not self.enabled or x.shape[0] >= self.max_batch:
+            if announced:
+                with self._cv:
+                    self._arriving -= 1
+                    self._cv.notify_all()
             self._record(x.shape[0])
             return self.engine.predict_preprocessed(x, metas, **options)
-        if self._closed.is_set():
-            raise RuntimeError("the batcher is closed")
         call = _Call(x, metas, tuple(sorted(options.items())))
-        self._queue.put(call)
+        with self._cv:
+            if announced:
+                self._arriving -= 1
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._calls.append(call)
+            self._cv.notify_all()
         return call.future.result()
 
     def close(self) -> None:
-        self._closed.set()
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
         if self._thread is not None:
-            self._queue.put(None)
             self._thread.join(timeout=5)
-        while True:  # anything left behind is failed, never left hanging
-            try:
-                call = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if call is not None and not call.future.done():
-                call.future.set_exception(RuntimeError("the server is shutting down"))
+        with self._cv:  # anything left behind is failed, never left hanging
+            while self._calls:
+                call = self._calls.popleft()
+                if not call.future.done():
+                    call.future.set_exception(RuntimeError("the server is shutting down"))
 
     def _record(self, n: int) -> None:
         if self.on_batch is not None and n:
             self.on_batch(n)
 
-    def _collect(self, first: _Call) -> list[_Call]:
-        calls = [first]
-        images = first.size
-        deadline = time.monotonic() + self.window_s
-        while images < self.max_batch:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                nxt = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if nxt is None:  # close(): run what we have, then stop
-                self._queue.put(None)
-                break
-            calls.append(nxt)
-            images += nxt.size
-        return calls
+    def _collect(self) -> list[_Call] | None:
+        """The next calls to run (None once closed): wait for a first one, then up to the window for more."""
+        with self._cv:
+            while not self._calls and not self._closed:
+                self._cv.wait()
+            if not self._calls:
+                return None
+            deadline = time.monotonic() + self.window_s
+            while not self._closed:
+                images = sum(c.size for c in self._calls)
+                if images >= self.max_batch or (self.track_arrivals and self._arriving <= 0):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            calls: list[_Call] = []
+            images = 0
+            while self._calls and (not calls or images + self._calls[0].size <= self.max_batch):
+                c = self._calls.popleft()
+                calls.append(c)
+                images += c.size
+            return calls
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            calls = self._collect()
+            if calls is None:
                 return
-            calls = self._collect(first)
             groups: dict[tuple, list[_Call]] = {}
             for c in calls:
                 groups.setdefault(c.options, []).append(c)
             for options, group in groups.items():
-                self._run_group(dict(options), group)
-
-    def _run_group(self, options: dict[str, Any], group: list[_Call]) -> None:
-        # Never more than max_batch images in one engine call (a late call may overshoot the count).
-        chunk: list[_Call] = []
-        count = 0
-        for c in group:
-            if chunk and count + c.size > self.max_batch:
-                self._run_chunk(options, chunk)
-                chunk, count = [], 0
-            chunk.append(c)
-            count += c.size
-        if chunk:
-            self._run_chunk(options, chunk)
+                self._run_chunk(dict(options), group)
 
     def _run_chunk(self, options: dict[str, Any], chunk: list[_Call]) -> None:
         x = np.concatenate([c.x for c in chunk], axis=0)

@@ -102,7 +102,7 @@ class Service:
         self.engine = engine
         window = self.config.batch_window_ms / 1000.0 if self.config.batching else 0.0
         self.batcher = DynamicBatcher(engine, window_s=window, max_batch=self.config.max_batch_size,
-                                      on_batch=self.metrics.batch_size.observe)
+                                      on_batch=self.metrics.batch_size.observe, track_arrivals=True)
         card = engine.card
         self.metrics.set_model(card.name, card.version, card.sha256)
         self._loaded.set()
@@ -224,8 +224,10 @@ class Service:
         from mendicant_desktop.app import assess
 
         self.require_engine()
-        return assess(self.batcher, upload.data, self._metadata(meta), name=upload.name, cam_target=cam_target,
-                      preview_side=preview_side)
+        assert self.batcher is not None
+        with self.batcher.arriving():  # the batcher waits for this one while it decodes
+            return assess(self.batcher, upload.data, self._metadata(meta), name=upload.name, cam_target=cam_target,
+                          preview_side=preview_side)
 
     def _response(self, a: Any, meta: S.ItemMetadata) -> dict[str, Any]:
         row = a.row(S.ROW_COLUMNS)
@@ -257,25 +259,25 @@ class Service:
         return self._response(a, meta)
 
     def _batch_item(self, index: int, upload: Upload, meta: S.ItemMetadata) -> dict[str, Any]:
-        from mendicant_desktop.app import Failure, failure_reason
+        """One item: the app layer's try_assess, so a bad image gives the same error row as ``--batch``."""
+        from mendicant_desktop.app import Failure
+        from mendicant_desktop.app.assessment import try_assess
 
         card = self.engine.card
+        md = self._metadata(meta)
         if upload.refused is not None:
-            reason = upload.refused
+            result: Any = Failure(upload.name, upload.refused, metadata=md)
         else:
-            try:
-                a = self._assess(upload, meta)
-            except Exception as exc:
-                reason = failure_reason(exc, "scoring")
-                log.debug("batch item %d failed", index, exc_info=True)
-            else:
-                self.metrics.images.labels("ok").inc()
-                return {"index": index, **self._response(a, meta)}
-        self.metrics.images.labels("error").inc()
-        row = Failure(upload.name, reason, metadata=self._metadata(meta)).row(card.name, card.sha256, S.ROW_COLUMNS)
-        row.update(threshold=card.threshold, model_version=card.version,
-                   fst_override=meta.fst.value if meta.fst else None)
-        return {"index": index, **row}
+            assert self.batcher is not None
+            with self.batcher.arriving():
+                result = try_assess(self.batcher, upload.data, md, name=upload.name, cam_target=None)
+        extra = {"threshold": card.threshold, "model_version": card.version,
+                 "fst_override": meta.fst.value if meta.fst else None}
+        if isinstance(result, Failure):
+            self.metrics.images.labels("error").inc()
+            return {"index": index, **result.row(card.name, card.sha256, S.ROW_COLUMNS), **extra}
+        self.metrics.images.labels("ok").inc()
+        return {"index": index, **self._response(result, meta)}
 
     def batch_predict(self, uploads: list[Upload], metas: list[S.ItemMetadata]) -> dict[str, Any]:
         """Items run concurrently, so the batcher merges them into ONNX Runtime batches; order is kept."""

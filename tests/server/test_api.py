@@ -107,6 +107,7 @@ def test_batch_keeps_order_and_bad_items_do_not_stop_the_rest(client, bad_images
     assert [it["status"] for it in body["items"]] == ["ok", "error", "ok", "error", "ok", "error"]
     assert body["ok"] == 3 and body["failed"] == 3
     assert "not a recognised" in body["items"][1]["error"] and "truncated" in body["items"][3]["error"]
+    assert body["items"][1]["sha256"] == hashlib.sha256(bad_images["corrupt"]).hexdigest()  # as a --batch row
     assert "not an image" in body["items"][5]["error"]
     assert body["items"][0]["meta_age"] == 30.0 and body["items"][4]["fst_override"] == "II"
     single = client.post("/predict", files=files(imgs[2]), data={"sex": "male"}).json()

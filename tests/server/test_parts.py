@@ -183,6 +183,37 @@ def test_batcher_off_is_a_pass_through_and_errors_reach_every_caller():
         on.close()
 
 
+def test_with_arrival_tracking_a_lone_call_does_not_wait_and_announced_ones_merge():
+    eng = _CountingEngine()
+    b = DynamicBatcher(eng, window_s=0.09, max_batch=8, track_arrivals=True)
+    try:
+        t0 = time.perf_counter()
+        with b.arriving():
+            assert b.predict_preprocessed(np.full((1, 4, 4, 3), 7, np.float32), [None]) == [7.0]
+        assert time.perf_counter() - t0 < 0.05  # nothing else on its way: no 90 ms wait
+        with b.arriving():
+            pass  # announced but never reached the model (a bad image): must not hold the window open
+        assert b._arriving == 0
+        go = threading.Barrier(5)
+        out: dict[int, list] = {}
+
+        def one(v):
+            with b.arriving():
+                go.wait()
+                time.sleep(0.005 * v)  # "decoding" of different lengths, all well inside the window
+                out[v] = b.predict_preprocessed(np.full((1, 4, 4, 3), v, np.float32), [None])
+
+        threads = [threading.Thread(target=one, args=(v,)) for v in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert out == {v: [float(v)] for v in range(5)}
+        assert [n for n, _ in eng.calls] == [1, 5], eng.calls  # the lone call, then the five together
+    finally:
+        b.close()
+
+
 # ------------------------------------------------------------------ jobs
 def _wait(q, job_id, states, timeout=10.0):
     t0 = time.monotonic()
