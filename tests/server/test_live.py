@@ -128,3 +128,41 @@ def test_batch_and_predict_give_identical_fields(real_image, tmp_path, make_clie
     assert {k: body[k] for k in fields} == {k: row[k] for k in fields}
     assert row["status"] == "ok" and row["image"].endswith(body["image"])
     wait_ready(client)
+
+
+@pytest.mark.slow
+def test_tls_through_uvicorn_certificate_options(tmp_path):
+    import shutil
+    import ssl
+
+    import httpx
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mendicant_desktop", "--serve", "--port", str(port),
+                             "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None
+            try:
+                r = httpx.get(f"https://127.0.0.1:{port}/health", timeout=2,
+                              verify=ssl.create_default_context(cafile=str(cert)))
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert r.status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)  # plain HTTP is not answered
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert _serve("--ssl-certfile", str(cert)).returncode == 2  # a certificate without its key is refused
