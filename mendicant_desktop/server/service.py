@@ -99,25 +99,26 @@ class Service:
             self.load_error = failure_reason(exc, "loading the model")
             log.error("the model failed to load: %s", self.load_error)
             return
-        self.engine = engine
         window = self.config.batch_window_ms / 1000.0 if self.config.batching else 0.0
         self.batcher = DynamicBatcher(engine, window_s=window, max_batch=self.config.max_batch_size,
                                       on_batch=self.metrics.batch_size.observe, track_arrivals=True)
         card = engine.card
         self.metrics.set_model(card.name, card.version, card.sha256)
+        self.engine = engine  # last: a set engine is what "ready" means, so everything else must exist first
         self._loaded.set()
         log.info("model %s %s loaded and verified (sha256 %s); batching %s", card.name, card.version,
                  card.sha256[:12], f"{self.config.batch_window_ms:g} ms" if window else "off")
 
     def close(self) -> None:
         """Lifespan shut-down: stop the batcher, the jobs and the item pool (a later start() begins afresh)."""
+        self.engine = None  # first: no new request starts scoring
         if self.batcher is not None:
             self.batcher.close()
         if self.jobs is not None:
             self.jobs.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self.engine = self.batcher = self.jobs = self._pool = None
+        self.batcher = self.jobs = self._pool = None
         self._loaded.clear()
 
     def wait_loaded(self, timeout: float) -> bool:
