@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.path.insert(0, str(REPO))
     import onnxruntime
+
     from mendicant_desktop.app import load_engine
 
     card = load_engine(args.model).card
