@@ -203,7 +203,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
                 responses={**_AUTH_RESPONSES, 404: {"model": S.ErrorResponse, "description": "no such job"}})
     def job_cancel(job_id: str) -> dict[str, Any]:
         """Cancel a job: a queued job at once, a running one at its next batch of occlusion passes."""
-        return svc.cancel_job(job_id).snapshot()
+        return svc.job(job_id, cancel=True).snapshot()
 
 
 

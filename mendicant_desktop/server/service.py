@@ -336,16 +336,10 @@ class Service:
         except JobStoreFull as exc:
             raise ApiError(503, "busy", f"{exc}; retry later", headers={"Retry-After": "10"}) from None
 
-    def job(self, job_id: str):
+    def job(self, job_id: str, *, cancel: bool = False):
+        """The job ``job_id`` (asked to stop first when ``cancel``); 404 when unknown or expired."""
         assert self.jobs is not None
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise ApiError(404, "not_found", "no such job (unknown id, or finished and expired)")
-        return job
-
-    def cancel_job(self, job_id: str):
-        assert self.jobs is not None
-        job = self.jobs.cancel(job_id)
+        job = self.jobs.cancel(job_id) if cancel else self.jobs.get(job_id)
         if job is None:
             raise ApiError(404, "not_found", "no such job (unknown id, or finished and expired)")
         return job

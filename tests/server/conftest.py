@@ -87,3 +87,29 @@ def client(make_client) -> Iterator[TestClient]:
 
 def files(data: bytes, name: str = "lesion.jpg", ctype: str = "image/jpeg") -> dict:
     return {"image": (name, data, ctype)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, *, proc=None, timeout: float = 90.0, describe=lambda: "", **kwargs):
+    """GET ``url`` until it answers 200 (``proc``, if given, must stay alive); return the response."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None:
+            assert proc.poll() is None, f"the server exited with {proc.returncode}: {describe()}"
+        try:
+            r = httpx.get(url, timeout=3, **kwargs)
+            if r.status_code == 200:
+                return r
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} never answered 200: {describe()}"
+        time.sleep(0.2)

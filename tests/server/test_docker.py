@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 import uuid
 
 import pytest
 
 from tests.conftest import REPO
+
+from .conftest import free_port, wait_http
 
 
 def test_dockerfile_passes_hadolint():
@@ -46,12 +44,6 @@ def _docker_unavailable() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_image_builds_starts_and_serves(tmp_path, shared_data):
@@ -65,24 +57,15 @@ def test_image_builds_starts_and_serves(tmp_path, shared_data):
     keys.chmod(0o644)  # readable by the container's non-root user
     tag = f"mendicant-api-test:{uuid.uuid4().hex[:8]}"
     name = f"mendicant-api-test-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     subprocess.run(["docker", "build", "-t", tag, "."], cwd=REPO, check=True, timeout=1500)
     try:
         subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000",
                         "-v", f"{keys}:/run/secrets/mendicant_api_keys:ro", tag], check=True, timeout=120)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=3) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the container never became ready"
-            time.sleep(1)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-            assert json.load(r)["model_verified"] is True
         import httpx
+
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=120)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["model_verified"] is True
 
         image = next((shared_data / "isic_dermoscopy").rglob("*.jpg"))
         resp = httpx.post(f"http://127.0.0.1:{port}/predict", headers={"X-API-Key": key},

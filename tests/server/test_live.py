@@ -7,22 +7,15 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.conftest import REPO
 
-from .conftest import wait_ready
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port as _free_port
+from .conftest import wait_http, wait_ready
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess:
@@ -71,16 +64,7 @@ def test_real_server_scores_a_real_image_over_http(real_image, tmp_path, bundled
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_http(f"{base}/ready", proc=proc, describe=log_path.read_text)
         resp = httpx.post(f"{base}/predict", headers={"X-API-Key": key}, timeout=60,
                           files={"image": (real_image.name, real_image.read_bytes(), "image/jpeg")},
                           data={"age": "55", "sex": "male", "site": "trunk"})
@@ -149,17 +133,8 @@ def test_tls_through_uvicorn_certificate_options(tmp_path):
                              "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None
-            try:
-                r = httpx.get(f"https://127.0.0.1:{port}/health", timeout=2,
-                              verify=ssl.create_default_context(cafile=str(cert)))
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-        assert r.status_code == 200
+        r = wait_http(f"https://127.0.0.1:{port}/ready", proc=proc, verify=ssl.create_default_context(cafile=str(cert)))
+        assert r.json()["ready"] is True
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)  # plain HTTP is not answered
     finally:
