@@ -102,6 +102,7 @@ def create_app(config: ServerConfig | None = None, *, engine_loader: Any = None)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=[HEADER, "Content-Type"], expose_headers=["Retry-After", "X-Request-ID"])
@@ -230,3 +231,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     request.scope.setdefault("state", {})["error_kind"] = kind
     return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: answered 500 in the usual error shape; logged with the exception's type only (its message and
+    traceback could carry request content)."""
+    request.scope.setdefault("state", {})["error_kind"] = "internal"
+    log.error("internal error while answering %s", getattr(request.scope.get("route"), "path", "a request"),
+              exc_info=(type(exc), exc, None))
+    return JSONResponse(error_body("internal", f"internal error ({type(exc).__name__}); the request was not scored"),
+                        status_code=500)

@@ -68,10 +68,11 @@ def make_client(tiny_bundle):
     """``make_client(**config)`` -> a started TestClient on the tiny model (ready when returned)."""
     stack = contextlib.ExitStack()
 
-    def make(ready: bool = True, engine_loader=None, **kwargs) -> TestClient:
+    def make(ready: bool = True, engine_loader=None, raise_server_exceptions: bool = True, **kwargs) -> TestClient:
         kwargs.setdefault("model", str(tiny_bundle))
         kwargs.setdefault("rate_limit_per_minute", 10_000)
-        client = stack.enter_context(TestClient(create_app(ServerConfig(**kwargs), engine_loader=engine_loader)))
+        app = create_app(ServerConfig(**kwargs), engine_loader=engine_loader)
+        client = stack.enter_context(TestClient(app, raise_server_exceptions=raise_server_exceptions))
         if ready:
             wait_ready(client)
         return client

@@ -334,6 +334,35 @@ def test_slow_requests_time_out_with_504(make_client, tiny_bundle, good_jpeg):
     assert c.get("/health").status_code == 200
 
 
+def test_a_bug_is_a_json_500_and_the_server_keeps_serving(make_client, tiny_bundle, good_jpeg, caplog):
+    from mendicant_desktop.app import load_engine
+
+    class Flaky:
+        calls = 0
+
+        def __init__(self, engine):
+            self._e = engine
+
+        def __getattr__(self, name):
+            return getattr(self._e, name)
+
+        def predict_preprocessed(self, *a, **k):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("secret patient detail in a message")
+            return self._e.predict_preprocessed(*a, **k)
+
+    c = make_client(engine_loader=lambda: Flaky(load_engine(str(tiny_bundle))), batch_window_ms=0,
+                    raise_server_exceptions=False)
+    with caplog.at_level(logging.ERROR, logger="mendicant_desktop.server"):
+        resp = c.post("/predict", files=files(good_jpeg))
+    assert resp.status_code == 500 and resp.json()["error"]["kind"] == "internal"
+    assert "secret" not in resp.text
+    lines = [JsonFormatter().format(r) for r in caplog.records if r.name == "mendicant_desktop.server"]
+    assert lines and all("secret" not in line for line in lines) and '"exc_type": "RuntimeError"' in lines[-1]
+    assert c.post("/predict", files=files(good_jpeg)).status_code == 200
+
+
 def test_cors_is_off_by_default_and_follows_the_allow_list(make_client):
     origin = "https://ehr.clinic.local"
     off = make_client()
