@@ -3,7 +3,8 @@
 1. Concurrency: 1, 5, 10, 20 and 50 closed-loop users (no think time) POSTing real images from
    ``../shared/data`` to /predict for ``--seconds`` each (after all users have started): throughput,
    p50/p95/p99 latency, error rate, and the mean ONNX Runtime batch size read from /metrics.
-2. Batching on (the default 10 ms window) against off (window 0), the same levels, side by side.
+2. Batching on (the default 10 ms window) against off (window 0): two servers, each level run on one and
+   then straight away on the other, so both see the same load from the machine's other users.
 3. Stress: ``--stress`` requests (default 10,000) with ``--stress-users`` users, batching on; the server's RSS
    is sampled every 0.5 s (psutil) to show whether memory stays flat.
 
@@ -105,6 +106,8 @@ class Server:
         return value("mendicant_inference_batch_images_sum"), value("mendicant_inference_batch_images_count")
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -171,16 +174,13 @@ def met(level: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def levels(server: Server, users: list[int], seconds: float, images_file: Path, label: str) -> list[dict[str, Any]]:
-    out = []
-    for u in users:
-        res = run_locust(server, u, seconds, images_file)
-        res["targets_met"] = met(res)
-        log(f"batching {label}, {u:>2} users: {res['throughput_rps']:.1f} req/s, p50 {res['p50_ms']:.0f} ms, "
-            f"p95 {res['p95_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms, errors {res['failures']}, "
-            f"mean batch {res['mean_batch'] or 0:.2f}")
-        out.append(res)
-    return out
+def level(server: Server, users: int, seconds: float, images_file: Path, label: str) -> dict[str, Any]:
+    res = run_locust(server, users, seconds, images_file)
+    res["targets_met"] = met(res)
+    log(f"batching {label}, {users:>2} users: {res['throughput_rps']:.1f} req/s, p50 {res['p50_ms']:.0f} ms, "
+        f"p95 {res['p95_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms, errors {res['failures']}, "
+        f"mean batch {res['mean_batch'] or 0:.2f}")
+    return res
 
 
 def stress(server: Server, n: int, users: int, images_file: Path) -> dict[str, Any]:
@@ -316,16 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         "shared_machine": True, "targets": TARGETS,
     }, "levels": {}}
     t_start = time.monotonic()
+    # Both servers are up at once (an idle one costs no CPU), and each level runs with batching on and then off
+    # straight after, so the comparison sees the same load from the machine's other users.
+    servers = {"on": Server(args.window_ms, args.model, args.threads), "off": Server(0.0, args.model, args.threads)}
+    res["levels"] = {"on": [], "off": []}
     try:
-        for label, window, lv in (("on", args.window_ms, users), ("off", 0.0, off_users)):
-            server = Server(window, args.model, args.threads)
-            try:
-                res["levels"][label] = levels(server, lv, args.seconds, images_file, label)
-                if label == "on" and args.stress:
-                    res["stress"] = stress(server, args.stress, args.stress_users, images_file)
-            finally:
-                server.stop()
+        for u in sorted(set(users) | set(off_users)):
+            for label, wanted in (("on", users), ("off", off_users)):
+                if u in wanted:
+                    res["levels"][label].append(level(servers[label], u, args.seconds, images_file, label))
+        if args.stress:
+            servers["off"].stop()
+            res["stress"] = stress(servers["on"], args.stress, args.stress_users, images_file)
     finally:
+        for server in servers.values():
+            server.stop()
         images_file.unlink()
     res["meta"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
     res["meta"]["total_s"] = round(time.monotonic() - t_start, 1)
