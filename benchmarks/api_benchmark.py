@@ -61,14 +61,6 @@ def pick_images(n_isic: int = 48, n_pad: int = 16) -> list[Path]:
     return isic + pad
 
 
-def cpu_features() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted({f for f in ("avx2", "avx512_vnni", "avx_vnni") if re.search(rf"\b{f}\b", text)})
-
-
 class Server:
     def __init__(self, window_ms: float, card: str | None, threads: int | None) -> None:
         self.port = free_port()
@@ -299,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from mendicant_desktop.app import load_engine
+    from mendicant_desktop.core.inference import cpu_features
 
     card = load_engine(args.model).card
     users = [int(u) for u in args.users.split(",")]
