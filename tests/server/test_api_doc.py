@@ -57,3 +57,9 @@ def test_doc_matches_the_benchmark_json(bench):
     assert res["meta"]["shared_machine"] is True
     assert {lv["users"] for lv in res["levels"]["on"]} == {1, 5, 10, 20, 50}
     assert res["stress"]["requests"] >= 10_000
+
+
+def test_percentiles_from_locusts_histogram(bench):
+    hist = {"10": 1, "20": 1, "30": 1, "40": 1}
+    assert bench.percentile(hist, 0.50) == 20.0 and bench.percentile(hist, 0.95) == 40.0
+    assert bench.percentile({"5": 98, "900": 2}, 0.99) == 900.0 and bench.percentile({}, 0.5) is None
