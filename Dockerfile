@@ -2,6 +2,7 @@
 #
 #   docker build -t mendicant-api .
 #   mendicant-desktop --serve --add-api-key pacs --api-key-file keys.txt     # on the host: prints the key once
+#   sudo chown 10001 keys.txt     # the container's user must read it (it holds only hashes)
 #   docker run -d -p 8000:8000 -v "$PWD/keys.txt:/run/secrets/mendicant_api_keys:ro" mendicant-api
 #
 # The bundled model (resources/models, sha256-verified at start-up) is installed inside the image. The
