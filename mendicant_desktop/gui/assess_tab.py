@@ -21,7 +21,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mendicant_desktop.app.assessment import Failure, estimate_skin, rescore, try_assess, with_threshold
+from mendicant_desktop.app.assessment import (
+    PREVIEW_BASE_SIDE,
+    Failure,
+    estimate_skin,
+    rescore,
+    try_assess,
+    with_threshold,
+)
 from mendicant_desktop.app.errors import failure_reason
 from mendicant_desktop.app.images import downscale
 from mendicant_desktop.app.inputs import iter_inputs
@@ -39,8 +46,9 @@ from .worker import BackgroundOp, scoring_pool
 
 #: Decoded display copies kept in memory; older ones are re-read from disk when selected again.
 DISPLAY_CACHE = 12
-#: Longest side of the copy kept for display (zoom goes this far; the model never sees it).
-DISPLAY_SIDE = 2048
+#: Longest side of the copy kept for display (zoom goes this far; the model never sees it): the app layer's
+#: largest preview, which it makes anyway for the quality checks.
+DISPLAY_SIDE = PREVIEW_BASE_SIDE
 #: Longest side of a case list thumbnail.
 THUMB_SIDE = 72
 
