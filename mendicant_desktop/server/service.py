@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import hashlib
 import io
 import json
 import logging
@@ -261,7 +262,7 @@ class Service:
 
     def _batch_item(self, index: int, upload: Upload, meta: S.ItemMetadata) -> dict[str, Any]:
         """One item: the app layer's try_assess, so a bad image gives the same error row as ``--batch``."""
-        from mendicant_desktop.app import Failure
+        from mendicant_desktop.app import Failure, failure_reason
         from mendicant_desktop.app.assessment import try_assess
 
         card = self.engine.card
@@ -270,8 +271,13 @@ class Service:
             result: Any = Failure(upload.name, upload.refused, metadata=md)
         else:
             assert self.batcher is not None
-            with self.batcher.arriving():
-                result = try_assess(self.batcher, upload.data, md, name=upload.name, cam_target=None)
+            try:
+                with self.batcher.arriving():
+                    result = try_assess(self.batcher, upload.data, md, name=upload.name, cam_target=None)
+            except Exception as exc:  # one item's unexpected failure is that item's error row, not a failed batch
+                log.error("batch item %d failed unexpectedly", index, exc_info=(type(exc), exc, None))
+                sha = hashlib.sha256(upload.data or b"").hexdigest()
+                result = Failure(upload.name, failure_reason(exc, "scoring"), sha, metadata=md)
         extra = {"threshold": card.threshold, "model_version": card.version,
                  "fst_override": meta.fst.value if meta.fst else None}
         if isinstance(result, Failure):

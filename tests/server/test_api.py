@@ -354,6 +354,11 @@ def test_a_bug_is_a_json_500_and_the_server_keeps_serving(make_client, tiny_bund
 
     c = make_client(engine_loader=lambda: Flaky(load_engine(str(tiny_bundle))), batch_window_ms=0,
                     raise_server_exceptions=False)
+    Flaky.calls = 0
+    with caplog.at_level(logging.ERROR, logger="mendicant_desktop.server"):
+        items = c.post("/batch_predict", files=[("images", ("a.jpg", good_jpeg, "image/jpeg"))]).json()["items"]
+    assert items[0]["status"] == "error" and items[0]["error"].startswith("unexpected error while scoring: RuntimeError")
+    Flaky.calls = 0
     with caplog.at_level(logging.ERROR, logger="mendicant_desktop.server"):
         resp = c.post("/predict", files=files(good_jpeg))
     assert resp.status_code == 500 and resp.json()["error"]["kind"] == "internal"
