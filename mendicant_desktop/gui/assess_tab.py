@@ -80,6 +80,28 @@ class AssessTab(QWidget):
 
         content = QSplitter(Qt.Orientation.Horizontal)
         content.setChildrenCollapsible(False)
+        content.addWidget(self._build_case_list())
+        self.view = CaseView(self.settings)
+        content.addWidget(self.view)
+        content.setStretchFactor(0, 0)
+        content.setStretchFactor(1, 1)
+        content.setSizes([290, 990])
+        self.stack.addWidget(content)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.banner = QLabel("")
+        self.banner.setObjectName("ErrorBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setVisible(False)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.stack, 1)
+
+        self._wire()
+        self._update_stack()
+
+    def _build_case_list(self) -> QWidget:
+        """The left panel: the title with the count, the case list and the remove/clear buttons."""
         left = QWidget()
         left.setObjectName("CaseListPanel")
         ll = QVBoxLayout(left)
@@ -107,23 +129,10 @@ class AssessTab(QWidget):
         btns.addWidget(self.btn_clear)
         btns.addStretch(1)
         ll.addLayout(btns)
-        content.addWidget(left)
-        self.view = CaseView(self.settings)
-        content.addWidget(self.view)
-        content.setStretchFactor(0, 0)
-        content.setStretchFactor(1, 1)
-        content.setSizes([290, 990])
-        self.stack.addWidget(content)
+        return left
 
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        self.banner = QLabel("")
-        self.banner.setObjectName("ErrorBanner")
-        self.banner.setWordWrap(True)
-        self.banner.setVisible(False)
-        lay.addWidget(self.banner)
-        lay.addWidget(self.stack, 1)
-
+    def _wire(self) -> None:
+        """Selection, the case view's edits, the buttons, the model's arrival and the settings."""
         self.list.selectionModel().currentChanged.connect(self._current_changed)
         self.view.metadataEdited.connect(self.set_metadata)
         self.view.fstOverrideEdited.connect(self.set_fst_override)
@@ -131,10 +140,9 @@ class AssessTab(QWidget):
         self.view.explainCancelRequested.connect(self.cancel_explain)
         self.btn_remove.clicked.connect(self.remove_current)
         self.btn_clear.clicked.connect(self.clear)
-        services.engineChanged.connect(self._engine_ready)
-        services.modelFailed.connect(self._model_failed)
+        self.services.engineChanged.connect(self._engine_ready)
+        self.services.modelFailed.connect(self._model_failed)
         self.settings.changed.connect(self._setting_changed)
-        self._update_stack()
 
     # ---- adding cases -------------------------------------------------------------------------
     def add_paths(self, paths: list[str | os.PathLike]) -> list[Case]:
