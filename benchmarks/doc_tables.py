@@ -225,6 +225,24 @@ def api_load(d: dict[str, Any]) -> str:
                   "| users | throughput on/off | p50 on/off | p95 on/off |", "|---:|---:|---:|---:|"]
         lines += [f"| {u} | {on[u]['throughput_rps'] / off[u]['throughput_rps']:.2f}x | "
                   f"{on[u]['p50_ms'] / off[u]['p50_ms']:.2f}x | {on[u]['p95_ms'] / off[u]['p95_ms']:.2f}x |" for u in common]
+    all_met = [lv["users"] for lv in d["levels"].get("on", []) if all(lv["targets_met"].values())]
+    rps_met = [lv["users"] for lv in d["levels"].get("on", []) if lv["targets_met"]["throughput_rps"]]
+    lines += ["", "With batching on (the default), every target was met at "
+              + (f"{', '.join(map(str, all_met))} user(s)" if all_met else "no level")
+              + "; the throughput target at " + (", ".join(map(str, rps_met)) if rps_met else "no level")
+              + " users. The users are closed loops, so latency ≈ users / throughput once the cores are saturated "
+              "(Little's law): "
+              + ", ".join(f"{lv['users']} users: {1000 * lv['users'] / lv['throughput_rps']:.0f} ms predicted, "
+                          f"{lv['mean_ms']:.0f} ms mean measured" for lv in d["levels"].get("on", [])
+                          if lv.get("mean_ms") and lv["users"] >= 5)
+              + ". Past a few users, more concurrency only adds queueing."]
+    if common:
+        ratios = [on[u]["throughput_rps"] / off[u]["throughput_rps"] for u in common]
+        lines += ["", f"Batching on / off throughput ranged {min(ratios):.2f}x–{max(ratios):.2f}x across the levels: "
+                  + ("on this machine batching did not raise throughput; concurrent unbatched requests already keep "
+                     "both cores busy, so `--batch-window-ms 0` is the better setting here."
+                     if max(ratios) < 1.0 else "batching raised throughput at every level." if min(ratios) >= 1.0
+                     else "a mixed result, within the noise of a shared machine.")]
     s = d.get("stress")
     if s:
         lines += ["", f"Stress run: {s['requests']:,} requests with {s['users']} users, batching on: {s['failures']} "

@@ -57,6 +57,8 @@ def test_verdicts_against_the_targets(bench, tables):
     assert "| 50 | 1.50x | 0.67x | 0.67x |" in table
     assert "10,000 requests with 10 users" in table and "(+2.0 MB)" in table
     assert "shared with other engineers" in table
+    assert "every target was met at 1 user(s); the throughput target at 1, 50 users" in table
+    assert "ranged 1.04x–1.50x across the levels: batching raised throughput at every level." in table
 
 
 def test_percentiles_from_locusts_histogram(bench):
