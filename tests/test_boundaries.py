@@ -28,10 +28,19 @@ def test_no_gui_module_imports_cli():
     assert offenders == []
 
 
+def test_the_server_imports_no_other_front_end():
+    """The same for the REST server: no gui, no cli, no Qt (it runs in a container without a display)."""
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "mendicant_desktop" / "server").rglob("*.py")
+                 if any(m in p.read_text(encoding="utf-8") for m in ("mendicant_desktop.cli", "mendicant_desktop.gui",
+                                                                     "PySide6"))]
+    assert offenders == []
+
+
 @pytest.mark.parametrize(
     "module", ["mendicant_desktop.core", "mendicant_desktop.core.inference", "mendicant_desktop.core.audit",
                "mendicant_desktop.app", "mendicant_desktop.app.scoring", "mendicant_desktop.app.audit_run",
-               "mendicant_desktop.cli.main", "mendicant_desktop.cli.batch", "mendicant_desktop.cli.audit"],
+               "mendicant_desktop.cli.main", "mendicant_desktop.cli.batch", "mendicant_desktop.cli.audit",
+               "mendicant_desktop.cli.serve", "mendicant_desktop.server.app", "mendicant_desktop.server.run"],
 )
 def test_headless_modules_load_no_qt_or_torch(module):
     code = (

@@ -1,4 +1,4 @@
-"""Headless dispatch for ``mendicant-desktop``: ``--batch``, ``--audit``, ``--version``, ``--help``.
+"""Headless dispatch for ``mendicant-desktop``: ``--batch``, ``--audit``, ``--serve``, ``--version``, ``--help``.
 
 ``mendicant_desktop.__main__`` calls :func:`run_headless` first and starts the GUI only when it returns
 None, so these modes work on a machine with no display and no Qt platform plugin.
@@ -6,7 +6,8 @@ None, so these modes work on a machine with no display and no Qt platform plugin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from mendicant_desktop import __version__
 
@@ -16,6 +17,7 @@ USAGE = """usage:
   mendicant-desktop [IMAGE ...]                 open the window (with these images queued)
   mendicant-desktop --batch PATH [PATH ...] --out FILE [options]   score files/folders headless
   mendicant-desktop --audit LABELS.csv --images DIR --out REPORT.html [options]   fairness audit
+  mendicant-desktop --serve [--host H] [--port P] [--api-key-file F]   local REST API (the [server] extra)
   mendicant-desktop --selftest [--screenshot PNG]   start the window, score a test image, exit
   mendicant-desktop --version                    print the app and bundled model versions
 Run a mode with --help for its options."""
@@ -28,17 +30,22 @@ def version_text() -> str:
     return f"mendicant-desktop {__version__}\n{describe_model()}\n{describe_kernel_check()}"
 
 
-def run_headless(args: Sequence[str]) -> int | None:
+def run_headless(args: Sequence[str], *, serve_backend: Callable[[], Any] | None = None) -> int | None:
     """Run a headless mode if ``args`` ask for one; None means "not headless: open the window".
 
     The GUI is started by ``mendicant_desktop.__main__``, outside this package, so that nothing in
-    ``cli`` ever imports Qt (an import-linter contract).
+    ``cli`` ever imports Qt (an import-linter contract). For the same reason ``--serve`` gets the server
+    from ``serve_backend()`` (given by ``__main__``): ``cli`` parses the options, the server serves.
     """
     args = list(args)
     if "--batch" in args:
         from .batch import main as batch_main
 
         return int(batch_main(args))
+    if "--serve" in args:
+        from .serve import main as serve_main
+
+        return int(serve_main(args, serve_backend))
     if "--audit" in args:
         from .audit import main as audit_main
 

@@ -32,3 +32,11 @@ def test_wheel_contains_model_card_head_styles_and_config(tmp_path):
     assert "mendicant_desktop/resources/styles/mendicant.qss" in names
     assert "compression/config.toml" in names
     assert not any(n.startswith("tests/") for n in names)
+    # --serve from an installed wheel: the server package, the app layer under it, and the [server] extra
+    assert {"mendicant_desktop/server/app.py", "mendicant_desktop/server/run.py",
+            "mendicant_desktop/app/assessment.py", "mendicant_desktop/cli/serve.py"} <= names
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "Provides-Extra: server" in text
+    for dep in ("fastapi", "uvicorn", "python-multipart", "prometheus-client", "pydantic", "fastapi-offline"):
+        assert f'Requires-Dist: {dep}' in text and 'extra == "server"' in text, dep
