@@ -8,14 +8,19 @@
    and a cProfile of the pipeline itself (main thread and decode threads merged).
 
 Run: python benchmarks/batch_benchmark.py [--model CARD] [--threads N] [--batch-size B] [--rss-inputs N]
+
+Writes ``benchmarks/results/batch_benchmark.json``; the figure tables of ``docs/batch.md`` are generated from
+it by ``python benchmarks/doc_tables.py`` (never typed by hand; ``tests/test_doc_tables.py`` checks them).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import datetime as dt
 import hashlib
 import io
+import json
 import os
 import pstats
 import subprocess
@@ -30,14 +35,9 @@ sys.path.insert(0, str(REPO))
 
 DATA = Path(os.environ.get("MENDICANT_SHARED_DATA", REPO.parent / "shared" / "data"))
 FOLDERS = ("isic_dermoscopy/images", "pad_ufes20_clinical/images")
+RESULTS = REPO / "benchmarks" / "results" / "batch_benchmark.json"
 
-
-def default_card() -> Path | None:
-    env = os.environ.get("MENDICANT_MODEL")
-    if env:
-        return Path(env)
-    cards = sorted((REPO / "resources" / "models").glob("*.json"))
-    return cards[0] if cards else None
+from mendicant_desktop.core.inference import cpu_features  # noqa: E402  (after the sys.path insert)
 
 
 def run_cli(paths: list[Path], out: Path, card: Path, extra: list[str]) -> tuple[int, float, float, float, str]:
@@ -57,15 +57,20 @@ def run_cli(paths: list[Path], out: Path, card: Path, extra: list[str]) -> tuple
     return proc.returncode, secs, usage.ru_maxrss / 1024.0, cpu, (tail[0] if tail else "")
 
 
-def report(label: str, n: int, secs: float, rss: float, cpu: float, rc: int, tail: str, load: tuple) -> None:
+def report(label: str, n: int, secs: float, rss: float, cpu: float, rc: int, tail: str, load: tuple) -> dict:
     cores = os.cpu_count() or 1
+    load_after = os.getloadavg()[0]
     print(f"\n[{label}] {n} images in {secs:.1f} s wall (incl. start-up) = {n / secs:.1f} images/s; "
           f"peak RSS {rss:.0f} MB; exit {rc}")
     if n:
         print(f"    CPU {cpu:.1f} s = {1000 * cpu / n:.1f} ms per image -> {cores * n / cpu:.1f} images/s if the "
               f"{cores} cores were all ours; it got {cpu / secs:.2f} cores on average "
-              f"(load average before/after: {load[0]:.1f} / {os.getloadavg()[0]:.1f})")
+              f"(load average before/after: {load[0]:.1f} / {load_after:.1f})")
     print(f"    {tail}")
+    return {"label": label, "images": n, "wall_s": round(secs, 2), "images_per_s": round(n / secs, 2) if secs else None,
+            "peak_rss_mb": round(rss, 1), "cpu_s": round(cpu, 2),
+            "cpu_ms_per_image": round(1000 * cpu / n, 2) if n else None, "cores_used": round(cpu / secs, 2),
+            "load_before": round(load[0], 2), "load_after": round(load_after, 2), "exit": rc}
 
 
 def rows_in(out: Path) -> int:
@@ -73,16 +78,18 @@ def rows_in(out: Path) -> int:
         return max(0, fh.read().count(b"\n") - 1)
 
 
-def stage_timings(files: list[Path], card: Path, threads: int, batch_size: int) -> None:
+def stage_timings(files: list[Path], card: Path, threads: int, batch_size: int) -> dict[str, float]:
+    """CPU ms per image of each stage of the app layer's scoring path, run serially."""
     import numpy as np
 
-    from mendicant_desktop.core.bundle import ModelBundle
-    from mendicant_desktop.core.inference import Engine
+    from mendicant_desktop.app.images import downscale
+    from mendicant_desktop.app.model import load_engine
+    from mendicant_desktop.app.quality import QUALITY_SIDE, image_warnings
     from mendicant_desktop.core.preprocess import load_image, preprocess
     from mendicant_desktop.core.skintone import estimate_skin_tone
 
-    engine = Engine(ModelBundle.load(card), threads=threads)
-    t = dict.fromkeys(("read+sha256", "decode", "preprocess", "skin tone", "inference"), 0.0)
+    engine = load_engine(card, threads=threads)
+    t = dict.fromkeys(("read+sha256", "decode", "preprocess", "skin tone", "quality checks", "inference"), 0.0)
     xs = []
     for f in files:
         a = time.process_time()
@@ -95,10 +102,13 @@ def stage_timings(files: list[Path], card: Path, threads: int, batch_size: int) 
         d = time.process_time()
         estimate_skin_tone(rgb)
         e = time.process_time()
+        image_warnings(downscale(rgb, QUALITY_SIDE), original_size=rgb.shape[:2])
+        f2 = time.process_time()
         t["read+sha256"] += b - a
         t["decode"] += c - b
         t["preprocess"] += d - c
         t["skin tone"] += e - d
+        t["quality checks"] += f2 - e
     engine.predict_preprocessed(np.stack(xs[:batch_size]), cam=False)  # warm-up
     a = time.process_time()
     for s in range(0, len(xs), batch_size):
@@ -112,11 +122,12 @@ def stage_timings(files: list[Path], card: Path, threads: int, batch_size: int) 
     cores = os.cpu_count() or 1
     print(f"  {'total':<12} {1000 * total / len(files):7.2f} ms/image  -> at most {cores * len(files) / total:.1f} "
           f"images/s on {cores} idle cores")
+    return {k: round(1000 * v / len(files), 2) for k, v in t.items()}
 
 
 def profile_pipeline(files: list[Path], card: Path, threads: int | None, batch_size: int, top: int) -> None:
-    from mendicant_desktop.cli import scoring
-    from mendicant_desktop.cli.batch import build_engine
+    from mendicant_desktop.app import scoring
+    from mendicant_desktop.app.model import load_engine as build_engine
 
     engine = build_engine(str(card), threads)
     profiles: list[cProfile.Profile] = []
@@ -173,9 +184,13 @@ def main() -> int:
     ap.add_argument("--profile-only", action="store_true", help="skip the two CLI runs")
     args = ap.parse_args()
 
-    card = args.model or default_card()
-    if card is None:
-        print("no bundled model in resources/models; pass --model CARD", file=sys.stderr)
+    from mendicant_desktop.app.model import resolve_card
+    from mendicant_desktop.core.errors import ModelVerificationError
+
+    try:
+        card = resolve_card(args.model)  # --model > MENDICANT_MODEL > bundled, as the app resolves it
+    except ModelVerificationError as exc:
+        print(f"{exc}; pass --model CARD", file=sys.stderr)
         return 2
     folders = [args.data / f for f in FOLDERS if (args.data / f).is_dir()]
     if not folders:
@@ -190,6 +205,9 @@ def main() -> int:
           f"load average: {os.getloadavg()[0]:.1f}; "
           f"threads: {args.threads or 'default'}; batch size: {args.batch_size}")
 
+    result: dict = {"model": {"name": mc.name, "version": mc.version, "sha256": mc.sha256},
+                    "cpus": os.cpu_count(), "cpu_features": cpu_features(), "threads": args.threads or "default",
+                    "batch_size": args.batch_size, "runs": []}
     with tempfile.TemporaryDirectory(prefix="mendicant-bench-") as tmp:
         if args.profile_only:
             args.rss_inputs = 0
@@ -198,7 +216,7 @@ def main() -> int:
         if not args.profile_only:
             load = os.getloadavg()
             rc, secs, rss, cpu, tail = run_cli(folders, out, card, extra)
-            report("1: ../shared/data", rows_in(out), secs, rss, cpu, rc, tail, load)
+            result["runs"].append(report("../shared/data", rows_in(out), secs, rss, cpu, rc, tail, load))
         if args.rss_inputs:
             links = tmpd / "links"
             links.mkdir()
@@ -207,12 +225,19 @@ def main() -> int:
             out2 = tmpd / "links.csv"
             load = os.getloadavg()
             rc, secs, rss, cpu, tail = run_cli([links], out2, card, extra)
-            report(f"2: {args.rss_inputs} inputs (symlinks)", rows_in(out2), secs, rss, cpu, rc, tail, load)
+            result["runs"].append(report(f"{args.rss_inputs:,} symlinked inputs", rows_in(out2), secs, rss, cpu, rc,
+                                         tail, load))
     if args.profile_images:
         step = max(1, len(files) // args.profile_images)
         sample = files[::step][: args.profile_images]
-        stage_timings(sample[:200], card, args.threads or 2, args.batch_size)
+        result["stage_cpu_ms_per_image"] = stage_timings(sample[:200], card, args.threads or 2, args.batch_size)
+        result["stage_images"] = len(sample[:200])
         profile_pipeline(sample, card, args.threads, args.batch_size, args.top)
+    if not args.profile_only:
+        result["generated_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(f"\nwrote {RESULTS.relative_to(REPO)}")
     return 0
 
 

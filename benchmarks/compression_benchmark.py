@@ -198,8 +198,9 @@ def case_mix_check(probs: np.ndarray, records: list[Any]) -> dict[str, Any]:
     nevi, which are easy; FST II's are mostly ACK, the hardest benign look-alike of SCC and BCC). Holding the
     negatives to one diagnosis separates case mix from skin type; diagnostic only, not part of the gate."""
     from mendicant_desktop.core.audit import auroc
+    from mendicant_desktop.core.results import MALIGNANT_INDICES
 
-    mal = np.clip(probs[:, [0, 1, 4]].sum(axis=1), 0, 1)
+    mal = np.clip(probs[:, list(MALIGNANT_INDICES)].sum(axis=1), 0, 1)
     out = {}
     for g in ("II", "III"):
         k = [i for i, r in enumerate(records) if r.dataset == "pad" and r.fst_source == "label" and r.fst == g

@@ -36,6 +36,7 @@ from mendicant_desktop.core.bundle import sha256_file
 from mendicant_desktop.core.errors import ConfigError, MetadataError
 from mendicant_desktop.core.metadata import Metadata, encode_metadata
 from mendicant_desktop.core.preprocess import MODEL_SIZE, load_image, preprocess
+from mendicant_desktop.core.results import CLASS_NAMES, MALIGNANT_INDICES
 from mendicant_desktop.core.skintone import estimate_skin_tone
 
 from .config import Config
@@ -58,8 +59,8 @@ __all__ = [
     "ImageDataset",
 ]
 
-CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-MALIGNANT_CLASS_IDX: tuple[int, ...] = (CLASSES.index("mel"), CLASSES.index("bcc"), CLASSES.index("akiec"))
+CLASSES: tuple[str, ...] = CLASS_NAMES  # the app's one class list (core.results)
+MALIGNANT_CLASS_IDX: tuple[int, ...] = MALIGNANT_INDICES
 ROMAN = ("I", "II", "III", "IV", "V", "VI")
 ISIC = "isic_dermoscopy"
 PAD = "pad_ufes20_clinical"

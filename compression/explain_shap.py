@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mendicant_desktop.core.results import MALIGNANT_INDICES
 from mendicant_desktop.core.saliency import (
     GradCAM,
     head_forward,
@@ -38,7 +39,7 @@ from mendicant_desktop.core.saliency import (
     softmax,
 )
 
-from .reference import CLASSES, ReferenceNet, head_arrays
+from .reference import ReferenceNet, head_arrays
 
 __all__ = [
     "GROUPS",
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 GROUPS: tuple[str, ...] = ("I", "II", "III", "IV", "V", "VI", "unknown")
-MALIGNANT_IDX: tuple[int, ...] = tuple(CLASSES.index(c) for c in ("akiec", "bcc", "mel"))
+MALIGNANT_IDX: tuple[int, ...] = MALIGNANT_INDICES
 
 
 # --------------------------------------------------------------------------------------------------

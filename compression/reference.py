@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mendicant_desktop.core.bundle import sha256_file
+from mendicant_desktop.core.results import CLASS_NAMES
 
 __all__ = [
     "CLASSES",
@@ -79,7 +80,7 @@ __all__ = [
     "head_forward_numpy",
 ]
 
-CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+CLASSES: tuple[str, ...] = CLASS_NAMES  # the app's one class list (core.results)
 IMAGE_SIZE: tuple[int, int] = (254, 254)
 META_DIM = 10
 BN_EPS = 1e-3

@@ -172,7 +172,9 @@ def _metrics_from_gate(sec: dict[str, Any]) -> dict[str, Any]:
         "isic_external_n": _get(sec, "isic_external_mel_vs_nv", "n"),
         "pad_auroc": _num(_get(pad, "overall", "auroc")),
         "pad_n": _get(pad, "overall", "n"),
-        "pad_known_auroc": _num(_get(sec, "pad_known_auroc")),
+        # validate.py writes the biopsied, FST-labelled PAD subset as pad_malignancy_fst_labelled (an audit
+        # group dict); the training-time metrics call the same figure pad_known_auroc (see _metrics_from_train).
+        "pad_known_auroc": _num(_get(sec, "pad_malignancy_fst_labelled", "auroc")),
         "overall_auroc": _num(_get(sec, "overall_malignancy", "auroc")),
         "pad_fst": fst,
         "fst_gap": _num(pad.get("auroc_gap")),

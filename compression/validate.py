@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from mendicant_desktop.core.audit import audit, auroc, is_sufficient, percentile_ci
+from mendicant_desktop.core.results import CLASS_NAMES, MALIGNANT_INDICES
 
 from .quantize import ort_session, run_model, top1_agreement
 
@@ -71,9 +72,9 @@ __all__ = [
     "main",
 ]
 
-CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+CLASSES = CLASS_NAMES
 MEL = CLASSES.index("mel")
-MAL_IDX = (CLASSES.index("mel"), CLASSES.index("bcc"), CLASSES.index("akiec"))
+MAL_IDX = MALIGNANT_INDICES
 ROMAN = ("I", "II", "III", "IV", "V", "VI")
 
 #: Used only when compression/config.toml cannot be read; the same values as its [gate] section.

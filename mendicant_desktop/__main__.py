@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mendicant_desktop.cli import ExitCode
+    from mendicant_desktop.app.errors import ExitCode
     from mendicant_desktop.cli.main import run_headless
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,9 +1,12 @@
-"""Headless entry points. Never imports Qt: ``--batch`` and ``--audit`` run with no display."""
+"""Headless front end: argparse, progress bars and signals over :mod:`mendicant_desktop.app`.
+
+Never imports Qt: ``--batch`` and ``--audit`` run with no display. The exit codes and user-facing errors
+live in :mod:`mendicant_desktop.app.errors` (shared with the GUI and the server).
+"""
 
 from __future__ import annotations
 
 import argparse
-import enum
 import logging
 import signal
 import sys
@@ -11,16 +14,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mendicant_desktop.app.errors import ExitCode, UsageError
 
-class ExitCode(enum.IntEnum):
-    """Process exit codes, documented in ``--help``."""
-
-    OK = 0  # every input scored
-    INTERNAL_ERROR = 1  # unexpected internal error (traceback only with --debug)
-    USAGE = 2  # bad arguments or configuration, or a model that fails verification
-    PARTIAL = 3  # finished, but some inputs failed
-    INTERRUPTED = 130  # Ctrl-C or SIGTERM; rows written so far are kept and valid
-
+__all__ = ["EXIT_CODES_HELP", "ArgumentParser", "ExitCode", "StopSignal", "UsageError", "err", "progress_bar",
+           "check_threads", "run_guarded", "threads_help"]
 
 EXIT_CODES_HELP = """exit codes:
   0    every input scored
@@ -28,10 +25,6 @@ EXIT_CODES_HELP = """exit codes:
   2    usage or configuration error (bad arguments, or a model that fails verification)
   130  interrupted by Ctrl-C or SIGTERM; rows written so far are kept and valid
   1    unexpected internal error (traceback only with --debug)"""
-
-
-class UsageError(Exception):
-    """A usage or configuration problem: its message is printed and the exit code is 2."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -44,6 +37,26 @@ class ArgumentParser(argparse.ArgumentParser):
 def err(msg: str) -> None:
     """Messages and summaries go to stderr, flushed: stdout stays free for data."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int, quiet: bool):
+    """The tqdm bar of ``--batch`` and ``--audit`` (on stderr; disabled by ``--quiet``)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True, mininterval=0.5,
+                smoothing=0.1, desc="scoring")
+
+
+def threads_help() -> str:
+    """``--threads``'s help (imports the engine module only when a mode's parser is built)."""
+    from mendicant_desktop.core.inference import MAX_DEFAULT_THREADS
+
+    return f"CPU threads for inference and for decoding (default: up to {MAX_DEFAULT_THREADS}, the core count)"
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
 
 
 class StopSignal:

@@ -22,15 +22,10 @@ Run a mode with --help for its options."""
 
 
 def version_text() -> str:
-    from mendicant_desktop.core.bundle import ModelCard, default_model_card
-    from mendicant_desktop.core.errors import ModelVerificationError
+    """The app's version and the model ``--batch`` would load (the same ``--model``/``MENDICANT_MODEL`` rule)."""
+    from mendicant_desktop.app.model import describe_model
 
-    try:
-        card = ModelCard.load(default_model_card())
-        model = f"model {card.name} {card.version} (sha256 {card.sha256[:12]})"
-    except ModelVerificationError as exc:
-        model = f"model: unavailable ({exc})"
-    return f"mendicant-desktop {__version__}\n{model}"
+    return f"mendicant-desktop {__version__}\n{describe_model()}"
 
 
 def run_headless(args: Sequence[str]) -> int | None:

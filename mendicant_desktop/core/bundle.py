@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelVerificationError
+from .metadata import META_SIZE
+from .preprocess import MODEL_SIZE
 from .results import CLASS_NAMES
 
 CARD_FORMAT_VERSION = 1
@@ -63,10 +65,7 @@ def default_model_card() -> Path:
     cards = sorted(models.glob("*.json"))
     if not cards:
         raise ModelVerificationError(f"no model card (*.json) found in {models}")
-    if len(cards) > 1:
-        env = os.environ.get("MENDICANT_MODEL")
-        if env:
-            return Path(env)
+    if len(cards) > 1:  # the app layer (app.model.resolve_card) lets MENDICANT_MODEL or --model choose
         raise ModelVerificationError(f"several model cards in {models}; set MENDICANT_MODEL")
     return cards[0]
 
@@ -210,7 +209,7 @@ def make_card(
     threshold: float,
     metrics: dict[str, Any],
     provenance: dict[str, Any],
-    input_size: tuple[int, int] = (254, 254),
+    input_size: tuple[int, int] = MODEL_SIZE,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build a model card dict for files already written; hashes and sizes are computed here."""
@@ -232,7 +231,7 @@ def make_card(
         "input": {
             "image": {"name": "image", "shape": [None, input_size[0], input_size[1], 3], "layout": "NHWC",
                       "dtype": "float32", "range": [0, 255]},
-            "meta": {"name": "meta", "shape": [None, 10], "dtype": "float32"},
+            "meta": {"name": "meta", "shape": [None, META_SIZE], "dtype": "float32"},
         },
         "outputs": {"probs": "probs", "features": "features (N, C, h, w), last feature map before pooling"},
         "preprocessing": {

@@ -32,7 +32,7 @@ from .metadata import Metadata, encode_metadata
 from .preprocess import preprocess
 from .results import MALIGNANT_CLASSES
 from .saliency import upsample_cam
-from .skintone import MAX_BACKGROUND_FRACTION, lesion_skin_masks
+from .skintone import MAX_BACKGROUND_FRACTION, border_ring, lesion_skin_masks
 
 __all__ = [
     "BACKGROUND_L",
@@ -81,15 +81,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _border_ring(shape: tuple[int, int], share: float = 0.15) -> np.ndarray:
-    h, w = shape
-    bh, bw = max(1, int(round(h * share))), max(1, int(round(w * share)))
-    ring = np.zeros((h, w), dtype=bool)
-    ring[:bh, :] = ring[-bh:, :] = True
-    ring[:, :bw] = ring[:, -bw:] = True
-    return ring
-
-
 def lesion_masks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """``(lesion, background, kind)`` of an RGB image: boolean masks on the engine's analysis copy (longest
     side <= 256 px, so a 254x254 model input keeps its resolution) and how the lesion was found.
@@ -102,7 +93,7 @@ def lesion_masks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     rgb = to_uint8(image)
     lab, lesion, _skin = lesion_skin_masks(rgb)
     background = lab[..., 0] < BACKGROUND_L
-    ring = _border_ring(background.shape)
+    ring = border_ring(background.shape)
     if float(background[ring].mean()) > MAX_BACKGROUND_FRACTION:
         return ~background, background, "masked-crop"
     return lesion, background, "lesion-split"

@@ -10,17 +10,37 @@ import numpy as np
 
 from .bundle import ModelBundle
 from .errors import MendicantError
-from .metadata import Metadata, encode_metadata
+from .metadata import META_SIZE, Metadata, encode_metadata
 from .preprocess import preprocess
-from .results import MALIGNANT_CLASSES, Prediction, risk_band
+from .results import MALIGNANT_INDICES, Prediction, risk_band
 from .saliency import CAM_METHODS, head_forward, probability_score_weights, score_gradients, softmax
 
 #: Grad-CAM target: a class name, "top" (the predicted class) or "malignancy" (mel+bcc+akiec).
 CamTarget = str
 
 
+#: Most threads used by default (inference and decoding): beyond this a laptop's other work suffers.
+MAX_DEFAULT_THREADS = 4
+
+
 def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Threads for inference and for decoding: the core count, at most :data:`MAX_DEFAULT_THREADS`."""
+    return max(1, min(MAX_DEFAULT_THREADS, os.cpu_count() or 1))
+
+
+#: The x86 CPU features ONNX Runtime's INT8 kernels depend on (U8S8 saturates without VNNI).
+INT8_CPU_FEATURES = ("avx2", "avx512_vnni", "avx_vnni")
+
+
+def cpu_features() -> list[str]:
+    """Which of :data:`INT8_CPU_FEATURES` this CPU has (Linux; empty elsewhere): INT8 results depend on them,
+    so benchmarks and expected-value fixtures record them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = set(fh.read().split())
+    except OSError:
+        return []
+    return sorted(f for f in INT8_CPU_FEATURES if f in flags)
 
 
 def make_session(model_bytes: bytes, threads: int | None = None):
@@ -54,11 +74,7 @@ class Engine:
         self._lock = threading.Lock()
         self.class_names = bundle.card.class_names
         self.input_size = bundle.card.input_size
-        self._mal_idx = [self.class_names.index(c) for c in MALIGNANT_CLASSES]
-
-    @classmethod
-    def from_default(cls, threads: int | None = None) -> Engine:
-        return cls(ModelBundle.load(), threads=threads)
+        self._mal_idx = list(MALIGNANT_INDICES)  # the card's class_names equal CLASS_NAMES (checked on load)
 
     def run(self, x: np.ndarray, meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw forward: x (N, H, W, 3) float32 0..255, meta (N, 10) -> probs (N, K), features (N, C, h, w)."""
@@ -66,8 +82,8 @@ class Engine:
         meta = np.ascontiguousarray(meta, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (*self.input_size, 3):
             raise ValueError(f"expected input (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {x.shape}")
-        if meta.shape != (x.shape[0], 10):
-            raise ValueError(f"expected metadata (N, 10), got {meta.shape}")
+        if meta.shape != (x.shape[0], META_SIZE):
+            raise ValueError(f"expected metadata (N, {META_SIZE}), got {meta.shape}")
         probs, feats = self._session.run(["probs", "features"], {"image": x, "meta": meta})
         return probs, feats
 
@@ -86,7 +102,7 @@ class Engine:
         metas = list(metadata) if metadata is not None else [None] * n
         if len(metas) != n:
             raise ValueError(f"{n} images but {len(metas)} metadata entries")
-        meta = np.stack([encode_metadata(m) for m in metas]) if n else np.zeros((0, 10), np.float32)
+        meta = np.stack([encode_metadata(m) for m in metas]) if n else np.zeros((0, META_SIZE), np.float32)
         probs, feats = self.run(x, meta)
         cams: np.ndarray | None = None
         targets: list[str | None] = [None] * n

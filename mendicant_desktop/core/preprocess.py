@@ -191,11 +191,3 @@ def preprocess(img: np.ndarray, size: tuple[int, int] = MODEL_SIZE) -> np.ndarra
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an RGB (H, W, 3) image, got shape {img.shape}")
     return resize_bilinear(img, size)
-
-
-def load_and_preprocess(
-    source: ImageSource, size: tuple[int, int] = MODEL_SIZE, *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and preprocess; returns (rgb uint8 original, float32 model input)."""
-    rgb = load_image(source, max_pixels=max_pixels)
-    return rgb, preprocess(rgb, size)

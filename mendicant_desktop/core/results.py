@@ -8,6 +8,8 @@ import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 MALIGNANT_CLASSES: tuple[str, ...] = ("akiec", "bcc", "mel")
+#: Where the malignant classes sit in :data:`CLASS_NAMES` (the model's output order): malignancy is their sum.
+MALIGNANT_INDICES: tuple[int, ...] = tuple(CLASS_NAMES.index(c) for c in MALIGNANT_CLASSES)
 CLASS_FULL_NAMES: dict[str, str] = {
     "akiec": "Actinic keratosis / intraepithelial carcinoma",
     "bcc": "Basal cell carcinoma",

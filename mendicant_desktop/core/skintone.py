@@ -32,6 +32,7 @@ from .results import SkinToneEstimate
 #: itself comes from the learned model. (lower ITA bound, type), checked in order: > 55 I, 41-55 II, 28-41 III, 10-28 IV, -30-10 V, < -30 VI.
 ITA_BANDS: tuple[tuple[float, str], ...] = ((55.0, "I"), (41.0, "II"), (28.0, "III"), (10.0, "IV"), (-30.0, "V"))
 FST_TYPES: tuple[str, ...] = ("I", "II", "III", "IV", "V", "VI")
+#: The old ITA rule's threshold (share of the border ring that must be skin); the learned model carries its own.
 MIN_SKIN_FRACTION = 0.25
 BORDER = 0.15
 #: Above this share of near-black border pixels the image is a masked crop (PAD-style): no skin to use.
@@ -102,10 +103,10 @@ def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
     return s / (k * k)
 
 
-def _ring(shape: tuple[int, int]) -> np.ndarray:
-    """The border ring: the outer ``BORDER`` share of each side, where skin usually surrounds the lesion."""
+def border_ring(shape: tuple[int, int], share: float = BORDER) -> np.ndarray:
+    """The border ring: the outer ``share`` of each side, where skin usually surrounds the lesion."""
     h, w = shape
-    bh, bw = max(1, int(round(h * BORDER))), max(1, int(round(w * BORDER)))
+    bh, bw = max(1, int(round(h * share))), max(1, int(round(w * share)))
     ring = np.zeros((h, w), dtype=bool)
     ring[:bh, :] = ring[-bh:, :] = True
     ring[:, :bw] = ring[:, -bw:] = True
@@ -137,7 +138,7 @@ def lesion_skin_masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return lab, empty, empty
     t = otsu_threshold(blurred[valid])
     lesion = valid & (blurred < t)
-    ring = _ring(L.shape)
+    ring = border_ring(L.shape)
     specular = L > 97.0
     skin = ring & valid & ~lesion & ~specular & (lab[..., 2] > 0)
     return lab, lesion, skin
@@ -209,7 +210,7 @@ def skin_features(rgb: np.ndarray) -> SkinFeatures:
         "sat": (mx - f.min(axis=2)) / mx,
     }
     valid, skin = skin_colour_mask(lab, small)
-    ring = _ring(L.shape)
+    ring = border_ring(L.shape)
     background = ~valid & (L < 97.0)  # near-black only (specular highlights are not background)
     frame = np.ones(L.shape, dtype=bool)
     sets = {"frame": frame, "skin": skin, "ring_skin": ring & skin}

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mendicant_desktop.cli import ExitCode
+from mendicant_desktop.app.errors import ExitCode
 
 SELFTEST_TIMEOUT_S = 120.0
 

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QItemSelectionModel, Qt, QThreadPool, Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (
@@ -20,31 +21,28 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mendicant_desktop.core.errors import ImageLoadError
+from mendicant_desktop.app.assessment import Failure, estimate_skin, rescore, try_assess, with_threshold
+from mendicant_desktop.app.errors import failure_reason
+from mendicant_desktop.app.images import downscale
+from mendicant_desktop.app.inputs import iter_inputs
 from mendicant_desktop.core.explain import OcclusionSensitivity
 from mendicant_desktop.core.metadata import SEXES, SITES, Metadata
 from mendicant_desktop.core.preprocess import load_image
-from mendicant_desktop.core.skintone import estimate_skin_tone
 
 from .case_view import CaseView
 from .cases import Case, CaseDelegate, CaseListModel, CaseRole
-from .pipeline import (
-    DISPLAY_SIDE,
-    THUMB_SIDE,
-    assess_source,
-    downscale,
-    expand_paths,
-    rescore,
-    with_threshold,
-)
 from .qtutil import qimage_png_bytes, rgb_to_qimage
-from .quality import domain_warnings
 from .services import Services
+from .settings import ESTIMATE_FST_KEY, OVERLAY_PREFIX, THRESHOLD_KEY
 from .widgets import DropZone
 from .worker import BackgroundOp, scoring_pool
 
 #: Decoded display copies kept in memory; older ones are re-read from disk when selected again.
 DISPLAY_CACHE = 12
+#: Longest side of the copy kept for display (zoom goes this far; the model never sees it).
+DISPLAY_SIDE = 2048
+#: Longest side of a case list thumbnail.
+THUMB_SIDE = 72
 
 #: ``OcclusionSensitivity`` settings of "Detailed explanation" (the engine's defaults: 226 passes per image).
 OCCLUSION = {"patch": 32, "stride": 16, "batch_size": 16}
@@ -132,10 +130,18 @@ class AssessTab(QWidget):
 
     # ---- adding cases -------------------------------------------------------------------------
     def add_paths(self, paths: list[str | os.PathLike]) -> list[Case]:
-        """Queue files and folders (folders are walked). Returns the new cases."""
-        files = expand_paths(list(paths))
-        cases = [Case(source=str(p), path=Path(p)) for p in files]
-        if not files and paths:
+        """Queue files and folders, found as ``--batch`` finds them (:func:`app.inputs.iter_inputs`).
+
+        Entries that cannot be images (a missing file, an unlistable folder) become error cases at once.
+        Returns the new cases.
+        """
+        cases = []
+        for item in iter_inputs(list(paths)):
+            case = Case(source=item.path, path=Path(item.path))
+            if item.error:
+                case.status, case.error = "error", item.error
+            cases.append(case)
+        if not cases and paths:
             self.message.emit("No images found in what was dropped.")
         self._add(cases)
         return cases
@@ -174,9 +180,13 @@ class AssessTab(QWidget):
         def op(ctx):
             ctx.check_cancelled()
             ctx.progress(0, 1, "scoring")
-            a = assess_source(engine, source, meta, threshold=threshold, estimate_fst=estimate)
+            a = try_assess(engine, source, meta, name=case.source, threshold=threshold, estimate_fst=estimate,
+                           preview_side=DISPLAY_SIDE)
+            if isinstance(a, Failure):
+                return a, None, None
             # QImage is reentrant: build the display image here, in the format QPixmap uses as is
-            return a, rgb_to_qimage(a.display).convertToFormat(QImage.Format.Format_RGB32)
+            qimg = rgb_to_qimage(a.preview).convertToFormat(QImage.Format.Format_RGB32)
+            return a, np.ascontiguousarray(downscale(a.preview, THUMB_SIDE)), qimg
 
         def started(done: int, total: int, txt: str) -> None:
             if case.status == "queued":
@@ -184,33 +194,27 @@ class AssessTab(QWidget):
                 self._changed(case)
 
         def ok(res) -> None:
-            a, qimg = res
+            a, thumb, qimg = res
             self._ops.pop(case.id, None)
+            if isinstance(a, Failure):  # the input cannot be decoded: an error case, as --batch gives a row
+                case.set_failure(a)
+                self._changed(case, image_changed=True)
+                return
+            case.set_assessment(a)
             case.display_qimage = qimg
-            case.x, case.display, case.width, case.height, case.sha256 = a.x, a.display, a.width, a.height, a.sha256
-            case.set_thumb(a.thumb)
-            case.skin = a.skin
-            case.image_warnings, case.domain_warnings = a.image_warnings, a.domain_warnings
+            case.set_thumb(thumb)
             case.pending_bytes = None
             case.scored = datetime.now()
             case.status = "done"
-            case.prediction = a.prediction
             case.clear_occlusion()
             self._touch(case)
             if case.metadata != meta:  # edited while it was being scored
                 self.set_metadata(case, case.metadata, force=True)
             self._changed(case, image_changed=True)
 
-        def failed(exc: BaseException) -> None:
+        def failed(exc: BaseException) -> None:  # not a bad input: memory, or a bug
             self._ops.pop(case.id, None)
-            case.status = "error"
-            case.pending_bytes = None
-            if isinstance(exc, ImageLoadError):
-                case.error = exc.reason
-            elif isinstance(exc, MemoryError):
-                case.error = "not enough memory to process this image"
-            else:
-                case.error = f"internal error while scoring ({type(exc).__name__}: {exc})"
+            case.set_failure(Failure(case.source, failure_reason(exc)))
             self._changed(case, image_changed=True)
 
         def cancelled() -> None:
@@ -243,17 +247,16 @@ class AssessTab(QWidget):
         self.cancel_explain(case)
         case.clear_occlusion()  # it explained the score under the old metadata
         engine = self.services.engine
-        if engine is None or case.x is None or case.status == "error":
+        if engine is None or case.assessment is None or case.status == "error":
             return  # scored with the new metadata when its turn comes
-        x, threshold = case.x, self.services.threshold
+        scored, threshold = case.assessment, self.services.threshold
         case.status = "scoring"
         self._changed(case)
 
-        def ok(pred) -> None:
+        def ok(a) -> None:
             if case.metadata != meta:
                 return  # a newer edit is on its way
-            case.prediction = pred
-            case.domain_warnings = domain_warnings(engine.card.raw, pred.probabilities)
+            case.set_rescored(a)
             case.status = "done"
             case.scored = datetime.now()
             self._changed(case)
@@ -263,7 +266,7 @@ class AssessTab(QWidget):
             self.message.emit(f"Re-scoring {case.name} failed: {exc}")
             self._changed(case)
 
-        BackgroundOp(self, op=lambda ctx: rescore(engine, x, meta, threshold), success=ok).failure(
+        BackgroundOp(self, op=lambda ctx: rescore(engine, scored, meta, threshold=threshold), success=ok).failure(
             failed).run_in_background()
 
     # ---- detailed explanation (occlusion sensitivity) ------------------------------------------
@@ -339,11 +342,11 @@ class AssessTab(QWidget):
 
     # ---- settings -----------------------------------------------------------------------------
     def _setting_changed(self, key: str) -> None:
-        if key == "inference/threshold":
+        if key == THRESHOLD_KEY:
             self._rethreshold()
-        elif key.startswith("overlay/"):
+        elif key.startswith(OVERLAY_PREFIX):
             self.view.apply_settings()
-        elif key == "skin/estimate_fst":
+        elif key == ESTIMATE_FST_KEY:
             if self.settings.estimate_fst:
                 self._estimate_missing_skin()
             self.view.apply_settings()
@@ -370,7 +373,7 @@ class AssessTab(QWidget):
                 c.skin = est
             self._show_current(image_changed=False)
 
-        BackgroundOp(self, op=lambda ctx: [(c, estimate_skin_tone(d)) for c, d in imgs], success=ok).run_in_background()
+        BackgroundOp(self, op=lambda ctx: [(c, estimate_skin(d)) for c, d in imgs], success=ok).run_in_background()
 
     # ---- display cache ------------------------------------------------------------------------
     def _touch(self, case: Case) -> None:

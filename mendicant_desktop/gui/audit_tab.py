@@ -25,14 +25,36 @@ from PySide6.QtWidgets import (
 )
 
 from mendicant_desktop import __version__
+from mendicant_desktop.app import audit_text
+from mendicant_desktop.app.audit_run import AuditRun, load_audit_inputs, model_card_dict, run_audit, to_html
+from mendicant_desktop.app.errors import CancelledError, UsageError
+from mendicant_desktop.core import audit as core_audit
 
-from . import audit_runner as ar
 from .plots import GROUP_COLOURS, CalibrationPlot, RocPlot, Series
 from .services import Services
 from .text import pct
 from .worker import BackgroundOp
 
-GUI_COLUMNS = ar.TABLE_COLUMNS[:-1]  # the note goes into a spanned cell / tooltip
+GUI_COLUMNS = audit_text.TABLE_COLUMNS[:-1]  # the note goes into a spanned cell / tooltip
+
+
+def _audit(engine, labels_csv: str, images_dir: str, threshold: float | None, n_boot: int, ctx) -> AuditRun:
+    """The Audit tab's background work: the app layer's audit run, reporting progress to ``ctx``."""
+    labels, metadata = load_audit_inputs(labels_csv, images_dir)
+
+    def progress(done: int, total: int) -> None:
+        msg = (f"scored {done} of {total} images" if done < total
+               else f"bootstrapping confidence intervals ({n_boot} resamples)")
+        ctx.progress(done, total + 1, msg)
+
+    run = run_audit(engine, labels, metadata, threshold=threshold, n_boot=n_boot, stop=lambda: ctx.cancelled,
+                    progress=progress, images_dir=images_dir)
+    if run.interrupted or ctx.cancelled:
+        raise CancelledError("audit cancelled")
+    if run.result is None:
+        raise UsageError(f"none of the {run.total} images could be scored (first failure: {run.failed[0][1]})"
+                         if run.failed else "nothing to audit")
+    return run
 
 
 class AuditTab(QWidget):
@@ -42,7 +64,7 @@ class AuditTab(QWidget):
     def __init__(self, services: Services, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.services = services
-        self.run: ar.AuditRun | None = None
+        self.run: AuditRun | None = None
         self._op: BackgroundOp | None = None
 
         root = QVBoxLayout(self)
@@ -54,6 +76,31 @@ class AuditTab(QWidget):
         intro.setObjectName("Muted")
         root.addWidget(intro)
 
+        root.addLayout(self._build_form())
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.setChildrenCollapsible(False)
+        split.addWidget(self._build_table_column())
+        split.addWidget(self._build_plots())
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([760, 500])
+        root.addWidget(split, 1)
+
+        root.addLayout(self._build_exports())
+
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.export_html_btn.clicked.connect(lambda: self._export("html"))
+        self.export_csv_btn.clicked.connect(lambda: self._export("csv"))
+        self._show_empty()
+
+    def _build_form(self) -> QFormLayout:
+        """Labels file, image folder, resamples and the run/cancel controls."""
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setVerticalSpacing(4)
@@ -92,14 +139,10 @@ class AuditTab(QWidget):
         r3.addWidget(self.cancel_btn)
         r3.addWidget(self.progress, 1)
         form.addRow("Resamples:", r3)
-        root.addLayout(form)
+        return form
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.setChildrenCollapsible(False)
+    def _build_table_column(self) -> QWidget:
+        """The per-group table, the gap sentence, how to read it and the failures."""
         left = QWidget()
         tl = QVBoxLayout(left)
         tl.setContentsMargins(0, 0, 0, 0)
@@ -119,7 +162,7 @@ class AuditTab(QWidget):
         self.gap.setObjectName("GapLabel")
         tl.addWidget(self.gap)
         self.reading = QLabel(
-            f"Groups with n < {ar.core_audit.MIN_GROUP_N}, or fewer than {ar.core_audit.MIN_CLASS_N} positives or "
+            f"Groups with n < {core_audit.MIN_GROUP_N}, or fewer than {core_audit.MIN_CLASS_N} positives or "
             "negatives, are insufficient: their figures are withheld and they are left out of the gap. Sensitivity "
             "and specificity are at the operating threshold; ECE is the expected calibration error (10 bins). "
             "“estimated” = skin type from the image, not from a clinician.")
@@ -130,7 +173,10 @@ class AuditTab(QWidget):
         self.failed_label.setObjectName("Muted")
         self.failed_label.setWordWrap(True)
         tl.addWidget(self.failed_label)
-        split.addWidget(left)
+        return left
+
+    def _build_plots(self) -> QWidget:
+        """ROC and calibration plots per skin type."""
         plots = QWidget()
         pl = QVBoxLayout(plots)
         pl.setContentsMargins(0, 0, 0, 0)
@@ -138,12 +184,10 @@ class AuditTab(QWidget):
         self.cal = CalibrationPlot()
         pl.addWidget(self.roc, 1)
         pl.addWidget(self.cal, 1)
-        split.addWidget(plots)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        split.setSizes([760, 500])
-        root.addWidget(split, 1)
+        return plots
 
+    def _build_exports(self) -> QHBoxLayout:
+        """The HTML and CSV export buttons (enabled once a run has finished)."""
         ex = QHBoxLayout()
         self.export_html_btn = QPushButton("Export HTML…")
         self.export_csv_btn = QPushButton("Export CSV…")
@@ -152,13 +196,7 @@ class AuditTab(QWidget):
         ex.addStretch(1)
         ex.addWidget(self.export_html_btn)
         ex.addWidget(self.export_csv_btn)
-        root.addLayout(ex)
-
-        self.run_btn.clicked.connect(self.start)
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.export_html_btn.clicked.connect(lambda: self._export("html"))
-        self.export_csv_btn.clicked.connect(lambda: self._export("csv"))
-        self._show_empty()
+        return ex
 
     # ---- inputs -------------------------------------------------------------------------------
     def _browse_labels(self) -> None:
@@ -201,8 +239,7 @@ class AuditTab(QWidget):
         self.status.setText("")
 
         def op(ctx):
-            return ar.run_audit(engine, labels, images, threshold=threshold, n_boot=n_boot,
-                                progress=ctx.progress, is_cancelled=lambda: ctx.cancelled)
+            return _audit(engine, labels, images, threshold, n_boot, ctx)
 
         self._op = (BackgroundOp(self, op=op, success=self._done).failure(lambda e: self._fail(str(e)))
                     .with_progress(self._progress).on_cancel(self._cancelled).run_in_background())
@@ -242,7 +279,7 @@ class AuditTab(QWidget):
         self.status.setText("The audit was cancelled; no results were kept.")
         self.finished.emit(None)
 
-    def _done(self, run: ar.AuditRun) -> None:
+    def _done(self, run: AuditRun) -> None:
         self._reset_controls()
         self.progress.setValue(1)
         self.progress.setFormat("done")
@@ -257,10 +294,10 @@ class AuditTab(QWidget):
         self.roc.set_series([], "Run an audit to see ROC curves per skin type.")
         self.cal.set_series([], "")
 
-    def show_run(self, run: ar.AuditRun) -> None:
+    def show_run(self, run: AuditRun) -> None:
         res = run.result
         assert res is not None
-        rows = ar.table_rows(res)
+        rows = audit_text.table_rows(res)
         self.table.clearSpans()
         self.table.setRowCount(len(rows))
         grey = QColor("#6b7480")
@@ -287,7 +324,7 @@ class AuditTab(QWidget):
                 self.table.item(i, 3).setText(note[:1].upper() + note[1:] + " — figures withheld")
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.gap.setText(f"<b>{ar.gap_text(res)}</b>")
+        self.gap.setText(f"<b>{audit_text.gap_text(res)}</b>")
         n_est = sum(s == "estimated" for s in run.fst_source)
         self.status.setText(
             f"{len(run.scores)} images scored with {run.model} at threshold {pct(run.threshold)}"
@@ -308,7 +345,7 @@ class AuditTab(QWidget):
             roc.append(Series(name + auc, c["fpr"], c["tpr"], GROUP_COLOURS[g]))
             cal.append(Series(name, c["cal_x"], c["cal_y"], GROUP_COLOURS[g], markers=True,
                               sizes=c["cal_n"].astype(float)))
-        note = ("Not plotted (insufficient): " + ", ".join(ar.group_label(g) for g in hidden)) if hidden else ""
+        note = ("Not plotted (insufficient): " + ", ".join(audit_text.group_label(g) for g in hidden)) if hidden else ""
         self.roc.set_series(roc, note)
         self.cal.set_series(cal, "Marker size grows with the number of images in the bin.")
         bits = []
@@ -326,15 +363,15 @@ class AuditTab(QWidget):
         assert self.run is not None
         engine = self.services.engine
         # the card of the model that scored this run (a model switched since then is not described)
-        card = ar.model_card_dict(engine.card) if engine is not None and engine.card.name == self.run.model else None
+        card = model_card_dict(engine.card) if engine is not None and engine.card.name == self.run.model else None
         p = Path(path)
-        p.write_text(ar.to_html(self.run, card, __version__), encoding="utf-8")
+        p.write_text(to_html(self.run, card, __version__), encoding="utf-8")
         return p
 
     def export_csv(self, path: str | Path) -> Path:
         assert self.run is not None
         p = Path(path)
-        p.write_text(ar.to_csv(self.run), encoding="utf-8")
+        p.write_text(audit_text.to_csv(self.run), encoding="utf-8")
         return p
 
     def _export(self, kind: str) -> None:

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mendicant_desktop.app.inputs import formats_text
 from mendicant_desktop.core.metadata import SEXES, SITES, Metadata
 from mendicant_desktop.core.saliency import COLORMAPS
 from mendicant_desktop.core.skintone import FST_TYPES
@@ -86,7 +87,19 @@ class CaseView(QWidget):
         root.addWidget(split)
         self.splitter = split
 
-        # ---- left: image ------------------------------------------------------------------------
+        split.addWidget(self._build_image_column())
+        split.addWidget(self._build_details())
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 0)
+        split.setSizes([640, 420])
+        split.splitterMoved.connect(lambda *_: self._adapt())
+        self.set_categories(SEXES, SITES)
+
+        self._wire()
+        self.show_case(None)
+
+    def _build_image_column(self) -> QWidget:
+        """Title and status, the image tools, the explanation row, the image, its legend, patient details."""
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(8, 8, 4, 8)
@@ -101,23 +114,37 @@ class CaseView(QWidget):
         head.addWidget(self.status)
         ll.addLayout(head)
 
+        ll.addWidget(self._build_image_tools())
+        ll.addWidget(self._build_explain_row())
+        self.view = ImageView()
+        ll.addWidget(self.view, 1)
+        ll.addWidget(self._build_legend())
+        # patient details sit under the image: they are inputs, and stay visible without scrolling
+        ll.addWidget(self._build_meta_card())
+        self._left = left
+        left.installEventFilter(self)  # re-flow the patient fields when the image column is resized
+        return left
+
+
+    def _build_image_tools(self) -> QWidget:
+        """Heat-map switch, opacity, colour scale, heat-map source and the zoom buttons."""
         self.image_tools = QWidget()
         bar = QHBoxLayout(self.image_tools)
         bar.setContentsMargins(0, 0, 0, 0)
         bar.setSpacing(6)
         self.overlay_box = QCheckBox("Heat map")
         self.overlay_box.setToolTip("Show the Grad-CAM heat map over the image (Ctrl+H)")
-        self.overlay_box.setChecked(settings.show_overlay)
+        self.overlay_box.setChecked(self.settings.show_overlay)
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
-        self.opacity.setValue(round(settings.opacity * 100))
+        self.opacity.setValue(round(self.settings.opacity * 100))
         self.opacity.setMinimumWidth(70)
         self.opacity.setMaximumWidth(140)
         self.opacity.setToolTip("Heat-map opacity")
         self.opacity.setAccessibleName("Heat-map opacity")
         self.colormap = QComboBox()
         self.colormap.addItems(list(COLORMAPS))
-        self.colormap.setCurrentText(settings.colormap)
+        self.colormap.setCurrentText(self.settings.colormap)
         self.colormap.setToolTip("Heat-map colour scale")
         bar.addWidget(self.overlay_box)
         self.op_label = QLabel("Opacity")
@@ -138,8 +165,11 @@ class CaseView(QWidget):
         self.btn_fit = self._tool("Fit", "Fit to window (Ctrl+0)")
         for b in (self.btn_out, self.btn_in, self.btn_100, self.btn_fit):
             bar.addWidget(b)
-        ll.addWidget(self.image_tools)
+        return self.image_tools
 
+
+    def _build_explain_row(self) -> QWidget:
+        """"Detailed explanation" (occlusion sensitivity): button, progress and cancel."""
         self.explain_row = QWidget()
         er = QHBoxLayout(self.explain_row)
         er.setContentsMargins(0, 0, 0, 0)
@@ -158,10 +188,11 @@ class CaseView(QWidget):
         er.addWidget(self.explain_bar, 1)
         er.addWidget(self.btn_explain_cancel)
         er.addStretch(0)
-        ll.addWidget(self.explain_row)
+        return self.explain_row
 
-        self.view = ImageView()
-        ll.addWidget(self.view, 1)
+
+    def _build_legend(self) -> QWidget:
+        """The heat map's caption and colour legend under the image."""
         self.legend_row = QWidget()
         leg = QHBoxLayout(self.legend_row)
         leg.setContentsMargins(0, 0, 0, 0)
@@ -170,12 +201,14 @@ class CaseView(QWidget):
         self.cam_caption.setWordWrap(True)  # a long caption must never widen the image column
         self.cam_caption.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.legend = ColormapLegend()
-        self.legend.set_colormap(settings.colormap)
+        self.legend.set_colormap(self.settings.colormap)
         leg.addWidget(self.cam_caption, 1)
         leg.addWidget(self.legend, 1)
-        ll.addWidget(self.legend_row)
+        return self.legend_row
 
-        # patient details sit under the image: they are inputs, and stay visible without scrolling
+
+    def _build_meta_card(self) -> QWidget:
+        """Age, sex and body site: changing one re-scores the case."""
         self.meta_card = QFrame()
         self.meta_card.setObjectName("Card")
         mg = QGridLayout(self.meta_card)
@@ -208,12 +241,10 @@ class CaseView(QWidget):
             self._meta_labels.append(lb)
         self._meta_compact: bool | None = None
         self._layout_meta(compact=False)
-        ll.addWidget(self.meta_card)
-        self._left = left
-        left.installEventFilter(self)  # re-flow the patient fields when the image column is resized
-        split.addWidget(left)
+        return self.meta_card
 
-        # ---- right: details ---------------------------------------------------------------------
+    def _build_details(self) -> QScrollArea:
+        """The right column: error, assessment, warnings, class probabilities and skin type cards."""
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -268,14 +299,10 @@ class CaseView(QWidget):
 
         pl.addStretch(1)
         scroll.setWidget(panel)
-        split.addWidget(scroll)
-        split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 0)
-        split.setSizes([640, 420])
-        split.splitterMoved.connect(lambda *_: self._adapt())
-        self.set_categories(SEXES, SITES)
+        return scroll
 
-        # ---- wiring -----------------------------------------------------------------------------
+    def _wire(self) -> None:
+        """Connect the controls to their handlers and apply the stored overlay settings."""
         self.overlay_box.toggled.connect(self._overlay_toggled)
         self.opacity.valueChanged.connect(self._opacity_changed)
         self.colormap.currentTextChanged.connect(self._colormap_changed)
@@ -290,10 +317,10 @@ class CaseView(QWidget):
         self.sex.currentIndexChanged.connect(self._meta_changed)
         self.site.currentIndexChanged.connect(self._meta_changed)
         self.fst_combo.currentIndexChanged.connect(self._fst_changed)
-        self.view.set_opacity(settings.opacity)
-        self.view.set_colormap(settings.colormap)
-        self.view.set_overlay_visible(settings.show_overlay)
-        self.show_case(None)
+        self.view.set_opacity(self.settings.opacity)
+        self.view.set_colormap(self.settings.colormap)
+        self.view.set_overlay_visible(self.settings.show_overlay)
+
 
     def _layout_meta(self, compact: bool) -> None:
         """One row of fields when there is room, two rows in a narrow window."""
@@ -522,7 +549,7 @@ class CaseView(QWidget):
         err = case.status == "error"
         self.error_card.setVisible(err)
         self.error_text.setText(f"<b>{case.source}</b><br>{case.error}<br><br>The file was not scored. "
-                                "Check that it is a complete JPEG, PNG, TIFF, BMP, GIF or WebP image." if err else "")
+                                f"Check that it is a complete {formats_text()} image." if err else "")
         for c in (self.assess_card, self.prob_card, self.skin_card, self.meta_card):
             c.setVisible(not err)
         self.image_tools.setVisible(not err)

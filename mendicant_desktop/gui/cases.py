@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,6 +14,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
+from mendicant_desktop.app.assessment import Assessment, Failure
 from mendicant_desktop.core.metadata import Metadata
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, Prediction, SkinToneEstimate
 
@@ -42,6 +44,8 @@ class Case:
     height: int = 0
     sha256: str = ""
     prediction: Prediction | None = None
+    # the app layer's result (its preview dropped: ``display`` holds it, and may be released)
+    assessment: Assessment | None = field(default=None, repr=False)
     skin: SkinToneEstimate | None = None
     fst_override: str | None = None
     image_warnings: list[str] = field(default_factory=list)
@@ -75,6 +79,26 @@ class Case:
         if self.fst_override:
             return "clinician"
         return "estimated" if self.skin is not None and self.skin.known else "unknown"
+
+    def set_assessment(self, a: Assessment) -> None:
+        """Take a fresh assessment of the image: pixels, hash, skin tone, warnings and prediction."""
+        self.assessment = dataclasses.replace(a, preview=None)
+        self.x, self.display, self.width, self.height, self.sha256 = a.x, a.preview, a.width, a.height, a.sha256
+        self.skin = a.skin
+        self.image_warnings, self.domain_warnings = list(a.image_warnings), list(a.domain_warnings)
+        self.prediction = a.prediction
+
+    def set_failure(self, f: Failure) -> None:
+        """The image could not be assessed: an error case with the reason (and its sha256 if it was read)."""
+        self.status, self.error = "error", f.reason
+        self.sha256 = f.sha256 or ""
+        self.pending_bytes = None
+
+    def set_rescored(self, a: Assessment) -> None:
+        """Take a re-score of the same image (other metadata): the prediction and its domain warnings."""
+        self.assessment = dataclasses.replace(a, preview=None)
+        self.prediction = a.prediction
+        self.domain_warnings = list(a.domain_warnings)
 
     def clear_occlusion(self) -> None:
         self.occlusion = None

@@ -16,7 +16,6 @@ from PySide6.QtGui import (
     QKeySequence,
 )
 from PySide6.QtWidgets import (
-    QApplication,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -29,10 +28,12 @@ from PySide6.QtWidgets import (
 )
 
 from mendicant_desktop import __version__
+from mendicant_desktop.app.images import downscale
+from mendicant_desktop.app.inputs import dialog_filter
 from mendicant_desktop.core.preprocess import load_image
 
-from . import pipeline, report, text
-from .assess_tab import AssessTab
+from . import report, text
+from .assess_tab import DISPLAY_SIDE, AssessTab
 from .audit_tab import AuditTab
 from .model_tab import ModelTab
 from .qtutil import icon
@@ -40,7 +41,7 @@ from .services import Services
 from .settings_dialog import SettingsDialog
 from .worker import BackgroundOp
 
-IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.tif *.tiff *.bmp *.gif *.webp *.JPG *.JPEG *.PNG);;All files (*)"
+IMAGE_FILTER = dialog_filter()
 
 
 def _safe_name(s: str) -> str:
@@ -334,7 +335,7 @@ class MainWindow(QMainWindow):
         def op(ctx):
             img = image
             if img is None:  # the display copy was dropped from memory: read the file again
-                img = pipeline.downscale(load_image(src), pipeline.DISPLAY_SIDE) if src is not None else case.thumb
+                img = downscale(load_image(src), DISPLAY_SIDE) if src is not None else case.thumb
             data = report.snapshot(case, img, card.name, card.version, card.sha256, colormap=colormap,
                                    opacity=opacity, skin_enabled=skin_on)
             return report.write_pdf(data, path)
@@ -357,7 +358,8 @@ class MainWindow(QMainWindow):
 
     def export_csv(self, path: str) -> Path | None:
         try:
-            out = report.write_csv(self.assess.model.cases, path)
+            eng = self.services.engine
+            out = report.write_csv(self.assess.model.cases, path, *((eng.card.name, eng.card.sha256) if eng else ()))
         except OSError as exc:
             self._message(f"Could not save {path}: {exc}")
             return None
@@ -406,9 +408,3 @@ class MainWindow(QMainWindow):
             self.audit.cancel()
         super().closeEvent(e)
 
-
-def ensure_app(argv: list[str] | None = None) -> QApplication:
-    app = QApplication.instance()
-    if app is None:
-        app = QApplication(argv or ["mendicant-desktop"])
-    return app  # type: ignore[return-value]

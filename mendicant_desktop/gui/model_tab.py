@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QTextBrowser, QVBoxLayout, QWidget
 from mendicant_desktop.core.results import CLASS_FULL_NAMES
 
 from .services import Services
+from .settings import THRESHOLD_KEY
 from .text import pct
 
 _SKIP_CARD_KEYS = {"format_version", "name", "version", "file", "sha256", "size_bytes", "head", "class_names",
@@ -187,7 +188,7 @@ class ModelTab(QWidget):
         services.engineChanged.connect(self.refresh)
         services.modelFailed.connect(self.refresh)
         services.modelLoading.connect(self.refresh)
-        services.settings.changed.connect(lambda k: self.refresh() if k == "inference/threshold" else None)
+        services.settings.changed.connect(lambda k: self.refresh() if k == THRESHOLD_KEY else None)
         self.refresh()
 
     def refresh(self, *_) -> None:

@@ -7,72 +7,64 @@ Everything is built from QImage (never QPixmap), so it can run on a worker threa
 
 from __future__ import annotations
 
-import csv
 import html
 import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QMarginsF, QSizeF, QUrl
 from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
 
 from mendicant_desktop import __version__
-from mendicant_desktop.cli.writers import COLUMNS, METADATA_COLUMNS, PROB_COLUMNS
+from mendicant_desktop.app.images import downscale
+from mendicant_desktop.app.output import RowWriter
+from mendicant_desktop.app.rows import METADATA_COLUMNS, STATUS_ERROR, columns_for, error_row, ok_row
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
 from mendicant_desktop.core.saliency import overlay
 
 from . import text
 from .cases import Case
-from .pipeline import downscale
 from .qtutil import rgb_to_qimage
 from .text import pct
 
-#: The batch CSV's columns (``--batch``), in order; the GUI appends its own columns after them, starting with
-#: the batch mode's ``--metadata`` columns.
-BATCH_COLUMNS: tuple[str, ...] = COLUMNS
-GUI_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "threshold", "fst_override", "fst_used", "warnings", "scored_at")
-_ISIC = dict(PROB_COLUMNS)
+#: The session CSV: the ``--batch --metadata`` columns (same cells for the same image and metadata), then the
+#: GUI's own columns.
+GUI_COLUMNS: tuple[str, ...] = ("threshold", "fst_override", "fst_used", "scored_at")
+EXPORT_COLUMNS: tuple[str, ...] = columns_for(metadata=True) + GUI_COLUMNS
+assert EXPORT_COLUMNS[-len(GUI_COLUMNS) - len(METADATA_COLUMNS):-len(GUI_COLUMNS)] == METADATA_COLUMNS
+#: Longest side of the images in the PDF report.
+REPORT_IMAGE_SIDE = 900
 
 
-def case_row(case: Case) -> dict[str, str]:
-    """One CSV row in the batch columns plus the GUI's extra columns."""
-    row = dict.fromkeys(BATCH_COLUMNS + GUI_COLUMNS, "")
-    row["image"] = case.source
-    ok = case.status == "done" and case.prediction is not None
-    row["status"] = "ok" if ok else "error" if case.status == "error" else case.status
-    row["error"] = case.error
+def case_row(case: Case, model_name: str = "", model_sha256: str = "") -> dict[str, Any]:
+    """One session row: the app layer's row of the case (as ``--batch`` writes it) plus the GUI's columns.
+
+    ``model_name``/``model_sha256`` fill the model cells of cases that were not scored.
+    """
     pred = case.prediction
-    if pred is not None:
-        for col, code in _ISIC.items():
-            row[col] = f"{pred.prob(code):.6f}"
-        row.update(malignancy=f"{pred.malignancy:.6f}", top_class=pred.top_class, risk=pred.risk,
-                   model=pred.model_name, model_sha256=pred.model_sha256, threshold=f"{pred.threshold:.4f}")
-    if case.skin is not None:
-        row["fst_estimate"] = case.skin.fst
-        row["ita"] = "" if case.skin.ita is None else f"{case.skin.ita:.2f}"
-        row["skin_fraction"] = f"{case.skin.skin_fraction:.4f}"
-    if case.width:
-        row["width"], row["height"] = str(case.width), str(case.height)
-    row["sha256"] = case.sha256
-    row["fst_override"] = case.fst_override or ""
-    row["fst_used"] = case.fst if case.status == "done" else ""
-    m = case.metadata
-    row["meta_age"] = "" if m.age is None else f"{m.age:g}"
-    row["meta_sex"], row["meta_site"] = m.sex, m.site
-    row["warnings"] = " | ".join(case.warnings)
-    row["scored_at"] = case.scored.isoformat(timespec="seconds") if case.scored else ""
+    if case.status == "done" and pred is not None:
+        row = ok_row(case.source, pred, sha256=case.sha256, width=case.width, height=case.height, skin=case.skin,
+                     warnings=case.warnings, metadata=case.metadata, columns=EXPORT_COLUMNS)
+        row.update(threshold=pred.threshold, fst_used=case.fst)
+    else:
+        row = error_row(case.source, case.error, model_name=model_name, model_sha256=model_sha256,
+                        sha256=case.sha256 or None, width=case.width or None, height=case.height or None,
+                        metadata=case.metadata, columns=EXPORT_COLUMNS,
+                        status=STATUS_ERROR if case.status == "error" else case.status)
+    row.update(fst_override=case.fst_override or "",
+               scored_at=case.scored.isoformat(timespec="seconds") if case.scored else "")
     return row
 
 
-def write_csv(cases: list[Case], path: str | os.PathLike) -> Path:
+def write_csv(cases: list[Case], path: str | os.PathLike, model_name: str = "", model_sha256: str = "") -> Path:
+    """The session CSV (UTF-8, one row per case, the app layer's formatter)."""
     p = Path(path)
-    with open(p, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(BATCH_COLUMNS + GUI_COLUMNS))
-        w.writeheader()
+    with RowWriter(p, EXPORT_COLUMNS, "csv") as w:
         for c in cases:
-            w.writerow(case_row(c))
+            w.write(case_row(c, model_name, model_sha256))
     return p
 
 
@@ -92,7 +84,7 @@ class ReportData:
 
 def snapshot(case: Case, image: np.ndarray, model_name: str, model_version: str, model_sha256: str,
              colormap: str = "jet", opacity: float = 0.45, skin_enabled: bool = True) -> ReportData:
-    img = downscale(image, 900)
+    img = downscale(image, REPORT_IMAGE_SIDE)
     ov = None
     if case.prediction is not None and case.prediction.cam is not None:
         ov = overlay(img, case.prediction.cam, alpha=max(0.3, min(0.7, opacity)), colormap=colormap)

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from mendicant_desktop.app.model import load_bundle, make_engine
 from mendicant_desktop.core.bundle import ModelBundle
 from mendicant_desktop.core.inference import Engine
 
-from .settings import AppSettings
+from .settings import THREADS_KEY, AppSettings
 from .worker import BackgroundOp
-
-
-def resolve_card(card: str | os.PathLike | None) -> Path | None:
-    """``--model CARD`` > ``MENDICANT_MODEL`` > the bundled card (``None`` = let core find it)."""
-    if card:
-        return Path(card)
-    env = os.environ.get("MENDICANT_MODEL")
-    return Path(env) if env else None
 
 
 class Services(QObject):
@@ -37,7 +29,7 @@ class Services(QObject):
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.settings = settings
-        self.card_path = resolve_card(card)
+        self.card_path = card  # resolved by app.model (--model > MENDICANT_MODEL > bundled) when loading
         self.bundle: ModelBundle | None = None
         self.engine: Engine | None = None
         self.error: str | None = None
@@ -65,9 +57,9 @@ class Services(QObject):
 
         def op(ctx):
             ctx.progress(0, 2, "verifying the model")
-            bundle = ModelBundle.load(card)
+            bundle = load_bundle(card)
             ctx.progress(1, 2, "starting the inference engine")
-            return bundle, Engine(bundle, threads=threads)
+            return bundle, make_engine(bundle, threads)
 
         def done(res) -> None:
             self.loading = False
@@ -83,14 +75,14 @@ class Services(QObject):
         self._op = BackgroundOp(self, op=op, success=done).failure(failed).run_in_background()
 
     def _on_setting(self, key: str) -> None:
-        if key != "inference/threads" or self.bundle is None or self.engine is None:
+        if key != THREADS_KEY or self.bundle is None or self.engine is None:
             return
         if self.engine.threads == self.settings.threads:
             return
         bundle, threads = self.bundle, self.settings.threads
 
         def op(ctx):
-            return Engine(bundle, threads=threads)
+            return make_engine(bundle, threads)
 
         def done(engine) -> None:
             self.engine = engine

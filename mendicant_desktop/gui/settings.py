@@ -30,6 +30,19 @@ SETTINGS_FILE = "settings.ini"
 PORTABLE_MARKER = "portable.txt"
 PORTABLE_DIR = "MENDICANT-settings"
 
+# Settings keys: every module reads and compares these names, never bare strings.
+THREADS_KEY = "inference/threads"
+THRESHOLD_KEY = "inference/threshold"
+OVERLAY_PREFIX = "overlay/"
+COLORMAP_KEY = OVERLAY_PREFIX + "colormap"
+OPACITY_KEY = OVERLAY_PREFIX + "opacity"
+SHOW_OVERLAY_KEY = OVERLAY_PREFIX + "show"
+ESTIMATE_FST_KEY = "skin/estimate_fst"
+LAST_DIR_KEY = "ui/last_dir"
+GEOMETRY_KEY = "ui/geometry"
+STATE_KEY = "ui/state"
+#: Most inference threads the settings accept.
+MAX_THREADS = 64
 
 
 def executable_dir() -> Path:
@@ -109,18 +122,18 @@ class AppSettings(QObject):
     @property
     def threads(self) -> int:
         try:
-            n = int(self._get("inference/threads", self.defaults.threads))
+            n = int(self._get(THREADS_KEY, self.defaults.threads))
         except (TypeError, ValueError):
             return self.defaults.threads
-        return max(1, min(64, n))
+        return max(1, min(MAX_THREADS, n))
 
     @threads.setter
     def threads(self, n: int) -> None:
-        self._set("inference/threads", max(1, min(64, int(n))))
+        self._set(THREADS_KEY, max(1, min(MAX_THREADS, int(n))))
 
     @property
     def threshold(self) -> float | None:
-        raw = self._get("inference/threshold", None)
+        raw = self._get(THRESHOLD_KEY, None)
         if raw in (None, ""):
             return None
         try:
@@ -133,7 +146,7 @@ class AppSettings(QObject):
     def threshold(self, t: float | None) -> None:
         if t is not None and not (0.0 < float(t) < 1.0):
             raise ValueError(f"threshold must lie in (0, 1), got {t}")
-        self._set("inference/threshold", None if t is None else float(t))
+        self._set(THRESHOLD_KEY, None if t is None else float(t))
 
     def effective_threshold(self, model_default: float) -> float:
         t = self.threshold
@@ -141,26 +154,26 @@ class AppSettings(QObject):
 
     @property
     def colormap(self) -> str:
-        v = str(self._get("overlay/colormap", self.defaults.colormap))
+        v = str(self._get(COLORMAP_KEY, self.defaults.colormap))
         return v if v in COLORMAPS else self.defaults.colormap
 
     @colormap.setter
     def colormap(self, name: str) -> None:
         if name not in COLORMAPS:
             raise ValueError(f"unknown colormap {name!r}")
-        self._set("overlay/colormap", name)
+        self._set(COLORMAP_KEY, name)
 
     @property
     def opacity(self) -> float:
         try:
-            v = float(self._get("overlay/opacity", self.defaults.opacity))
+            v = float(self._get(OPACITY_KEY, self.defaults.opacity))
         except (TypeError, ValueError):
             return self.defaults.opacity
         return min(1.0, max(0.0, v))
 
     @opacity.setter
     def opacity(self, v: float) -> None:
-        self._set("overlay/opacity", round(min(1.0, max(0.0, float(v))), 3))
+        self._set(OPACITY_KEY, round(min(1.0, max(0.0, float(v))), 3))
 
     @staticmethod
     def _bool(v, default: bool) -> bool:
@@ -175,32 +188,32 @@ class AppSettings(QObject):
 
     @property
     def estimate_fst(self) -> bool:
-        return self._bool(self._get("skin/estimate_fst", self.defaults.estimate_fst), self.defaults.estimate_fst)
+        return self._bool(self._get(ESTIMATE_FST_KEY, self.defaults.estimate_fst), self.defaults.estimate_fst)
 
     @estimate_fst.setter
     def estimate_fst(self, on: bool) -> None:
-        self._set("skin/estimate_fst", bool(on))
+        self._set(ESTIMATE_FST_KEY, bool(on))
 
     @property
     def show_overlay(self) -> bool:
-        return self._bool(self._get("overlay/show", self.defaults.show_overlay), self.defaults.show_overlay)
+        return self._bool(self._get(SHOW_OVERLAY_KEY, self.defaults.show_overlay), self.defaults.show_overlay)
 
     @show_overlay.setter
     def show_overlay(self, on: bool) -> None:
-        self._set("overlay/show", bool(on))
+        self._set(SHOW_OVERLAY_KEY, bool(on))
 
     @property
     def last_dir(self) -> str:
-        return str(self._get("ui/last_dir", ""))
+        return str(self._get(LAST_DIR_KEY, ""))
 
     @last_dir.setter
     def last_dir(self, d: str) -> None:
-        self._set("ui/last_dir", str(d))
+        self._set(LAST_DIR_KEY, str(d))
 
     def window_state(self) -> tuple[bytes | None, bytes | None]:
-        return self._qs.value("ui/geometry"), self._qs.value("ui/state")
+        return self._qs.value(GEOMETRY_KEY), self._qs.value(STATE_KEY)
 
     def save_window_state(self, geometry, state) -> None:
-        self._qs.setValue("ui/geometry", geometry)
-        self._qs.setValue("ui/state", state)
+        self._qs.setValue(GEOMETRY_KEY, geometry)
+        self._qs.setValue(STATE_KEY, state)
         self._qs.sync()

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mendicant_desktop.app.inputs import formats_text
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
 from mendicant_desktop.core.saliency import colormap_lut, upsample_cam
 
@@ -435,7 +436,7 @@ class DropZone(QFrame):
         title.setObjectName("DropTitle")
         title.setAlignment(Qt.AlignmentFlag.AlignCenter)
         sub = QLabel("or use <b>Open images…</b> (Ctrl+O), <b>Open folder…</b> (Ctrl+Shift+O) "
-                     "or <b>Paste</b> (Ctrl+V).<br>JPEG, PNG, TIFF, BMP, GIF and WebP photos or dermoscopy images. "
+                     f"or <b>Paste</b> (Ctrl+V).<br>{formats_text('and')} photos or dermoscopy images. "
                      "Everything stays on this computer.")
         sub.setObjectName("DropSub")
         sub.setAlignment(Qt.AlignmentFlag.AlignCenter)

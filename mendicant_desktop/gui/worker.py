@@ -150,14 +150,10 @@ class _Relay(QObject):
     @Slot()
     def on_finished(self) -> None:
         op = self._op
-        try:
-            if op._finished and self._alive():
-                op._finished()
-        finally:
-            BackgroundOp._running.discard(op)
-            # The pool thread may still be returning from Worker.run() when this queued call arrives:
-            # keep the runnable alive a while longer instead of freeing it under the pool's feet.
-            BackgroundOp._graveyard.append(op.worker)
+        BackgroundOp._running.discard(op)  # held until here so a fire-and-forget op is not collected early
+        # The pool thread may still be returning from Worker.run() when this queued call arrives:
+        # keep the runnable alive a while longer instead of freeing it under the pool's feet.
+        BackgroundOp._graveyard.append(op.worker)
 
 
 class BackgroundOp(Generic[T]):
@@ -179,7 +175,6 @@ class BackgroundOp(Generic[T]):
         self._failure: Callable[[BaseException], None] | None = None
         self._progress: Callable[[int, int, str], None] | None = None
         self._cancelled: Callable[[], None] | None = None
-        self._finished: Callable[[], None] | None = None
         self.worker: Worker | None = None
         self._pool: QThreadPool | None = None
 
@@ -193,10 +188,6 @@ class BackgroundOp(Generic[T]):
 
     def on_cancel(self, fn: Callable[[], None]) -> BackgroundOp[T]:
         self._cancelled = fn
-        return self
-
-    def on_finished(self, fn: Callable[[], None]) -> BackgroundOp[T]:
-        self._finished = fn
         return self
 
     def run_in_background(self, pool: QThreadPool | None = None) -> BackgroundOp[T]:
@@ -234,12 +225,3 @@ class BackgroundOp(Generic[T]):
 
     def __hash__(self) -> int:
         return id(self)
-
-    @staticmethod
-    def running_count() -> int:
-        return len(BackgroundOp._running)
-
-    @staticmethod
-    def cancel_all() -> None:
-        for op in list(BackgroundOp._running):
-            op.cancel()

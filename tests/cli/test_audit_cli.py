@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mendicant_desktop.app.tables import read_labels
 from mendicant_desktop.cli import ExitCode
 from mendicant_desktop.cli import audit as audit_cli
 from tests.conftest import REPO, SHARED_DATA
@@ -132,9 +133,9 @@ def test_audit_html_self_contained(audit_run):
 
 def test_audit_scores_equal_the_batch_pipeline(audit_run, audit_set, tiny_bundle):
     """Same code path, same metadata join: the audit's scores are --batch's scores, bit for bit."""
-    from mendicant_desktop.cli.batch import build_engine
-    from mendicant_desktop.cli.metadata_csv import load_metadata_csv
-    from mendicant_desktop.cli.scoring import score_paths
+    from mendicant_desktop.app.model import load_engine as build_engine
+    from mendicant_desktop.app.scoring import score_paths
+    from mendicant_desktop.app.tables import load_metadata_csv
 
     d = json.loads(audit_run["json"].read_text(encoding="utf-8"))
     some = [r for r in d["images"]][:6]
@@ -155,7 +156,7 @@ def test_read_labels_variants(tmp_path):
                                    "a.jpg;1;II;\nb;0;;NV\nc.jpg;;vi;BCC\nd.jpg;;;AK\ne.jpg;;;akiec\n"
                                    "f.jpg;2;;\ng.jpg;0;7;\na.jpg;0;I;\n;1;1;\n")
     (tmp_path / "b.png").write_bytes(b"x")
-    lab = audit_cli.read_labels(str(f), str(tmp_path))
+    lab = read_labels(str(f), str(tmp_path))
     got = {r.image: (r.malignant, r.fst) for r in lab.rows}
     assert got == {"a.jpg": (1, "II"), "b": (0, "unknown"), "c.jpg": (1, "VI"), "d.jpg": (0, "unknown"),
                    "e.jpg": (1, "unknown")}

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from mendicant_desktop.app.output import path_key, read_rows
+from mendicant_desktop.app.rows import COLUMNS, METADATA_COLUMNS
 from mendicant_desktop.cli import ExitCode
 from mendicant_desktop.cli import batch as batch_mod
-from mendicant_desktop.cli.writers import COLUMNS, METADATA_COLUMNS, path_key, read_rows
 from tests.cli.test_batch_fixtures import cleanup, jpeg_bytes, make_input_folder, photo, real_image_sample
 from tests.conftest import REPO, SHARED_DATA
 
@@ -235,12 +236,10 @@ def test_jsonl_saliency_and_all_ok_exit_0(tiny_bundle, tmp_path, capsys, monkeyp
 
 
 def test_internal_error_exit_1_traceback_only_with_debug(tiny_bundle, tmp_path, capsys, monkeypatch):
-    from mendicant_desktop.cli import scoring
-
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(scoring, "iter_scored", boom)
+    monkeypatch.setattr(batch_mod, "iter_scored", boom)
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(photo(32, 32)))
     base = ["--batch", str(tmp_path / "a.jpg"), "--model", str(tiny_bundle), "--quiet"]
     assert batch_mod.main([*base, "--out", str(tmp_path / "o1.csv")]) == ExitCode.INTERNAL_ERROR

@@ -27,11 +27,13 @@ def _val(isic: float, pad: float, known: float, gap: float, fst: dict[str, float
             "pad_fst_gap": gap, "score": 0.7}  # fmt: skip
 
 
-def _gate_section(isic: float, pad: float, gap: float, g2: float, g3: float) -> dict:
+def _gate_section(isic: float, pad: float, gap: float, g2: float, g3: float, labelled: float | None = None) -> dict:
     def grp(n: int, pos: int, a: float | None, ok: bool) -> dict:
         return {"n": n, "n_pos": pos, "auroc": a, "sufficient": ok}
 
-    return {"n": 592, "isic_external_mel_vs_nv": {"auroc": isic, "n": 157, "n_pos": 91},
+    # validate.py's key for the biopsied, FST-labelled PAD subset (absent when it was not measured)
+    extra = {} if labelled is None else {"pad_malignancy_fst_labelled": grp(260, 192, labelled, True)}
+    return {"n": 592, **extra, "isic_external_mel_vs_nv": {"auroc": isic, "n": 157, "n_pos": 91},
             "pad_malignancy": {"overall": {"n": 432, "n_pos": 192, "auroc": pad},
                                "groups": {"I": grp(30, 26, 0.39, False), "II": grp(159, 124, g2, True),
                                           "III": grp(58, 38, g3, True), "IV": grp(13, 4, 0.58, False),
@@ -119,7 +121,8 @@ def make_run(root: Path, *, passed: bool = False, stale: bool = False) -> Path:
             "macs_ratio": 0.4999971688112175,
             "latency": {"teacher": {"p50_ms": 127.7}, "candidate": {"p50_ms": 22.0}, "ratio_p50": 0.17220606758120102},
             "top1_agreement": 0.38, "candidate": _gate_section(0.732933732933733, 0.8942274305555555,
-                                                               0.07548508367693418, 0.7126728110599079, 0.7881578947368421),
+                                                               0.07548508367693418, 0.7126728110599079, 0.7881578947368421,
+                                                               labelled=0.7061274509803921),
             "teacher": _gate_section(0.7792207792207793, 0.5896050347222223, 0.020609992723744863, 0.6728, 0.6934),
             "checks": checks, "gate_passed": passed, "targets_met": 0, "targets_total": 1, "seconds": 19.6,
             "paired": {"n_boot": 1000, "gap_groups": ["II", "III"],
@@ -166,8 +169,9 @@ def test_report_values_trace_to_the_json(tmp_path: Path) -> None:
     )
     assert teacher[8] == "0.6432"  # PAD FST-labelled: only in teacher_val_metrics.json
 
-    # missing measurements read "not measured"; the INT8 gate did not record the FST-labelled subset
-    assert int8[8] == R.NM
+    # the gate's PAD FST-labelled figure is read from validate.py's key (pad_malignancy_fst_labelled)
+    assert int8[8] == "0.7061"
+    # missing measurements read "not measured"
     fp16 = _row(md, "pruned student FP16")
     assert fp16[5] == R.NM and fp16[6] == R.NM and fp16[7] == R.NM and fp16[10] == "0.9983"
     assert fp16[11] == "not run"

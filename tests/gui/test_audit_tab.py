@@ -98,7 +98,7 @@ def test_audit_cancel_and_bad_inputs(qtbot, window, tmp_path):
 
 
 def test_label_parsing(tmp_path):
-    from mendicant_desktop.gui.audit_runner import read_inputs
+    from mendicant_desktop.app.audit_run import load_audit_inputs as read_inputs
 
     p = tmp_path / "l.csv"
     p.write_text("img_id,dx,fitspatrick,gender,region,age\n"

@@ -1,4 +1,7 @@
-"""Find the input images of a batch run: a streaming, loop-safe, duplicate-free walk.
+"""Input discovery for every front end: one extension list, a content check, one walk.
+
+``--batch``, the GUI's folder drop and Open dialog, the labels of ``--audit`` and the server all find images
+with these functions, so the same folder gives the same inputs everywhere.
 
 Rules (documented in ``docs/batch.md``):
 
@@ -29,9 +32,17 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+#: The image extensions (lower case, matched in any case), in the order a labels name without one tries them.
+IMAGE_EXTENSION_ORDER: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(IMAGE_EXTENSION_ORDER)
+#: The formats those extensions and the content check stand for, as users name them.
+IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WebP")
 
+#: Bytes read from a file without an image extension to recognise an image signature.
 _SNIFF_BYTES = 32
+#: Why a folder named like an image is listed (its contents are still walked).
+_FOLDER_NAMED_LIKE_IMAGE = ("is a folder named like an image, not an image file "
+                            "(its contents are scored as inputs of their own)")
 
 
 @dataclass(frozen=True)
@@ -144,8 +155,7 @@ class _Walker:
                     if not self.enter(est):
                         continue  # never walk a folder twice, never follow a loop
                     if has_image_extension(name):
-                        yield InputItem(path, "is a folder named like an image, not an image file "
-                                              "(its contents are scored as inputs of their own)")
+                        yield InputItem(path, _FOLDER_NAMED_LIKE_IMAGE)
                     subdirs.append(path)
                     continue
                 if not stat.S_ISREG(est.st_mode):
@@ -196,8 +206,7 @@ def iter_inputs(
             if not walker.enter(st):
                 continue
             if has_image_extension(p.rstrip("/" + os.sep)):
-                yield InputItem(p, "is a folder named like an image, not an image file "
-                                   "(its contents are scored as inputs of their own)")
+                yield InputItem(p, _FOLDER_NAMED_LIKE_IMAGE)
             yield from walker.walk(p)
         elif walker.claim(walker.explicit_key(p)):
             if stat.S_ISREG(st.st_mode):
@@ -209,3 +218,37 @@ def iter_inputs(
 def count_inputs(paths: Iterable[str | os.PathLike], **kwargs) -> int:
     """How many items :func:`iter_inputs` will yield (a cheap pre-pass for the progress total)."""
     return sum(1 for _ in iter_inputs(paths, **kwargs))
+
+
+def dialog_filter() -> str:
+    """A file-dialog filter ("Images (*.jpg ...)") listing :data:`IMAGE_EXTENSIONS` in both cases."""
+    exts = IMAGE_EXTENSION_ORDER
+    patterns = [f"*{e}" for e in exts] + [f"*{e.upper()}" for e in exts]
+    return f"Images ({' '.join(patterns)});;All files (*)"
+
+
+def extensions_text(sep: str = ", ") -> str:
+    """The image extensions for messages and help: "jpg, jpeg, png, ..." in a fixed order."""
+    return sep.join(e.lstrip(".") for e in IMAGE_EXTENSION_ORDER)
+
+
+def formats_text(last: str = "or") -> str:
+    """"JPEG, PNG, TIFF, BMP, GIF or WebP" (``last`` joins the final two) for messages."""
+    return ", ".join(IMAGE_FORMATS[:-1]) + f" {last} {IMAGE_FORMATS[-1]}"
+
+
+def resolve_image(images_dir: str | os.PathLike, name: str) -> str:
+    """The file a labels row names: ``name`` under ``images_dir`` (absolute names kept).
+
+    Backslashes count as separators (labels written on Windows). A name without extension that does not
+    exist as is finds ``name`` plus the first image extension (any case) that does, as HAM10000's
+    ``image_id`` column needs.
+    """
+    name = name.strip().replace("\\", "/")
+    path = name if os.path.isabs(name) else os.path.join(os.fspath(images_dir), *name.split("/"))
+    if not os.path.splitext(path)[1] and not os.path.exists(path):
+        for ext in IMAGE_EXTENSION_ORDER:
+            for cand in (path + ext, path + ext.upper()):
+                if os.path.isfile(cand):
+                    return cand
+    return path

@@ -1,4 +1,4 @@
-"""Image-quality warnings shown with each case (numpy only; no Qt, so the lead can move it to core).
+"""Image-quality and domain warnings, given with every assessment: GUI cases, batch rows, server responses.
 
 * too small -- the shorter side is under :data:`MIN_SIDE` pixels (the model upscales it a lot);
 * heavy blur -- variance of the 4-neighbour Laplacian on a grey copy area-averaged to ~512 px
@@ -16,35 +16,34 @@ Gaussian blur of a 180 px dermoscopy image and a photographed text page do fire.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from mendicant_desktop.core.preprocess import MODEL_SIZE
 from mendicant_desktop.core.skintone import srgb_to_lab
+
+from .images import downscale
 
 MIN_SIDE = 128
 BLUR_VARIANCE = 12.0
 MIN_SKIN_LIKE = 0.35
-_BLUR_SIDE = 512
+#: The scale the quality checks work at (~2x the model's input); callers may pass a copy this large.
+QUALITY_SIDE = 512
 _SKIN_SIDE = 128
+#: Share of near-black pixels above which "mostly not skin" is blamed on a masked background.
+_MASKED_BLACK_SHARE = 0.5
 
 
 def _area_downsample(img: np.ndarray, side: int) -> np.ndarray:
-    """Integer box-average downsample (Pillow ``reduce``, fast) so the longest side is <= ``side``; float32."""
-    h, w = img.shape[:2]
-    k = max(1, int(math.ceil(max(h, w) / side)))
-    if k == 1:
-        return img.astype(np.float32)
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).reduce(k), dtype=np.float32)
+    """Box-average copy with the longest side <= ``side`` (the app's one downscaler), as float32."""
+    return np.asarray(downscale(img, side), dtype=np.float32)
 
 
 def laplacian_variance(rgb: np.ndarray) -> float:
     """Sharpness: variance of the Laplacian of the grey image at ~512 px, ignoring black (masked) areas."""
-    small = _area_downsample(rgb[..., :3], _BLUR_SIDE)
+    small = _area_downsample(rgb[..., :3], QUALITY_SIDE)
     g = small @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     if min(g.shape) < 3:
         return 0.0
@@ -75,14 +74,14 @@ def skin_like_fraction(rgb: np.ndarray) -> tuple[float, float]:
 def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None) -> list[str]:
     """Plain-language warnings about the input image itself (empty list when none apply).
 
-    ``rgb`` may be a downscaled copy (>= ~512 px, the scale the checks work at); ``original_size`` (H, W) is
+    ``rgb`` may be a downscaled copy (>= :data:`QUALITY_SIDE`, the scale the checks work at); ``original_size`` (H, W) is
     then the decoded image's size, for the "too small" check.
     """
     out: list[str] = []
     h, w = original_size if original_size is not None else rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         out.append(
-            f"Image too small ({w}×{h} px): the model works at 254×254 and had to enlarge it; fine detail "
+            f"Image too small ({w}×{h} px): the model works at {MODEL_SIZE[1]}×{MODEL_SIZE[0]} and had to enlarge it; fine detail "
             "is missing. Use a closer or higher-resolution photo if you can."
         )
     lv = laplacian_variance(rgb)
@@ -93,7 +92,7 @@ def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None
         )
     skin, black = skin_like_fraction(rgb)
     if skin < MIN_SKIN_LIKE:
-        if black >= 0.5:
+        if black >= _MASKED_BLACK_SHARE:
             out.append(
                 f"Mostly not skin: {black:.0%} of the image is black background (a masked or cropped image); "
                 "only the lesion is visible, so the skin type cannot be judged and the model sees an unusual input."

@@ -1,4 +1,4 @@
-"""Row output for batch runs: CSV or JSON Lines, one flushed row at a time, and ``--resume`` state.
+"""Row files (``--batch --out``, the GUI's session CSV): CSV or JSON Lines, one flushed row at a time, and ``--resume`` state.
 
 Durability: each row is written with a single ``write`` of a complete line (CSV record or JSON
 object) and flushed at once, so a killed run leaves complete rows plus at most one partial last
@@ -11,36 +11,13 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: ISIC-challenge probability columns and the model class each one reports.
-PROB_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("MEL", "mel"), ("NV", "nv"), ("BCC", "bcc"), ("AKIEC", "akiec"), ("BKL", "bkl"), ("DF", "df"), ("VASC", "vasc"),
-)
-#: Every batch row has these columns, in this order.
-COLUMNS: tuple[str, ...] = (
-    "image", "status", "error",
-    *(c for c, _ in PROB_COLUMNS),
-    "malignancy", "top_class", "risk",
-    "fst_estimate", "ita", "skin_fraction", "width", "height", "sha256", "model", "model_sha256",
-)
-#: Appended after :data:`COLUMNS` with ``--metadata``: the values the model was given.
-METADATA_COLUMNS: tuple[str, ...] = ("meta_age", "meta_sex", "meta_site")
-#: Appended last with ``--saliency-dir``: the overlay PNG written for the row.
-SALIENCY_COLUMNS: tuple[str, ...] = ("saliency_png",)
-
-FLOAT_COLUMNS = frozenset({c for c, _ in PROB_COLUMNS} | {"malignancy", "ita", "skin_fraction", "meta_age"})
-INT_COLUMNS = frozenset({"width", "height"})
-
-FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
-
-
-def columns_for(metadata: bool = False, saliency: bool = False) -> tuple[str, ...]:
-    return COLUMNS + (METADATA_COLUMNS if metadata else ()) + (SALIENCY_COLUMNS if saliency else ())
+from .errors import OutputFileError
+from .rows import COLUMNS, FORMATS, format_line, header_line
 
 
 def output_format(path: str | os.PathLike) -> str | None:
@@ -48,35 +25,9 @@ def output_format(path: str | os.PathLike) -> str | None:
     return FORMATS.get(os.path.splitext(os.fspath(path))[1].lower())
 
 
-def clean_text(s: str) -> str:
-    """Make any path text encodable as UTF-8 (undecodable bytes in file names become ``\\xNN``)."""
-    return s.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def path_key(image: str) -> str:
     """How ``--resume`` compares paths: ``data/a.jpg``, ``./data/a.jpg`` and its absolute form are one input."""
     return os.path.normcase(os.path.abspath(image)) if image else ""
-
-
-def _json_value(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _csv_cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ""
-    return str(v)
-
-
-def format_line(row: dict[str, Any], columns: Sequence[str], fmt: str) -> str:
-    """One complete output line (with its newline) for ``row``."""
-    if fmt == "jsonl":
-        return json.dumps({c: _json_value(row.get(c)) for c in columns}, ensure_ascii=False, allow_nan=False) + "\n"
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_csv_cell(row.get(c)) for c in columns])
-    return buf.getvalue()
 
 
 class RowWriter:
@@ -90,7 +41,7 @@ class RowWriter:
         new = not append or not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         self._fh = open(self.path, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115
         if new and fmt == "csv":
-            self._fh.write(format_line({c: c for c in self.columns}, self.columns, fmt))
+            self._fh.write(header_line(self.columns))
             self._fh.flush()
 
     def write(self, row: dict[str, Any]) -> None:
@@ -111,10 +62,6 @@ class RowWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class OutputFileError(Exception):
-    """An existing output file cannot be resumed (other columns, not our format, unreadable)."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mendicant_desktop.gui.quality import domain_warnings, image_warnings, laplacian_variance
+from mendicant_desktop.app.quality import domain_warnings, image_warnings, laplacian_variance
 
 
 def _skin(h=300, w=400, seed=0):

@@ -1,0 +1,93 @@
+"""The audit's figures as text: the results table, the gap sentence and the CSV export (Qt-free).
+
+The Audit tab shows these; the server can return them. Insufficient groups never show bare numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from mendicant_desktop.core import audit as core_audit
+
+from .audit_run import AuditRun
+
+#: Decimal places of the CSV export's figures.
+CSV_DIGITS = 4
+
+TABLE_COLUMNS = ("Skin type", "n", "Pos.", "AUROC (95% CI)", "Sensitivity (95% CI)",
+                 "Specificity (95% CI)", "ECE", "FST from", "Note")
+
+
+def _num(v: float, digits: int = 2) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ci(v: float, ci: tuple[float, float], digits: int = 2) -> str:
+    if v is None or math.isnan(v):
+        return "–"
+    lo, hi = ci
+    if math.isnan(lo) or math.isnan(hi):
+        return _num(v, digits)
+    return f"{v:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
+def group_label(name: str) -> str:
+    return {"overall": "All", "unknown": "Unknown"}.get(name, f"FST {name}")
+
+
+def table_rows(result: core_audit.AuditResult) -> list[tuple[list[str], bool]]:
+    """Rows for the table: (cells, sufficient). Insufficient groups never show bare numbers."""
+    out = []
+    for name, gm in [("overall", result.overall), *result.groups.items()]:
+        suff = gm.sufficient or name == "overall"
+        if suff:
+            cells = [group_label(name), str(gm.n), str(gm.n_pos), _ci(gm.auroc, gm.auroc_ci95),
+                     _ci(gm.sensitivity, gm.sensitivity_ci95), _ci(gm.specificity, gm.specificity_ci95),
+                     _num(gm.ece, 3), gm.fst_source, "" if gm.sufficient else "too small for reliable figures"]
+        else:
+            why = (f"n = {gm.n} < {core_audit.MIN_GROUP_N}" if gm.n < core_audit.MIN_GROUP_N
+                   else f"needs ≥ {core_audit.MIN_CLASS_N} positives and negatives")
+            cells = [group_label(name), str(gm.n), str(gm.n_pos), "insufficient", "insufficient", "insufficient",
+                     "insufficient", gm.fst_source, f"insufficient data ({why})"]
+        out.append((cells, bool(suff)))
+    return out
+
+
+def gap_text(result: core_audit.AuditResult) -> str:
+    if math.isnan(result.auroc_gap):
+        return ("AUROC gap: not computable — fewer than two skin-type groups have enough images "
+                f"(n ≥ {core_audit.MIN_GROUP_N} with ≥ {core_audit.MIN_CLASS_N} positives and negatives).")
+    lo, hi = result.auroc_gap_ci95
+    ci = "" if math.isnan(lo) else f" (95% CI {lo:.2f}–{hi:.2f})"
+    groups = ", ".join(result.gap_groups)
+    sens = "" if math.isnan(result.sensitivity_gap) else f"; sensitivity gap {result.sensitivity_gap:.2f}"
+    return f"AUROC gap (max − min over FST {groups}): {result.auroc_gap:.2f}{ci}{sens}."
+
+
+def to_csv(run: AuditRun) -> str:
+    """The per-group figures as CSV (the Audit tab's CSV export); insufficient groups have empty cells."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["group", "n", "n_pos", "sufficient", "fst_source", "auroc", "auroc_lo", "auroc_hi",
+                "sensitivity", "sens_lo", "sens_hi", "specificity", "spec_lo", "spec_hi", "ppv", "npv", "ece",
+                "brier"])
+    res = run.result
+    assert res is not None
+    for name, gm in [("overall", res.overall), *res.groups.items()]:
+        withhold = not gm.sufficient and name != "overall"
+
+        def f(v: float, withhold: bool = withhold) -> str:
+            return "" if withhold or v is None or math.isnan(v) else f"{v:.{CSV_DIGITS}f}"
+
+        w.writerow([name, gm.n, gm.n_pos, int(gm.sufficient), gm.fst_source, f(gm.auroc), f(gm.auroc_ci95[0]),
+                    f(gm.auroc_ci95[1]), f(gm.sensitivity), f(gm.sensitivity_ci95[0]), f(gm.sensitivity_ci95[1]),
+                    f(gm.specificity), f(gm.specificity_ci95[0]), f(gm.specificity_ci95[1]), f(gm.ppv), f(gm.npv),
+                    f(gm.ece), f(gm.brier)])
+    gap = res.auroc_gap
+    w.writerow([])
+    w.writerow(["auroc_gap", "" if math.isnan(gap) else f"{gap:.{CSV_DIGITS}f}",
+                "" if math.isnan(res.auroc_gap_ci95[0]) else f"{res.auroc_gap_ci95[0]:.{CSV_DIGITS}f}",
+                "" if math.isnan(res.auroc_gap_ci95[1]) else f"{res.auroc_gap_ci95[1]:.{CSV_DIGITS}f}"])
+    return buf.getvalue()
