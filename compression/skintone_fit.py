@@ -11,7 +11,8 @@
   *within train* (recorded in the JSON); the validation split is never looked at here.
 - **"Too mixed"**: the out-of-fold posterior spread (standard deviation in types) on train; the rule abstains
   above its 90th percentile.
-- **"Too little skin"**: fixed rules, not tuned (border ring < 10% skin-coloured or frame < 10%).
+- **"Too little skin"**: fixed rules, not tuned (border ring < 10% skin-coloured or frame < 10%), and a masked
+  crop (more than half of the border ring mask-black, :data:`~mendicant_desktop.core.skintone.MASK_BLACK`).
 
 sklearn is used here only; the app reads the stored JSON with numpy. Per-image features are cached under
 ``.cache/skintone/`` (git-ignored) keyed by the image bytes' sha256 and the sha256 of the code that computes
@@ -105,14 +106,15 @@ def features_for(path: Path, cache_dir: Path | None = CACHE_DIR, version: str | 
             z = np.load(cache)
             ita = float(z["ita"]) if np.isfinite(z["ita"]) else None
             return SkinFeatures(z["vector"], float(z["skin_fraction"]), float(z["skin_share"]),
-                                float(z["background_fraction"]), ita)
+                                float(z["background_fraction"]), ita, float(z["masked_fraction"]))
     rgb = _preprocess.load_image(raw)
     f = skin_features(rgb)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, vector=f.vector, skin_fraction=f.skin_fraction, skin_share=f.skin_share,
-                 background_fraction=f.background_fraction, ita=np.nan if f.ita is None else f.ita)
+                 background_fraction=f.background_fraction, ita=np.nan if f.ita is None else f.ita,
+                 masked_fraction=f.masked_fraction)
         tmp.replace(cache)
     return f
 
@@ -123,7 +125,7 @@ def all_features(items: list[Item], cache_dir: Path | None = CACHE_DIR) -> list[
 
 
 def passes_skin_rules(f: SkinFeatures) -> bool:
-    return (f.background_fraction <= MAX_BACKGROUND_FRACTION and f.skin_fraction >= MIN_SKIN_FRACTION
+    return (f.masked_fraction <= MAX_BACKGROUND_FRACTION and f.skin_fraction >= MIN_SKIN_FRACTION
             and f.skin_share >= MIN_SKIN_SHARE)
 
 

@@ -157,6 +157,10 @@ REGIONS: tuple[str, ...] = ("frame", "skin", "ring_skin")
 EXTRA_FEATURES: tuple[str, ...] = (
     "valid_share", "skin_share", "ring_skin_share", "ring_background_share", "frame_L_p99", "skin_L_minus_frame_p99",
 )
+#: A pixel whose every channel is below this is mask-black (PAD's crops: 0 plus JPEG noise). Photos on a black
+#: cloth are darker than skin but not this dark (every Fitzpatrick17k photo has < 50% of its border ring below it;
+#: every PAD crop > 65%); the wider near-black test (L* < 12) also caught dark skin in dim photos.
+MASK_BLACK = 10
 #: Fewer pixels than this in a set: the set falls back to the next wider one (statistics of 8 pixels are noise).
 _MIN_SET = 8
 
@@ -174,8 +178,9 @@ class SkinFeatures:
     vector: np.ndarray
     skin_fraction: float  # share of the border ring that is skin-coloured
     skin_share: float  # share of the whole frame that is skin-coloured
-    background_fraction: float  # share of the border ring that is near-black
+    background_fraction: float  # share of the border ring that is near-black (L* < 12 or every channel < 20)
     ita: float | None  # ITA of the median skin-coloured pixel (degrees), None when there is none
+    masked_fraction: float = 0.0  # share of the border ring that is mask-black (every channel < MASK_BLACK)
 
 
 def skin_colour_mask(lab: np.ndarray, rgb_small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,9 +231,11 @@ def skin_features(rgb: np.ndarray) -> SkinFeatures:
     out += [float(valid.mean()), float(skin.mean()), float(skin[ring].mean()), float(background[ring].mean()),
             frame_p99, skin_median_L - frame_p99 if skin.any() else 0.0]
     ita = float(np.degrees(np.arctan2(np.median(L[skin]) - 50.0, np.median(b[skin])))) if skin.any() else None
+    masked = small.max(axis=2) < MASK_BLACK
     return SkinFeatures(
         vector=np.asarray(out, dtype=np.float64), skin_fraction=float(skin[ring].mean()),
         skin_share=float(skin.mean()), background_fraction=float(background[ring].mean()), ita=ita,
+        masked_fraction=float(masked[ring].mean()),
     )
 
 
@@ -309,10 +316,10 @@ def estimate_from_features(feats: SkinFeatures, model: SkinToneModel, min_skin_f
     """The estimate (or "unknown" with its reason) for precomputed features - the benchmark's entry point."""
     min_frac = model.min_skin_fraction if min_skin_fraction is None else min_skin_fraction
     base = dict(skin_fraction=feats.skin_fraction)
-    if feats.background_fraction > model.max_background_fraction:
+    if feats.masked_fraction > model.max_background_fraction:
         return SkinToneEstimate(
             fst="unknown", ita=None, **base,
-            reason=f"the image border is {feats.background_fraction:.0%} black: a masked or background-removed "
+            reason=f"the image border is {feats.masked_fraction:.0%} black: a masked or background-removed "
                    "crop shows no surrounding skin to estimate from",
         )
     if feats.skin_fraction < min_frac or feats.skin_share < model.min_skin_share:

@@ -191,3 +191,16 @@ def test_real_dermoscopy_mostly_estimated(shared_data):
     known = [e for e in results if e.known]
     assert len(known) / len(results) >= 0.6
     assert all(e.fst in FST_TYPES and e.ita is not None for e in known)
+
+
+def test_dark_photo_background_is_not_a_masked_crop():
+    """A hand photographed on black cloth (channels ~16, JPEG-noisy) is not PAD's mask (0 + noise): the estimate is
+    made from the skin. The same frame with the border at 0 is a masked crop."""
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal(16, 3, (200, 300, 3)), 0, 255).astype(np.uint8)
+    img[30:170, 20:280] = np.clip(rng.normal((95, 62, 45), 6, (140, 260, 3)), 0, 255).astype(np.uint8)  # dark skin
+    est = estimate_skin_tone(img)
+    assert est.known or "black" not in est.reason, est.reason
+    masked = img.copy()
+    masked[img.max(axis=2) < 40] = 0
+    assert "black" in estimate_skin_tone(masked).reason
