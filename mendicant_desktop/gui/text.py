@@ -72,12 +72,25 @@ def summary(pred: Prediction, warnings: list[str] | None = None) -> str:
     return " ".join(parts)
 
 
+def skin_confidence_text(skin: SkinToneEstimate) -> str:
+    """"72% sure of V, 95% within one type" - how sure the image-based estimate is (empty when it has none)."""
+    if not skin.known or skin.confidence is None:
+        return ""
+    within = "" if skin.confidence_within_one is None else f", {skin.confidence_within_one:.0%} within one type"
+    return f"{skin.confidence:.0%} sure of {skin.fst}{within}"
+
+
 def skin_text(skin: SkinToneEstimate | None, override: str | None, enabled: bool = True) -> tuple[str, str]:
-    """(headline, detail) for the skin-type panel and the report."""
+    """(headline, detail) for the skin-type panel and the report.
+
+    A known estimate says how sure it is (the model's probability of that type, and of being within one type);
+    an unknown one gives its one-line reason.
+    """
     if override:
         head = f"Fitzpatrick {override} — set by the clinician"
         if skin is not None and skin.known:
-            detail = f"The image-based estimate was {skin.fst} (ITA {skin.ita:.1f}°)."
+            conf = skin_confidence_text(skin)
+            detail = f"The image-based estimate was {skin.fst}" + (f" ({conf})." if conf else ".")
         elif skin is not None:
             detail = f"No image-based estimate: {skin.reason}."
         else:
@@ -88,9 +101,10 @@ def skin_text(skin: SkinToneEstimate | None, override: str | None, enabled: bool
             return "Not estimated", "Skin-type estimation is turned off in Settings."
         return "Not estimated", ""
     if skin.known:
+        conf = skin_confidence_text(skin)
         return (
-            f"Fitzpatrick {skin.fst} — estimated (ITA {skin.ita:.1f}°)",
-            "Estimated from the colour of the skin around the lesion (Individual Typology Angle). It is a proxy, "
-            "not a clinical assessment: correct it below if it is wrong.",
+            f"Fitzpatrick {skin.fst} — estimated" + (f", {conf}" if conf else ""),
+            "Estimated from the colour of the skin around the lesion. It is a proxy, not a clinical assessment: "
+            "correct it below if it is wrong.",
         )
-    return "Unknown", f"Cannot estimate: {skin.reason}."
+    return "Unknown — not estimated", f"Cannot estimate: {skin.reason}."
