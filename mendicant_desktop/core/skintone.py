@@ -335,7 +335,7 @@ def estimate_from_features(feats: SkinFeatures, model: SkinToneModel, min_skin_f
     if spread > model.max_spread:
         lo, hi = FST_TYPES[int(np.argmax(post > 0.15))], FST_TYPES[5 - int(np.argmax(post[::-1] > 0.15))]
         return SkinToneEstimate(
-            fst="unknown", ita=feats.ita, **base, probabilities=probs,
+            fst="unknown", ita=None, **base, probabilities=probs,
             reason=f"the visible skin is too mixed to call: its colours fit types {lo} to {hi} about equally "
                    "(lighting, shadow or a large lesion)",
         )
