@@ -100,6 +100,15 @@ def _table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _chance_text(r: dict[str, Any]) -> str:
+    """Which sufficient groups' AUROC intervals include 0.5 (no evidence the model ranks better than chance)."""
+    at_chance = [_title(n) for n, g in r["groups"].items()
+                 if n != "unknown" and g["sufficient"] and g["auroc_ci95"][0] is not None and g["auroc_ci95"][0] <= 0.5]
+    if not at_chance:
+        return "Every sufficient group's AUROC interval lies above 0.5."
+    return (f"The AUROC interval includes 0.5 (no evidence of better than chance) for: {', '.join(at_chance)}.")
+
+
 def render(res: dict[str, Any]) -> str:
     t = res["runs"]["type"]
     card = t["model_card"]
@@ -132,7 +141,7 @@ def render(res: dict[str, Any]) -> str:
             run = res["runs"][grouping]
             r = run if key == "headline" else run.get("malignant_vs_benign_neoplasm")
             lines += [f"### {gtitle}", ""]
-            lines += _table(r) if r else ["Not computable."]
+            lines += (_table(r) + ["", _chance_text(r)]) if r else ["Not computable."]
             lines.append("")
     return "\n".join(lines)
 
