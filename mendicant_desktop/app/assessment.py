@@ -33,6 +33,9 @@ from .images import downscale
 from .quality import QUALITY_SIDE, domain_warnings, image_warnings
 from .rows import COLUMNS, error_row, ok_row
 
+#: The largest preview :func:`prepare` makes (the GUI's display copy); smaller previews and the quality checks
+#: copy are made from it.
+PREVIEW_BASE_SIDE = 2048
 #: Images above this many pixels are decoded one at a time (across all threads), bounding peak memory.
 LARGE_IMAGE_PIXELS = 8_000_000
 _LARGE_DECODE = threading.Lock()
@@ -175,9 +178,12 @@ def prepare(
     sha = raw.sha256 or hashlib.sha256(rgb.tobytes()).hexdigest()
     try:
         x = preprocess(rgb, input_size)
-        warn = image_warnings(downscale(rgb, QUALITY_SIDE), original_size=(h, w))
+        # One chain of copies, whatever the caller asked for, so the quality checks see the same pixels in
+        # every front end: full -> <= PREVIEW_BASE_SIDE -> <= QUALITY_SIDE (the big step is paid once).
+        base = downscale(rgb, PREVIEW_BASE_SIDE)
+        warn = image_warnings(downscale(base, QUALITY_SIDE), original_size=(h, w))
         skin = estimate_skin(rgb) if estimate_fst else None
-        preview = np.ascontiguousarray(downscale(rgb, preview_side)) if preview_side else None
+        preview = np.ascontiguousarray(downscale(base, preview_side)) if preview_side else None
     except MemoryError:
         raise ImageLoadError(MEMORY_REASON, raw.name) from None
     return Prepared(raw.name, sha, w, h, x, skin, tuple(warn), metadata, preview)

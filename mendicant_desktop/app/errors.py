@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 
 from mendicant_desktop.core.errors import (
+    MEMORY_REASON,
     CancelledError,
     ConfigError,
     ImageLoadError,
@@ -23,9 +24,6 @@ __all__ = [
     "CancelledError", "ConfigError", "ExitCode", "ImageLoadError", "LabelsError", "MEMORY_REASON", "MendicantError",
     "MetadataError", "ModelLoadError", "ModelVerificationError", "OutputFileError", "UsageError", "failure_reason",
 ]
-
-#: The one wording of "this input needs more memory than there is" (rows, cases, responses).
-MEMORY_REASON = "not enough memory to process this image"
 
 
 class ExitCode(enum.IntEnum):

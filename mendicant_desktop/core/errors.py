@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: The one wording of "this input needs more memory than there is" (rows, cases, responses).
+MEMORY_REASON = "not enough memory to process this image"
+
 
 class MendicantError(Exception):
     """Base class of every error the engine raises on purpose."""

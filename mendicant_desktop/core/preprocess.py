@@ -16,7 +16,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from .errors import MEMORY_REASON, ImageLoadError
 
 MODEL_SIZE: tuple[int, int] = (254, 254)
 #: Refuse images above this many pixels before decoding them (decompression bombs).
@@ -142,7 +142,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
             reason = f"corrupt image data ({msg})"
         raise ImageLoadError(reason, name) from None
     except MemoryError:
-        raise ImageLoadError("not enough memory to decode this image", name) from None
+        raise ImageLoadError(MEMORY_REASON, name) from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ImageLoadError(f"unexpected decoded shape {rgb.shape}", name)
     return np.ascontiguousarray(rgb)

@@ -21,7 +21,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mendicant_desktop.app.assessment import Failure, estimate_skin, rescore, try_assess, with_threshold
+from mendicant_desktop.app.assessment import (
+    PREVIEW_BASE_SIDE,
+    Failure,
+    estimate_skin,
+    rescore,
+    try_assess,
+    with_threshold,
+)
 from mendicant_desktop.app.errors import failure_reason
 from mendicant_desktop.app.images import downscale
 from mendicant_desktop.app.inputs import iter_inputs
@@ -39,8 +46,9 @@ from .worker import BackgroundOp, scoring_pool
 
 #: Decoded display copies kept in memory; older ones are re-read from disk when selected again.
 DISPLAY_CACHE = 12
-#: Longest side of the copy kept for display (zoom goes this far; the model never sees it).
-DISPLAY_SIDE = 2048
+#: Longest side of the copy kept for display (zoom goes this far; the model never sees it): the app layer's
+#: largest preview, which it makes anyway for the quality checks.
+DISPLAY_SIDE = PREVIEW_BASE_SIDE
 #: Longest side of a case list thumbnail.
 THUMB_SIDE = 72
 
@@ -72,6 +80,28 @@ class AssessTab(QWidget):
 
         content = QSplitter(Qt.Orientation.Horizontal)
         content.setChildrenCollapsible(False)
+        content.addWidget(self._build_case_list())
+        self.view = CaseView(self.settings)
+        content.addWidget(self.view)
+        content.setStretchFactor(0, 0)
+        content.setStretchFactor(1, 1)
+        content.setSizes([290, 990])
+        self.stack.addWidget(content)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.banner = QLabel("")
+        self.banner.setObjectName("ErrorBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setVisible(False)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.stack, 1)
+
+        self._wire()
+        self._update_stack()
+
+    def _build_case_list(self) -> QWidget:
+        """The left panel: the title with the count, the case list and the remove/clear buttons."""
         left = QWidget()
         left.setObjectName("CaseListPanel")
         ll = QVBoxLayout(left)
@@ -99,23 +129,10 @@ class AssessTab(QWidget):
         btns.addWidget(self.btn_clear)
         btns.addStretch(1)
         ll.addLayout(btns)
-        content.addWidget(left)
-        self.view = CaseView(self.settings)
-        content.addWidget(self.view)
-        content.setStretchFactor(0, 0)
-        content.setStretchFactor(1, 1)
-        content.setSizes([290, 990])
-        self.stack.addWidget(content)
+        return left
 
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        self.banner = QLabel("")
-        self.banner.setObjectName("ErrorBanner")
-        self.banner.setWordWrap(True)
-        self.banner.setVisible(False)
-        lay.addWidget(self.banner)
-        lay.addWidget(self.stack, 1)
-
+    def _wire(self) -> None:
+        """Selection, the case view's edits, the buttons, the model's arrival and the settings."""
         self.list.selectionModel().currentChanged.connect(self._current_changed)
         self.view.metadataEdited.connect(self.set_metadata)
         self.view.fstOverrideEdited.connect(self.set_fst_override)
@@ -123,10 +140,9 @@ class AssessTab(QWidget):
         self.view.explainCancelRequested.connect(self.cancel_explain)
         self.btn_remove.clicked.connect(self.remove_current)
         self.btn_clear.clicked.connect(self.clear)
-        services.engineChanged.connect(self._engine_ready)
-        services.modelFailed.connect(self._model_failed)
+        self.services.engineChanged.connect(self._engine_ready)
+        self.services.modelFailed.connect(self._model_failed)
         self.settings.changed.connect(self._setting_changed)
-        self._update_stack()
 
     # ---- adding cases -------------------------------------------------------------------------
     def add_paths(self, paths: list[str | os.PathLike]) -> list[Case]:

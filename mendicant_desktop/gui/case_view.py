@@ -59,6 +59,13 @@ def _wrap_label(obj: str = "") -> QLabel:
     return lab
 
 
+#: Image-column widths (px) below which the patient fields take two rows and the image tools get compact.
+COMPACT_META_WIDTH = 540
+NARROW_TOOLS_WIDTH = 500
+SLIDER_WIDTH = 70
+NARROW_SLIDER_WIDTH = 40
+
+
 class CaseView(QWidget):
     """Shows one :class:`Case`. Emits edits; the controller re-scores and calls :meth:`show_case` again."""
 
@@ -138,7 +145,7 @@ class CaseView(QWidget):
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(round(self.settings.opacity * 100))
-        self.opacity.setMinimumWidth(70)
+        self.opacity.setMinimumWidth(SLIDER_WIDTH)
         self.opacity.setMaximumWidth(140)
         self.opacity.setToolTip("Heat-map opacity")
         self.opacity.setAccessibleName("Heat-map opacity")
@@ -361,8 +368,10 @@ class CaseView(QWidget):
 
     def _adapt(self) -> None:
         w = self._left.width() if hasattr(self, "_left") else self.width()
-        self._layout_meta(compact=w < 540)
-        self.op_label.setVisible(w >= 500)
+        self._layout_meta(compact=w < COMPACT_META_WIDTH)
+        narrow = w < NARROW_TOOLS_WIDTH
+        self.op_label.setVisible(not narrow)  # the slider keeps its tooltip and accessible name
+        self.opacity.setMinimumWidth(NARROW_SLIDER_WIDTH if narrow else SLIDER_WIDTH)
 
     def _tool(self, label: str, tip: str) -> QToolButton:
         b = QToolButton()

@@ -146,6 +146,11 @@ class MainWindow(QMainWindow):
         self.act_shortcuts = self._act("&Keyboard shortcuts", self.show_shortcuts, "F1")
         self.act_about = self._act("&About MENDICANT", self.show_about)
 
+        self._build_menus()
+        self._build_toolbar()
+
+    def _build_menus(self) -> None:
+        """File, Edit, View and Help menus over the actions."""
         mb = self.menuBar()
         m = mb.addMenu("&File")
         for a in (self.act_open, self.act_folder, self.act_paste):
@@ -170,6 +175,8 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_shortcuts)
         m.addAction(self.act_about)
 
+    def _build_toolbar(self) -> None:
+        """The main toolbar: getting images in, the heat map, the exports, settings."""
         tb = QToolBar("Main")
         tb.setObjectName("MainToolbar")
         tb.setMovable(False)

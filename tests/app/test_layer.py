@@ -218,3 +218,14 @@ def test_audit_run_stops_early(tmp_path, engine):
     run = run_audit(engine, labels, stop=lambda: True)
     assert run.interrupted and run.result is None
     assert read_source(tmp_path / "s0.jpg").sha256 is not None
+
+
+def test_version_names_the_model_the_batch_would_load(tiny_bundle, monkeypatch, capsys):
+    """One MENDICANT_MODEL rule: --version follows it like --batch does (it used to name the bundled model)."""
+    from mendicant_desktop.cli.main import run_headless
+    from mendicant_desktop.core.bundle import ModelCard
+
+    monkeypatch.setenv(MODEL_ENV, str(tiny_bundle))
+    assert run_headless(["--version"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert ModelCard.load(tiny_bundle).name in out

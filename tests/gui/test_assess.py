@@ -185,3 +185,22 @@ def test_model_failure_is_shown_not_raised(qtbot, tmp_path, settings_path):
     win.add_paths([lesion_image(tmp_path / "q.jpg")])
     assert win.assess.model.cases[0].status == "queued"  # waits; no crash
     win.close()
+
+
+def test_drop_finds_what_batch_finds(qtbot, window, tmp_path):
+    """The GUI's folder drop uses app.inputs like --batch: content-sniffed images count, a missing path is an
+    error case at once."""
+    from mendicant_desktop.app.inputs import iter_inputs
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    lesion_image(folder / "a.jpg", seed=1)
+    (folder / "no_extension").write_bytes((folder / "a.jpg").read_bytes())  # a JPEG without an extension
+    (folder / "notes.txt").write_text("not an image")
+    missing = tmp_path / "gone.jpg"
+    cases = window.add_paths([folder, missing])
+    assert [c.source for c in cases] == [i.path for i in iter_inputs([folder, missing])]
+    assert [c.name for c in cases] == ["a.jpg", "no_extension", "gone.jpg"]
+    assert cases[2].status == "error" and cases[2].error == "file not found"
+    wait_all_scored(qtbot, window)
+    assert [c.status for c in cases] == ["done", "done", "error"]
