@@ -39,9 +39,9 @@ def group_label(name: str) -> str:
 
 
 def source_text(gm: core_audit.GroupMetrics) -> str:
-    """Where a group's skin types came from: 'label', 'estimated', or 'mixed (12 label, 3 estimated)'."""
+    """Where a group's skin types came from: 'label', 'estimated', or 'mixed: 12 label + 3 est.' (short: a table cell)."""
     if gm.fst_source == "mixed":
-        return f"mixed ({gm.n_label} label, {gm.n_estimated} estimated)"
+        return f"mixed: {gm.n_label} label + {gm.n_estimated} est."
     return gm.fst_source
 
 
@@ -82,7 +82,8 @@ def neoplasm_text(run: AuditRun) -> str:
     if nr is None:
         return "Malignant vs benign neoplasms: not computable (the neoplasms do not hold both classes)."
     o = nr.overall
-    per = [f"{group_label(g)} {_ci(nr.groups[g].auroc, nr.groups[g].auroc_ci95)}" for g in nr.gap_groups]
+    per = [f"{group_label(g)} {_ci(gm.auroc, gm.auroc_ci95)}" if gm.sufficient else
+           f"{group_label(g)} insufficient (n={gm.n})" for g, gm in nr.groups.items() if g != "unknown"]
     return (f"Malignant vs benign neoplasms (non-neoplastic conditions left out; {o.n_pos} vs {o.n_neg}): AUROC "
             f"{_ci(o.auroc, o.auroc_ci95)}" + (f"; {', '.join(per)}" if per else "") + ".")
 
