@@ -28,6 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from compression.skintone_fit import git_commit  # noqa: E402
 from mendicant_desktop.core.inference import cpu_features  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -61,12 +62,6 @@ def _keep(m: dict[str, Any]) -> dict[str, Any]:
     out["n_skipped"] = len(m.get("skipped") or [])
     return out
 
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _title(g: str) -> str:
@@ -166,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             if m.get("grouping") != g:
                 raise SystemExit(f"the {g} metrics file has grouping {m.get('grouping')!r}")
         res = {"generated_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "code_commit": _git("rev-parse", "--short", "HEAD"), "cpu_features": cpu_features(),
+               "code_commit": git_commit(short=True), "cpu_features": cpu_features(),
                "runs": {g: _keep(m) for g, m in runs.items()}}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")

@@ -24,7 +24,6 @@ import argparse
 import csv
 import datetime as _dt
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from compression.skintone_fit import (  # noqa: E402
     DEFAULT_DATA,
     code_version,
     features_for,
+    git_commit,
     read_items,
 )
 from mendicant_desktop.core.skintone import (  # noqa: E402
@@ -116,12 +116,6 @@ def _target_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
 
 def measure(data: Path, cache: Path | None) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -177,7 +171,7 @@ def measure(data: Path, cache: Path | None) -> dict[str, Any]:
     prov = model.provenance
     return {
         "generated_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "code_commit": _git("rev-parse", "--short", "HEAD"),
+        "code_commit": git_commit(short=True),
         "model": str(default_model_path().relative_to(REPO)) if default_model_path().is_relative_to(REPO) else
         str(default_model_path()),
         "model_provenance": {k: prov.get(k) for k in ("split", "n_train", "estimator", "spread_rule",

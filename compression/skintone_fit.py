@@ -129,9 +129,11 @@ def passes_skin_rules(f: SkinFeatures) -> bool:
             and f.skin_share >= MIN_SKIN_SHARE)
 
 
-def _git_commit() -> str:
+def git_commit(short: bool = False) -> str:
+    """The checkout's HEAD commit (empty when git is unavailable): the provenance of fitted and measured files."""
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+        args = ["rev-parse", "--short", "HEAD"] if short else ["rev-parse", "HEAD"]
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -197,7 +199,7 @@ def fit(data: Path, cache_dir: Path | None = CACHE_DIR) -> dict:
             "spread_rule": f"{SPREAD_QUANTILE:.0%} quantile of the out-of-fold posterior spread on train",
             "train_cv_5fold_grouped": cv,
             "sklearn": sklearn.__version__,
-            "code_commit": _git_commit(),
+            "code_commit": git_commit(),
             "fitted": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
     }

@@ -16,6 +16,7 @@ import pytest
 from mendicant_desktop.app.tables import read_labels
 from tests.cli.test_audit_cli import cli_env
 from tests.conftest import REPO, SHARED_DATA
+from tests.support.fitzpatrick import f17_subset
 
 F17 = SHARED_DATA / "fitzpatrick17k_clinical"
 
@@ -45,17 +46,10 @@ def f17_run(tmp_path_factory, tiny_bundle):
     root = tmp_path_factory.mktemp("f17")
     images = root / "images"
     images.mkdir()
-    pick = []
-    for part in ("malignant", "benign", "non-neoplastic"):
-        for fst in ("1", "2", "5", "6", ""):
-            pick += [r for r in rows if r["three_partition"] == part and r["fst"] == fst][:6]
+    labels = root / "labels.csv"
+    pick = f17_subset(rows, labels, ("1", "2", "5", "6", ""), 6)
     for r in pick:
         os.symlink(F17 / "images" / r["image"], images / r["image"])
-    labels = root / "labels.csv"
-    with open(labels, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))  # the file's own columns, verbatim
-        w.writeheader()
-        w.writerows(pick)
     out, js = root / "report.html", root / "metrics.json"
     cmd = [sys.executable, "-m", "mendicant_desktop", "--audit", str(labels), "--images", str(images), "--out",
            str(out), "--json", str(js), "--model", str(tiny_bundle), "--n-boot", "50", "--threads", "2", "--quiet",

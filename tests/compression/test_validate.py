@@ -336,21 +336,12 @@ def test_paired_differences_point_values_and_resolution():
 
 def test_labelled_set_audit_reads_fitzpatrick17k_labels(tiny_bundle, shared_data, tmp_path):
     """``validate --labels``: Fitzpatrick17k's own labels.csv through the app's reader and audit run."""
-    import csv as _csv
-
     from compression.validate import audit_labelled_set, format_labelled_set, main
     from tests.conftest import read_labels
+    from tests.support.fitzpatrick import f17_subset
 
-    rows = read_labels(shared_data, "fitzpatrick17k_clinical")
-    pick = []
-    for part in ("malignant", "benign", "non-neoplastic"):
-        for fst in ("2", "5", "6"):
-            pick += [r for r in rows if r["three_partition"] == part and r["fst"] == fst][:4]
     labels = tmp_path / "labels.csv"
-    with open(labels, "w", newline="", encoding="utf-8") as fh:
-        w = _csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(pick)
+    pick = f17_subset(read_labels(shared_data, "fitzpatrick17k_clinical"), labels, ("2", "5", "6"), 4)
     d = audit_labelled_set(tiny_bundle, labels, shared_data / "fitzpatrick17k_clinical" / "images", grouping="ddi",
                            n_boot=20, threads=1)
     assert d["n_audited"] == len(pick) == 36 and d["fst_source_counts"] == {"label": 36}

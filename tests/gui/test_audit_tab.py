@@ -119,17 +119,10 @@ def test_label_parsing(tmp_path):
 def test_audit_tab_ddi_grouping_on_fitzpatrick17k(qtbot, window, shared_data, tmp_path):
     """Fitzpatrick17k's own labels.csv columns, DDI-style groups, and the malignant-vs-benign-neoplasm line."""
     from tests.conftest import read_labels
+    from tests.support.fitzpatrick import f17_subset
 
-    rows = read_labels(shared_data, "fitzpatrick17k_clinical")
-    picked = []
-    for part in ("malignant", "benign", "non-neoplastic"):
-        for fst in ("1", "2", "5", "6"):
-            picked += [r for r in rows if r["three_partition"] == part and r["fst"] == fst][:5]
     out = tmp_path / "f17.csv"
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(picked)
+    f17_subset(read_labels(shared_data, "fitzpatrick17k_clinical"), out, ("1", "2", "5", "6"), 5)
     tab = window.audit
     tab.set_inputs(out, shared_data / "fitzpatrick17k_clinical" / "images", n_boot=20, grouping="ddi")
     results = []
