@@ -7,7 +7,7 @@
 - Labels: ``dx7`` index in the model's class order (akiec, bcc, bkl, df, mel, nv, vasc); SCC -> akiec for
   both sources (HAM's akiec includes Bowen's disease); plus the binary ``malignant`` column.
 - FST per image: PAD's clinician label where present (``fst_source = "label"``), otherwise the engine's
-  ITA estimate (:func:`mendicant_desktop.core.skintone.estimate_skin_tone`, ``fst_source = "estimated"``),
+  image-based estimate (:func:`mendicant_desktop.core.skintone.estimate_skin_tone`, ``fst_source = "estimated"``),
   which answers "unknown" for the masked PAD crops.
 - Images are decoded once with the engine's own preprocessing (:func:`core.preprocess.load_image` and
   :func:`core.preprocess.preprocess`) into ``<run>/data/images.npy`` (float32, N x 254 x 254 x 3, memory

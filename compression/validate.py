@@ -14,6 +14,9 @@ same run, it computes:
 - :func:`paired_differences`: candidate minus teacher for the ISIC and PAD AUROCs and the per-FST gap, with a
   *paired* stratified bootstrap 95% CI (both models scored on the same resamples). Informational: it says whether
   the validation split can resolve a limit at all (the gate itself compares the point estimates, as specified).
+- ``--labels LABELS.csv`` (e.g. ``fitzpatrick17k_clinical/labels.csv``): that labelled set audited with the app's own
+  table reader and audit run (:func:`audit_labelled_set`, what ``--audit`` runs), per type or DDI-style
+  (``--fst-grouping``), malignant vs the rest and vs benign neoplasms. Informational, never gated.
 
 The gate limits (``[gate]`` in ``compression/config.toml``; the constants below are the fall-back with the
 same values, never looser): size < 30 MB; latency <= 1/2 of the teacher's; ISIC external and PAD AUROC no
@@ -754,6 +757,58 @@ def validate(
     return result
 
 
+def audit_labelled_set(card: str | os.PathLike, labels_csv: str | os.PathLike, images_dir: str | os.PathLike | None = None,
+                       *, grouping: str = "type", n_boot: int = 1000, seed: int = 0, threads: int = 2,
+                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A labelled set of the user's (e.g. Fitzpatrick17k's ``labels.csv``) audited with the app's own table reader
+    and audit run (:mod:`mendicant_desktop.app.audit_run`, what ``--audit`` runs): per skin-type group AUROC with
+    CIs, the label-vs-estimated counts, and malignant vs benign neoplasms when the file has a lesion category.
+    Informational, never gated. ``images_dir`` defaults to ``images/`` beside the labels file."""
+    from mendicant_desktop.app.audit_run import load_audit_inputs, run_audit
+    from mendicant_desktop.app.model import load_engine
+
+    labels_csv = Path(labels_csv)
+    images = Path(images_dir) if images_dir else labels_csv.parent / "images"
+    labels, metadata = load_audit_inputs(labels_csv, images)
+    engine = load_engine(card, threads)
+    if log:
+        log(f"validate: auditing {len(labels.rows)} labelled images of {labels_csv} ({grouping} groups)")
+    run = run_audit(engine, labels, metadata, n_boot=n_boot, seed=seed, workers=threads, images_dir=images,
+                    grouping=grouping)
+    out: dict[str, Any] = {
+        "labels": str(labels_csv), "images": str(images), "grouping": grouping, "n_audited": len(run.scores),
+        "failed": len(run.failed), "skipped": len(run.skipped),
+        "fst_source_counts": {s: run.fst_source.count(s) for s in sorted(set(run.fst_source))},
+        "malignant_vs_rest": run.result.to_dict() if run.result is not None else None,
+    }
+    if labels.has_partition:
+        nr = run.neoplasm_result
+        out["malignant_vs_benign_neoplasm"] = nr.to_dict() if nr is not None else None
+    return out
+
+
+def format_labelled_set(d: dict[str, Any]) -> str:
+    """The labelled-set audit as text lines (AUROC [95% CI] per group; insufficient groups say so)."""
+    lines = [f"labelled set {d['labels']} ({d['n_audited']} audited, {d['failed']} failed, {d['skipped']} unusable; "
+             f"skin type from {d['fst_source_counts']}; groups: {d['grouping']})"]
+    for key, title in (("malignant_vs_rest", "malignant vs the rest"),
+                       ("malignant_vs_benign_neoplasm", "malignant vs benign neoplasms")):
+        res = d.get(key)
+        if res is None:
+            continue
+        cells = []
+        for name, g in [("overall", res["overall"]), *res["groups"].items()]:
+            if not g["sufficient"] and name != "overall":
+                cells.append(f"{name} insufficient (n={g['n']})")
+                continue
+            lo, hi = g["auroc_ci95"]
+            ci = f" [{lo:.3f}-{hi:.3f}]" if lo is not None and hi is not None else ""
+            auc = "n/a" if g["auroc"] is None else f"{g['auroc']:.3f}"
+            cells.append(f"{name} {auc}{ci} (n={g['n']})")
+        lines.append(f"  {title}: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def without_metadata(model: Path, teacher: Path, es: EvalSet, *, threshold: float, threads: int = 2,
                      n_boot: int = 1000, seed: int = 0, log: Callable[[str], None] | None = None,
                      model_sha256: str | None = None, teacher_sha256: str | None = None) -> dict[str, Any] | None:  # fmt: skip
@@ -819,10 +874,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=20, help="alternating latency rounds")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--labels", metavar="LABELS.csv",
+                   help="also audit this labelled set with the app's reader (e.g. fitzpatrick17k_clinical/labels.csv); "
+                        "informational, not gated; needs a model card")
+    p.add_argument("--images", metavar="DIR", help="folder of --labels' images (default: images/ beside it)")
+    p.add_argument("--fst-grouping", choices=("type", "ddi"), default="type",
+                   help="skin-type groups of the --labels audit: each type, or DDI-style I-II/III-IV/V-VI")
     a = p.parse_args(argv)
     if not a.model:
         p.print_usage(sys.stderr)
         print("error: give a model card or ONNX file (or set MENDICANT_MODEL)", file=sys.stderr)
+        return 2
+    card_path = resolve_model(a.model)[1] if a.labels else None
+    if a.labels and (card_path is None or not Path(a.labels).is_file()):
+        print("error: --labels needs an existing labels file and a model card (.json), not a bare ONNX file",
+              file=sys.stderr)
         return 2
     cfg = None
     try:
@@ -844,6 +910,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(res))
+    if a.labels:
+        res["labelled_set"] = audit_labelled_set(card_path, a.labels, a.images, grouping=a.fst_grouping,
+                                                 n_boot=a.n_boot, threads=a.threads, log=print)
+        print(format_labelled_set(res["labelled_set"]))
+        if out is not None:
+            Path(out).write_text(json.dumps(res, indent=2, default=_json_default) + "\n", encoding="utf-8")
     if out is not None:
         print(f"results: {out} ({res['seconds']:.0f}s)")
     return 0 if res["gate_passed"] else 1

@@ -5,6 +5,12 @@ separate file) with :mod:`.tables`; :func:`run_audit` scores every usable row th
 :func:`~.scoring.iter_scored` -- the ``--batch`` path -- with the malignancy Grad-CAM when asked to explain,
 and audits the scores with :func:`core.audit.audit`; :func:`to_report` turns the run into the one HTML/JSON
 report (:mod:`core.report_html`) both front ends write.
+
+Two comparisons when the labels have a lesion category (:data:`.tables.PARTITION_COLUMNS`, e.g.
+Fitzpatrick17k's ``three_partition``): the headline, malignant vs the rest (``result``), and malignant vs benign
+neoplasms with the non-neoplastic (inflammatory) conditions left out (``neoplasm_result``). Skin types are grouped
+per type or DDI-style (``grouping``, see :func:`core.audit.group_of`); each image records whether its type came
+from the label or from the engine's estimate, and every group reports both counts.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class AuditRun:
     labels: list[int] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     fst_source: list[str] = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)  # lesion category per image ('' when the file has none)
     per_image: list[dict[str, Any]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # label rows that could not be used
@@ -57,6 +64,8 @@ class AuditRun:
     cams: list[np.ndarray | None] = field(default_factory=list)
     examples: dict[str, list[report_html.ExampleTile]] = field(default_factory=dict)
     result: core_audit.AuditResult | None = None
+    neoplasm_result: core_audit.AuditResult | None = None  # malignant vs benign neoplasms (with a lesion category)
+    grouping: str = "type"
     threshold: float = 0.5
     model: str = ""
     labels_path: str = ""
@@ -68,13 +77,18 @@ class AuditRun:
     n_done: int = 0  # of them scored (or failed) before the run ended
     interrupted: bool = False
 
+    def neoplasm_mask(self) -> np.ndarray:
+        """The images of the malignant-vs-benign-neoplasm comparison (a known category, not non-neoplastic)."""
+        p = np.asarray(self.partitions, dtype=object)
+        return (p == "malignant") | (p == "benign") if p.size == len(self.scores) else np.zeros(len(self.scores), bool)
+
     def curves(self) -> dict[str, dict[str, np.ndarray]]:
-        """ROC and calibration points overall and per group present."""
+        """ROC and calibration points overall and per group present (groups of this run's grouping)."""
         s = np.asarray(self.scores, dtype=np.float64)
         y = np.asarray(self.labels, dtype=np.int8)
-        g = np.asarray(self.groups, dtype=object)
+        g = np.asarray([core_audit.group_of(v, self.grouping) for v in self.groups], dtype=object)
         out: dict[str, dict[str, np.ndarray]] = {}
-        for name in ["overall"] + [n for n in core_audit.FST_GROUPS if np.any(g == n)]:
+        for name in ["overall"] + [n for n in core_audit.group_order(self.grouping) if np.any(g == n)]:
             m = np.ones(s.size, bool) if name == "overall" else g == name
             if not m.any():
                 continue
@@ -152,8 +166,12 @@ def _record(run: AuditRun, lab: LabelRow, scored: Scored, explain: bool, example
     run.labels.append(lab.malignant)
     run.groups.append(group)
     run.fst_source.append(src)
-    run.per_image.append({"image": lab.image, "malignant": lab.malignant, "score": round(mal, 8), "fst": group,
-                          "fst_source": src, "sha256": a.sha256})
+    run.partitions.append(lab.partition)
+    rec = {"image": lab.image, "malignant": lab.malignant, "score": round(mal, 8), "fst": group, "fst_source": src,
+           "sha256": a.sha256}
+    if lab.partition:
+        rec["partition"] = lab.partition
+    run.per_image.append(rec)
     if explain:
         _explain(run, lab, scored, mal, group, examples)
 
@@ -172,6 +190,7 @@ def run_audit(
     stop: StopFlag = None,
     progress: Callable[[int, int], None] | None = None,
     images_dir: str | os.PathLike = "",
+    grouping: str = "type",
 ) -> AuditRun:
     """Score every usable label row and audit per skin type.
 
@@ -184,7 +203,7 @@ def run_audit(
     run = AuditRun(skipped=list(labels.skipped), threshold=thr, model=engine.card.name,
                    labels_path=os.path.abspath(labels.path) if labels.path else "",
                    images_dir=os.path.abspath(images_dir) if images_dir else "", n_boot=int(n_boot), seed=int(seed),
-                   explained=explain, total=len(labels.rows))
+                   explained=explain, total=len(labels.rows), grouping=grouping)
     gen = iter_scored((InputItem(r.path) for r in labels.rows), engine, metadata=metadata, workers=workers,
                       stop=stop, threshold=thr, cam_target="malignancy" if explain else None)
     try:
@@ -200,8 +219,22 @@ def run_audit(
         return run
     if run.scores:
         run.result = core_audit.audit(run.scores, run.labels, run.groups, thr, n_boot=n_boot, seed=seed,
-                                      fst_source=run.fst_source, model=engine.card.name)
+                                      fst_source=run.fst_source, model=engine.card.name, grouping=grouping)
+        run.neoplasm_result = neoplasm_audit(run)
     return run
+
+
+def neoplasm_audit(run: AuditRun) -> core_audit.AuditResult | None:
+    """Malignant vs benign neoplasms (non-neoplastic conditions left out), when the labels have a category and
+    that subset holds both classes; else None."""
+    m = run.neoplasm_mask()
+    y = np.asarray(run.labels, dtype=np.int8)[m]
+    if not m.any() or y.min() == y.max():
+        return None
+    pick = np.flatnonzero(m)
+    return core_audit.audit([run.scores[i] for i in pick], y, [run.groups[i] for i in pick], run.threshold,
+                            n_boot=run.n_boot, seed=run.seed, fst_source=[run.fst_source[i] for i in pick],
+                            model=run.model, grouping=run.grouping)
 
 
 def model_card_dict(card: ModelCard) -> dict[str, Any]:
@@ -233,7 +266,8 @@ def to_report(run: AuditRun, model_card: Mapping[str, Any] | None = None, app_ve
     card = dict(model_card) if model_card else {"name": run.model, "threshold": run.threshold}
     saliency, note = saliency_summary(run)
     return report_html.AuditReport(
-        result=run.result, model_card=card, scores=run.scores, labels=run.labels, groups=run.groups,
+        result=run.result, neoplasm_result=run.neoplasm_result, neoplasm_mask=tuple(run.neoplasm_mask().tolist()),
+        grouping=run.grouping, model_card=card, scores=run.scores, labels=run.labels, groups=run.groups,
         fst_sources=run.fst_source, failed=run.failed, skipped=run.skipped, saliency=saliency, saliency_note=note,
         examples=run.examples, per_image=run.per_image, labels_path=run.labels_path, images_dir=run.images_dir,
         n_boot=run.n_boot, seed=run.seed, app_version=app_version,

@@ -25,7 +25,10 @@ A key may also hold a relative path; only its last component is used.
 
 Labels (:func:`read_labels`) add ``malignant`` (0/1, true/false) or ``dx`` (mapped by
 :func:`core.audit.dx_to_malignant`) and the skin type ``fst``/``fitspatrick``/``fitzpatrick`` (1-6, I-VI or
-empty = use the engine's estimate). Rows that cannot be used are returned with the reason, never dropped.
+empty = use the engine's estimate) and, when present, a lesion category ``three_partition``/``partition``/
+``lesion_category`` (malignant / benign / non-neoplastic or inflammatory) for the malignant-vs-benign-neoplasm
+comparison. Other columns (Fitzpatrick17k's ``condition``, ``nine_partition``, ``duplicate_group`` ...) are ignored.
+Rows that cannot be used are returned with the reason, never dropped.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mendicant_desktop.core.audit import dx_to_malignant, parse_fst
+from mendicant_desktop.core.audit import dx_to_malignant, parse_fst, parse_partition
 from mendicant_desktop.core.errors import MetadataError
 from mendicant_desktop.core.metadata import Metadata, normalize_sex, normalize_site, parse_age
 
@@ -48,6 +51,9 @@ IMAGE_COLUMNS: tuple[str, ...] = ("image", "image_id", "img_id", "image_name", "
 MALIGNANT_COLUMNS: tuple[str, ...] = ("malignant",)
 DX_COLUMNS: tuple[str, ...] = ("dx",)
 FST_COLUMNS: tuple[str, ...] = ("fst", "fitspatrick", "fitzpatrick")
+#: A lesion category (malignant / benign / non-neoplastic), as Fitzpatrick17k's ``three_partition``: with it the
+#: audit adds malignant vs benign neoplasms (non-neoplastic conditions left out) beside malignant vs the rest.
+PARTITION_COLUMNS: tuple[str, ...] = ("three_partition", "partition", "lesion_category")
 AGE_COLUMNS: tuple[str, ...] = ("age", "age_approx")
 SEX_COLUMNS: tuple[str, ...] = ("sex", "gender")
 SITE_COLUMNS: tuple[str, ...] = (
@@ -234,6 +240,7 @@ class LabelRow:
     path: str  # resolved under the images folder
     malignant: int
     fst: str  # 'I'..'VI' or 'unknown' (no label: the engine's estimate is used)
+    partition: str = ""  # 'malignant' / 'benign' / 'non-neoplastic' from a PARTITION_COLUMNS column, else ''
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,7 @@ class Labels:
     skipped: tuple[tuple[str, str], ...]  # (image or "(line N)", reason)
     has_meta_columns: bool
     path: str = ""
+    has_partition: bool = False  # the file has a lesion-category column (PARTITION_COLUMNS)
 
 
 def parse_malignant(value: str) -> int | None:
@@ -264,6 +272,7 @@ class _LabelColumns:
             raise LabelsError(f"labels file {source}: no image column; expected one of {', '.join(IMAGE_COLUMNS)} "
                               f"(found {', '.join(t.header)})")
         self.mal, self.dx, self.fst = t.pick(MALIGNANT_COLUMNS), t.pick(DX_COLUMNS), t.pick(FST_COLUMNS)
+        self.partition = t.pick(PARTITION_COLUMNS)
         if self.mal is None and self.dx is None:
             raise LabelsError(f"labels file {source}: needs a 'malignant' (0/1) or a 'dx' column "
                               f"(found {', '.join(t.header)})")
@@ -310,11 +319,12 @@ def parse_labels_text(text: str, images_dir: str | os.PathLike, source: str = "l
                 skipped.append((image, f"line {line}: duplicate of line {seen[key]} (only the first is audited)"))
                 continue
             seen[key] = line
-            rows.append(LabelRow(line, image, resolve_image(images_dir, image), mal, fst))
+            part = parse_partition(t.cell(row, cols.partition)) if cols.partition is not None else ""
+            rows.append(LabelRow(line, image, resolve_image(images_dir, image), mal, fst, part))
     except csv.Error as exc:
         raise LabelsError(f"labels file {source}: malformed CSV near line {t.line} ({exc})") from None
     has_meta = t.has_any(AGE_COLUMNS + SEX_COLUMNS + SITE_COLUMNS)
-    return Labels(tuple(rows), tuple(skipped), has_meta, source)
+    return Labels(tuple(rows), tuple(skipped), has_meta, source, cols.partition is not None)
 
 
 def read_labels(path: str | os.PathLike, images_dir: str | os.PathLike) -> Labels:

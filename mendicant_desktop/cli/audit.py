@@ -14,7 +14,10 @@ LABELS.csv columns (names case-insensitive, first match wins):
   :func:`core.audit.dx_to_malignant`: MEL, BCC, SCC and HAM's akiec -> 1; NV/NEV, BKL, SEK, DF, VASC, AK
   and PAD's ACK -> 0);
 * skin type: ``fst``, ``fitspatrick`` (PAD's spelling), ``fitzpatrick``: 1-6, I-VI or empty. Empty means the
-  engine's ITA estimate (the batch row's ``fst_estimate``) is used and the group is marked ``estimated``;
+  engine's image-based estimate (the batch row's ``fst_estimate``) is used; every group says how many of its
+  types are labels and how many estimates;
+* optional lesion category: ``three_partition`` (Fitzpatrick17k), ``partition``, ``lesion_category``: malignant /
+  benign / non-neoplastic. With it the report adds malignant vs benign neoplasms beside malignant vs the rest;
 * optional metadata fed to the model: ``age``, ``sex``/``gender``, ``site``/``region``/``localization``
   (read by :func:`app.tables.load_metadata_csv`, as ``--batch --metadata`` reads them). ``--metadata CSV`` replaces them.
 
@@ -36,6 +39,7 @@ from collections.abc import Sequence
 from mendicant_desktop.app.audit_run import AuditRun, load_audit_inputs, model_card_dict, run_audit, to_report
 from mendicant_desktop.app.errors import MetadataError
 from mendicant_desktop.app.model import load_engine
+from mendicant_desktop.core.audit import GROUPINGS
 
 from . import (
     EXIT_CODES_HELP,
@@ -53,8 +57,9 @@ from . import (
 DESCRIPTION = """Audit the model per Fitzpatrick skin type on a labelled image set and write an HTML report.
 
 LABELS.csv needs an image column (image, img_id, image_id, ...) and malignant (0/1) or dx (ISIC/HAM/PAD codes);
-fst (1-6, I-VI or empty; PAD's 'fitspatrick' accepted) gives the skin type, empty meaning the engine's ITA
-estimate. Optional age, sex/gender and site/region/localization columns are fed to the model as --batch
+fst (1-6, I-VI or empty; PAD's 'fitspatrick' accepted) gives the skin type, empty meaning the engine's image-based
+estimate. A three_partition column (malignant/benign/non-neoplastic, as Fitzpatrick17k's) adds malignant vs benign
+neoplasms beside the headline malignant vs the rest. Optional age, sex/gender and site/region/localization columns are fed to the model as --batch
 --metadata does. Images are scored through the --batch pipeline. The report is one self-contained HTML file."""
 
 
@@ -80,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model card (.json) to use; default $MENDICANT_MODEL, else the bundled model")
     p.add_argument("--threads", type=int, metavar="N",
                    help=threads_help())
+    p.add_argument("--fst-grouping", choices=GROUPINGS, default="type",
+                   help="skin-type groups: 'type' = each of I..VI (default), 'ddi' = I-II / III-IV / V-VI (keeps small "
+                        "dark-skin groups above n=30)")
     p.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples for the 95%% CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default 0)")
     p.add_argument("--examples", type=int, default=4, metavar="K",
@@ -135,7 +143,8 @@ def _score(engine, labels, metadata, args: argparse.Namespace) -> AuditRun:
     try:
         return run_audit(engine, labels, metadata, threshold=args.threshold, n_boot=args.n_boot, seed=args.seed,
                          explain=not args.no_explain, examples=args.examples, workers=args.threads,
-                         stop=stop.event, progress=lambda done, total: bar.update(1), images_dir=args.images)
+                         stop=stop.event, progress=lambda done, total: bar.update(1), images_dir=args.images,
+                         grouping=args.fst_grouping)
     finally:
         bar.close()
         stop.restore()
@@ -147,6 +156,8 @@ def _summary(run: AuditRun) -> str:
         gap = run.result.auroc_gap
         s += f"; AUROC overall {run.result.overall.auroc:.3f}" + (
             f", gap {gap:.3f} over {', '.join(run.result.gap_groups)}" if math.isfinite(gap) else ", gap not computable")
+    if run.neoplasm_result is not None:
+        s += f"; malignant vs benign neoplasms AUROC {run.neoplasm_result.overall.auroc:.3f}"
     return s
 
 

@@ -19,6 +19,10 @@ Conventions
   (and the overall population) gets its own random stream derived from ``(seed, group)``, so a group's
   intervals do not depend on which other groups are present; the AUROC-gap interval reuses exactly those
   per-group resamples.
+* Grouping (``grouping``): ``'type'`` reports each type I..VI; ``'ddi'`` pools them as the Diverse Dermatology
+  Images study does, I-II / III-IV / V-VI (:data:`DDI_GROUPS`), which keeps dark skin above n = 30 where single
+  types are small. Each group records how many of its skin types came from a label and how many were estimated
+  (``n_label``/``n_estimated``); a group holding both is ``fst_source='mixed'`` and says so with the counts.
 * A group is *sufficient* when ``n >= 30`` and it has at least 5 positives and 5 negatives. Metrics of
   insufficient groups are still computed and serialised, but such groups are left out of the gaps and
   reports should withhold their numbers. ``'unknown'`` is never part of a gap.
@@ -37,6 +41,8 @@ import numpy as np
 __all__ = [
     "ECE_BINS",
     "FST_GROUPS",
+    "DDI_GROUPS",
+    "GROUPINGS",
     "MIN_GROUP_N",
     "MIN_CLASS_N",
     "METRICS",
@@ -51,6 +57,9 @@ __all__ = [
     "calibration_curve",
     "confusion_counts",
     "dx_to_malignant",
+    "group_of",
+    "parse_partition",
+    "group_order",
     "ece",
     "is_sufficient",
     "npv",
@@ -64,6 +73,10 @@ __all__ = [
 
 FST_GROUPS: tuple[str, ...] = ("I", "II", "III", "IV", "V", "VI", "unknown")
 """Group labels in report order."""
+DDI_GROUPS: tuple[str, ...] = ("I-II", "III-IV", "V-VI", "unknown")
+"""DDI-style pooled groups in report order (ASCII hyphens: safe in CSV and JSON keys; reports show an en dash)."""
+GROUPINGS: tuple[str, ...] = ("type", "ddi")
+_DDI_OF = {"I": "I-II", "II": "I-II", "III": "III-IV", "IV": "III-IV", "V": "V-VI", "VI": "V-VI", "unknown": "unknown"}
 
 ECE_BINS = 10
 MIN_GROUP_N = 30
@@ -73,7 +86,8 @@ METRICS: tuple[str, ...] = ("auroc", "sensitivity", "specificity", "ppv", "npv",
 _ROMAN = ("I", "II", "III", "IV", "V", "VI")
 _FST_SOURCES = ("label", "estimated")
 # Stable per-group stream keys for the bootstrap (never reorder: it would change published intervals).
-_SEED_KEYS = {"overall": 0, "I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6, "unknown": 7}
+_SEED_KEYS = {"overall": 0, "I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6, "unknown": 7,
+              "I-II": 8, "III-IV": 9, "V-VI": 10}
 # Upper bound on (resamples x items) held in memory at once during the bootstrap.
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -152,6 +166,39 @@ def parse_fst(value: Any) -> str:
     if not (math.isfinite(number) and number.is_integer() and 1 <= number <= 6):
         raise ValueError(f"Fitzpatrick skin type must be 1-6, I-VI or empty, got {value!r}")
     return _ROMAN[int(number) - 1]
+
+
+PARTITIONS: tuple[str, ...] = ("malignant", "benign", "non-neoplastic")
+"""Fitzpatrick17k's ``three_partition``: the second comparison (malignant vs benign neoplasms) drops the third."""
+_PARTITION_ALIASES = {
+    "malignant": "malignant", "malignant-neoplasm": "malignant", "benign": "benign", "benign-neoplasm": "benign",
+    "non-neoplastic": "non-neoplastic", "non_neoplastic": "non-neoplastic", "nonneoplastic": "non-neoplastic",
+    "non neoplastic": "non-neoplastic", "inflammatory": "non-neoplastic",
+}
+
+
+def parse_partition(value: Any) -> str:
+    """A lesion-category cell -> 'malignant' / 'benign' / 'non-neoplastic', or '' when empty or unrecognised."""
+    if not isinstance(value, str):
+        return ""
+    return _PARTITION_ALIASES.get(value.strip().lower(), "")
+
+
+def _check_grouping(grouping: str) -> str:
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {', '.join(GROUPINGS)}, got {grouping!r}")
+    return grouping
+
+
+def group_order(grouping: str = "type") -> tuple[str, ...]:
+    """The groups of a grouping in report order ('unknown' last)."""
+    return FST_GROUPS if _check_grouping(grouping) == "type" else DDI_GROUPS
+
+
+def group_of(value: Any, grouping: str = "type") -> str:
+    """The group of one skin type (anything :func:`parse_fst` accepts) under ``grouping``."""
+    fst = parse_fst(value)
+    return fst if _check_grouping(grouping) == "type" else _DDI_OF[fst]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -515,6 +562,8 @@ class GroupMetrics:
     brier_ci95: CI
     sufficient: bool
     fst_source: str
+    n_label: int = 0  # of the group's skin types, how many came from a label ...
+    n_estimated: int = 0  # ... and how many from the image-based estimate
 
     @property
     def n_neg(self) -> int:
@@ -529,6 +578,8 @@ class GroupMetrics:
             d[f"{m}_ci95"] = [_json_float(lo), _json_float(hi)]
         d["sufficient"] = bool(self.sufficient)
         d["fst_source"] = self.fst_source
+        d["n_fst_label"] = int(self.n_label)
+        d["n_fst_estimated"] = int(self.n_estimated)
         return d
 
     @classmethod
@@ -544,6 +595,8 @@ class GroupMetrics:
             n_pos=int(d["n_pos"]),
             sufficient=bool(d["sufficient"]),
             fst_source=str(d["fst_source"]),
+            n_label=int(d.get("n_fst_label", 0)),
+            n_estimated=int(d.get("n_fst_estimated", 0)),
             **kwargs,
         )
 
@@ -561,6 +614,7 @@ class AuditResult:
     model: str | None = None
     gap_groups: tuple[str, ...] = field(default=())
     """The sufficient, non-'unknown' groups the gaps were taken over (not serialised; derivable)."""
+    grouping: str = "type"
 
     def to_dict(self, model: str | None = None) -> dict[str, Any]:
         """JSON-ready dict (NaN -> None). ``model`` overrides the stored model name if given."""
@@ -573,12 +627,14 @@ class AuditResult:
             "auroc_gap": _json_float(self.auroc_gap),
             "auroc_gap_ci95": [_json_float(lo), _json_float(hi)],
             "sensitivity_gap": _json_float(self.sensitivity_gap),
+            "grouping": self.grouping,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AuditResult:
         """Inverse of :meth:`to_dict` (None -> NaN)."""
         groups = {name: GroupMetrics.from_dict(name, g) for name, g in d["groups"].items()}
+        grouping = str(d.get("grouping", "type"))
         lo, hi = d["auroc_gap_ci95"]
         return cls(
             overall=GroupMetrics.from_dict("overall", d["overall"]),
@@ -588,7 +644,8 @@ class AuditResult:
             sensitivity_gap=_from_json_float(d["sensitivity_gap"]),
             threshold=float(d["threshold"]),
             model=d.get("model"),
-            gap_groups=tuple(g for g in _ROMAN if g in groups and groups[g].sufficient),
+            gap_groups=tuple(g for g in group_order(grouping) if g != "unknown" and g in groups and groups[g].sufficient),
+            grouping=grouping,
         )
 
 
@@ -615,6 +672,15 @@ def _source_of(src: np.ndarray | str, mask: np.ndarray) -> str:
     return present.pop() if len(present) == 1 else "mixed"
 
 
+def _source_counts(src: np.ndarray | str, mask: np.ndarray) -> tuple[int, int]:
+    """(from a label, estimated) among the masked items."""
+    n = int(mask.sum())
+    if isinstance(src, str):
+        return (n, 0) if src == "label" else (0, n)
+    n_label = int(np.sum(src[mask] == "label"))
+    return n_label, n - n_label
+
+
 def _group_metrics(
     name: str,
     y: np.ndarray,
@@ -623,6 +689,7 @@ def _group_metrics(
     n_boot: int,
     seed: int,
     fst_source: str,
+    counts: tuple[int, int] = (0, 0),
 ) -> tuple[GroupMetrics, dict[str, np.ndarray]]:
     point = _metrics_rows(s[None, :], y[None, :], threshold)
     boots = _bootstrap_rows(y, s, threshold, n_boot, _group_rng(seed, name))
@@ -638,6 +705,8 @@ def _group_metrics(
         n_pos=n_pos,
         sufficient=is_sufficient(n, n_pos),
         fst_source=fst_source,
+        n_label=counts[0],
+        n_estimated=counts[1],
         **kwargs,
     )
     return gm, boots
@@ -653,12 +722,14 @@ def audit(
     fst_source: str | Sequence[str] | None = None,
     *,
     model: str | None = None,
+    grouping: str = "type",
 ) -> AuditResult:
     """Audit malignancy ``scores`` (probabilities) against ``y_true`` (0/1) per Fitzpatrick group.
 
     ``groups`` holds one skin type per item in any form :func:`parse_fst` accepts. ``fst_source`` says where
     the skin types came from: ``None``/'label' (clinician-recorded), 'estimated' (from pixels), or one of
-    those per item, in which case a group mixing both is reported as 'mixed'.
+    those per item, in which case a group mixing both is reported as 'mixed' (with its counts).
+    ``grouping``: ``'type'`` (I..VI) or ``'ddi'`` (I-II / III-IV / V-VI), see :func:`group_of`.
 
     ``auroc_gap`` and ``sensitivity_gap`` are max - min over the sufficient groups I..VI (``nan`` when fewer
     than two are sufficient); ``auroc_gap_ci95`` is the percentile interval of the gap recomputed on each
@@ -666,7 +737,8 @@ def audit(
     """
     s = _as_scores(scores, probabilities=True)
     y = _as_labels(y_true)
-    g = np.asarray([parse_fst(v) for v in groups], dtype=object)
+    order = group_order(grouping)
+    g = np.asarray([group_of(v, grouping) for v in groups], dtype=object)
     if not (s.size == y.size == g.size):
         raise ValueError(f"scores, y_true and groups differ in length: {s.size}, {y.size}, {g.size}")
     if not s.size:
@@ -678,18 +750,20 @@ def audit(
     src = _fst_sources(fst_source, s.size)
 
     everyone = np.ones(s.size, dtype=bool)
-    overall, _ = _group_metrics("overall", y, s, t, n_boot, seed, _source_of(src, everyone))
+    overall, _ = _group_metrics("overall", y, s, t, n_boot, seed, _source_of(src, everyone),
+                                _source_counts(src, everyone))
     per_group: dict[str, GroupMetrics] = {}
     boots: dict[str, dict[str, np.ndarray]] = {}
-    for name in FST_GROUPS:
+    for name in order:
         mask = g == name
         if not mask.any():
             continue
         per_group[name], boots[name] = _group_metrics(
-            name, y[mask], s[mask], t, n_boot, seed, _source_of(src, mask)
+            name, y[mask], s[mask], t, n_boot, seed, _source_of(src, mask), _source_counts(src, mask)
         )
 
-    gap_groups = tuple(name for name in _ROMAN if name in per_group and per_group[name].sufficient)
+    gap_groups = tuple(name for name in order
+                       if name != "unknown" and name in per_group and per_group[name].sufficient)
     if len(gap_groups) >= 2:
         aucs = np.array([per_group[name].auroc for name in gap_groups])
         sens = np.array([per_group[name].sensitivity for name in gap_groups])
@@ -714,4 +788,5 @@ def audit(
         threshold=t,
         model=model,
         gap_groups=gap_groups,
+        grouping=grouping,
     )

@@ -35,8 +35,10 @@ __all__ = ["AuditReport", "ExampleTile", "GROUP_COLOURS", "png_bytes", "png_data
 GROUP_COLOURS: dict[str, str] = {
     "overall": "#000000", "I": "#E69F00", "II": "#56B4E9", "III": "#009E73", "IV": "#D55E00",
     "V": "#CC79A7", "VI": "#0072B2", "unknown": "#999999",
+    "I-II": "#E69F00", "III-IV": "#009E73", "V-VI": "#0072B2",
 }
-_GROUP_TITLES = {"overall": "All images", "unknown": "unknown"}
+_GROUP_TITLES = {"overall": "All images", "unknown": "unknown", "I-II": "FST I–II", "III-IV": "FST III–IV",
+                 "V-VI": "FST V–VI"}
 _METRIC_LABELS = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("ppv", "PPV"), ("npv", "NPV"))
 
 
@@ -79,6 +81,10 @@ class AuditReport:
     notes: Sequence[str] = ()
     per_image: Sequence[Mapping[str, Any]] = ()
     title: str = "Fairness audit by skin type"
+    #: Malignant vs benign neoplasms (non-neoplastic conditions left out) and which images it covers.
+    neoplasm_result: core_audit.AuditResult | None = None
+    neoplasm_mask: Sequence[bool] = ()
+    grouping: str = "type"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,28 +194,40 @@ def _svg(parts: list[str], legend: list[tuple[str, str, str]], aria: str) -> str
             f'viewBox="0 0 {width} {height}">' + "".join(parts) + "</svg>")
 
 
-def _curve_groups(report: AuditReport) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
-    """(group, scores, labels, plotted?) for overall and each group present, in report order."""
+def _curve_groups(report: AuditReport, result: core_audit.AuditResult | None = None,
+                  mask: Sequence[bool] | None = None) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+    """(group, scores, labels, plotted?) for overall and each group present, in report order.
+
+    ``result``/``mask``: another comparison over a subset of the images (default: the headline, all images).
+    """
+    res = report.result if result is None else result
     s = np.asarray(report.scores, dtype=np.float64)
     y = np.asarray(report.labels, dtype=np.int8)
-    g = np.asarray(list(report.groups), dtype=object)
-    if not s.size or s.size != y.size or s.size != g.size or report.result is None:
+    g = np.asarray([core_audit.group_of(v, report.grouping) for v in report.groups], dtype=object)
+    if not s.size or s.size != y.size or s.size != g.size or res is None:
         return []
+    if mask is not None:
+        keep = np.asarray(list(mask), dtype=bool)
+        if keep.size != s.size:
+            return []
+        s, y, g = s[keep], y[keep], g[keep]
     out = [("overall", s, y, True)]
-    for name in core_audit.FST_GROUPS:
+    for name in core_audit.group_order(report.grouping):
         m = g == name
         if not m.any():
             continue
-        gm = report.result.groups.get(name)
+        gm = res.groups.get(name)
         out.append((name, s[m], y[m], bool(gm and gm.sufficient)))
     return out
 
 
-def roc_svg(report: AuditReport) -> str:
+def roc_svg(report: AuditReport, result: core_audit.AuditResult | None = None,
+            mask: Sequence[bool] | None = None) -> str:
+    res = report.result if result is None else result
     parts = _axes("1 − specificity (false-positive rate)", "sensitivity (true-positive rate)")
     legend = []
-    for name, s, y, plotted in _curve_groups(report):
-        gm = report.result.overall if name == "overall" else report.result.groups[name]  # type: ignore[union-attr]
+    for name, s, y, plotted in _curve_groups(report, result, mask):
+        gm = res.overall if name == "overall" else res.groups[name]  # type: ignore[union-attr]
         if not plotted or not (0 < y.sum() < y.size):
             legend.append(("#ddd", f"{_group_title(name)}: insufficient (n={y.size})", ""))
             continue
@@ -220,7 +238,7 @@ def roc_svg(report: AuditReport) -> str:
         dash = "6 3" if name == "unknown" else ""
         d = f' stroke-dasharray="{dash}"' if dash else ""
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="{width}"{d}/>')
-        legend.append((colour, f"{_group_title(name)} AUROC {_num(gm.auroc)}", dash))
+        legend.append((colour, f"{_group_title(name)} AUROC {_num(gm.auroc)} (n={gm.n})", dash))
     return _svg(parts, legend, "ROC curves per skin type")
 
 
@@ -295,8 +313,12 @@ def _metric_cell(gm: core_audit.GroupMetrics, m: str) -> str:
     return f"{_num(getattr(gm, m))} {_ci(getattr(gm, f'{m}_ci95'))}"
 
 
-def _source_text(src: str) -> str:
-    return {"label": "clinician label", "estimated": "ITA estimate", "mixed": "label + estimate"}.get(src, src)
+def _source_text(src: str, gm: core_audit.GroupMetrics | None = None) -> str:
+    """Where a group's skin types came from; a group holding both says how many of each."""
+    if src == "mixed" and gm is not None and (gm.n_label or gm.n_estimated):
+        return f"mixed: {gm.n_label} label + {gm.n_estimated} estimated"
+    return {"label": "label (clinician/annotator)", "estimated": "image estimate",
+            "mixed": "mixed: label + estimate"}.get(src, src)
 
 
 def metrics_table(result: core_audit.AuditResult) -> str:
@@ -306,7 +328,7 @@ def metrics_table(result: core_audit.AuditResult) -> str:
     for name, gm in [("overall", result.overall), *result.groups.items()]:
         cls = "overall" if name == "overall" else ("ok" if gm.sufficient else "insufficient")
         swatch = f'<span class="sw" style="background:{GROUP_COLOURS.get(name, "#333")}"></span>'
-        cells = [f"<td>{swatch}{_esc(_group_title(name))}</td>", f"<td>{_esc(_source_text(gm.fst_source))}</td>",
+        cells = [f"<td>{swatch}{_esc(_group_title(name))}</td>", f"<td>{_esc(_source_text(gm.fst_source, gm))}</td>",
                  f"<td class='n'>{gm.n}</td>", f"<td class='n'>{gm.n_pos}</td>"]
         if name != "overall" and not gm.sufficient:
             why = f"n={gm.n}, {gm.n_pos} malignant, {gm.n_neg} benign"
@@ -323,18 +345,18 @@ def metrics_table(result: core_audit.AuditResult) -> str:
 
 
 def gap_block(result: core_audit.AuditResult) -> str:
-    gg = list(result.gap_groups) or [g for g in ("I", "II", "III", "IV", "V", "VI")
-                                       if g in result.groups and result.groups[g].sufficient]
+    gg = list(result.gap_groups) or [g for g in core_audit.group_order(result.grouping)
+                                       if g != "unknown" and g in result.groups and result.groups[g].sufficient]
     if len(gg) < 2 or not _finite(result.auroc_gap):
-        return ('<p class="gap"><b>AUROC gap:</b> not computable — fewer than two skin types (I–VI) have enough '
+        return ('<p class="gap"><b>AUROC gap:</b> not computable — fewer than two skin-type groups have enough '
                 f"images (n ≥ {core_audit.MIN_GROUP_N}, ≥ {core_audit.MIN_CLASS_N} malignant and benign). "
                 "This is not evidence of fairness; it is missing evidence.</p>")
     aucs = {g: result.groups[g].auroc for g in gg}
     hi = max(aucs, key=lambda k: aucs[k])
     lo = min(aucs, key=lambda k: aucs[k])
     return (f'<p class="gap"><b>AUROC gap</b> (best − worst over the sufficient skin types {", ".join(gg)}): '
-            f"<b>{_num(result.auroc_gap)}</b> {_ci(result.auroc_gap_ci95)} — highest FST {hi} "
-            f"({_num(aucs[hi])}), lowest FST {lo} ({_num(aucs[lo])}). "
+            f"<b>{_num(result.auroc_gap)}</b> {_ci(result.auroc_gap_ci95)} — highest {_group_title(hi)} "
+            f"({_num(aucs[hi])}), lowest {_group_title(lo)} ({_num(aucs[lo])}). "
             f"<b>Sensitivity gap</b> at the threshold: {_num(result.sensitivity_gap)}.</p>")
 
 
@@ -345,16 +367,17 @@ def _fst_note(report: AuditReport) -> str:
     n_lab = sum(1 for s in src if s == "label")
     est = [g for g, s in zip(report.groups, src, strict=False) if s == "estimated"]
     if not est:
-        return f"<p>Skin type: the clinician's Fitzpatrick label for all {n_lab} audited images.</p>"
+        return (f"<p><b>Skin type source.</b> The Fitzpatrick label of the labels file (a clinician's or an "
+                f"annotator's) for all {n_lab} audited images; no estimate was used.</p>")
     n_unknown = sum(1 for g in est if g == "unknown")
-    text = (f"<p><b>Skin type source.</b> {n_lab} images have a clinician Fitzpatrick label. For {len(est)} images "
-            "the label was empty, so the engine's ITA estimate (individual typology angle of the visible skin "
-            "around the lesion) was used; groups containing such images are marked \"ITA estimate\" or "
-            "\"label + estimate\" in the table. ")
+    text = (f"<p><b>Skin type source.</b> {n_lab} images have a Fitzpatrick label (a clinician's or an annotator's). "
+            f"For {len(est)} images the label was empty, so the engine's image-based estimate (colour of the "
+            "visible skin around the lesion) was used; the \"FST from\" column says for every group whether its "
+            "types are labels, estimates, or a mix, with the counts of each. ")
     if n_unknown:
         text += (f"For {n_unknown} of them no estimate was possible (for example masked crops that show no "
                  "surrounding skin); they form the group \"unknown\", which never enters the gaps. ")
-    return text + "An ITA estimate is a proxy for, not a measurement of, the Fitzpatrick type.</p>"
+    return text + "An estimate is a proxy for, not a measurement of, the Fitzpatrick type.</p>"
 
 
 def _kv_table(d: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -491,9 +514,11 @@ interval. A best-minus-worst difference is never negative and noise alone spread
 and its interval lean high and the interval cannot contain 0 even when the groups do not differ. Read it as "how
 large a gap the data allow"; whether two groups really differ is shown by their own AUROC intervals (overlap =
 no demonstrated difference).</li>
-<li><b>Skin type source.</b> Where the labels file gave no Fitzpatrick type, the engine's ITA estimate from the
-skin around the lesion was used and the group is marked as estimated; images where neither exists form the group
-"unknown", which is reported but never compared.</li>
+<li><b>Skin type source.</b> Where the labels file gave no Fitzpatrick type, the engine's image-based estimate from
+the skin around the lesion was used; the "FST from" column gives, per group, how many types are labels and how many
+estimates. Images where neither exists form the group "unknown", which is reported but never compared.</li>
+<li><b>Groups.</b> Per type (I–VI) or DDI-style (I–II, III–IV, V–VI, as the Diverse Dermatology Images study
+reports dark skin): pooled groups stay above n = 30 where single types are small.</li>
 <li><b>Explanations.</b> The saliency-in-lesion ratio asks whether the model's attention (Grad-CAM) lies on the
 lesion. Compare each group's ratio with its lesion area share (chance level) and with the other groups. Grad-CAM
 is coarse (8×8 cells over the image), so small lesions cannot reach a ratio of 1.</li>
@@ -519,6 +544,25 @@ font-weight:600;padding-top:36px}figure{margin:0;text-align:center}figure img{wi
 image-rendering:auto;border:1px solid #ccc}figcaption{font-size:10px;color:#444;max-width:110px}
 .small{font-size:.85em}.warn{background:#fff3f3;border:1px solid #e0b4b4;padding:8px 10px}
 """
+
+
+def neoplasm_section(report: AuditReport) -> str:
+    """Malignant vs benign neoplasms (non-neoplastic conditions left out), beside the headline."""
+    nr = report.neoplasm_result
+    if not report.neoplasm_mask:
+        return ""
+    if nr is None:
+        return ('<h2 id="neoplasm">Malignant vs benign neoplasms</h2><p>Not computable: the labels have a lesion '
+                "category, but the images left after removing the non-neoplastic ones do not hold both classes.</p>")
+    n_excl = len(report.neoplasm_mask) - sum(bool(v) for v in report.neoplasm_mask)
+    return "\n".join([
+        '<h2 id="neoplasm">Malignant vs benign neoplasms</h2>',
+        f'<p class="sub">The same scores, with the {n_excl} non-neoplastic (inflammatory) or uncategorised images '
+        f"left out: {nr.overall.n_pos} malignant against {nr.overall.n_neg} benign neoplasms. A harder question "
+        "than the headline, since inflammatory conditions are easy to tell from cancer.</p>",
+        metrics_table(nr), gap_block(nr),
+        f'<div class="plots">{roc_svg(report, nr, report.neoplasm_mask)}</div>',
+    ])
 
 
 def render_html(report: AuditReport) -> str:
@@ -556,7 +600,12 @@ def render_html(report: AuditReport) -> str:
                      'statistics; they are listed under <a href="#failed">failed images</a>.</p>')
     for note in report.notes:
         parts.append(f'<p class="warn">{_esc(note)}</p>')
-    parts.append('<h2 id="table">Metrics by Fitzpatrick skin type</h2>')
+    grouping_text = ("DDI-style groups I–II / III–IV / V–VI" if report.grouping == "ddi" else "each type I–VI")
+    headline = "malignant vs the rest" if report.neoplasm_mask else ""
+    parts.append('<h2 id="table">Metrics by Fitzpatrick skin type' + (f" — {headline}" if headline else "") + "</h2>")
+    parts.append(f'<p class="sub">Skin-type groups: {grouping_text}.'
+                 + (" Headline comparison: every malignant image against all others (benign neoplasms and "
+                    "non-neoplastic conditions)." if headline else "") + "</p>")
     if res is None:
         parts.append('<p class="warn">No image could be scored, so there is nothing to audit.</p>')
     else:
@@ -570,6 +619,7 @@ def render_html(report: AuditReport) -> str:
             parts.append(f'<div class="plots">{roc_svg(report)}{calibration_svg(report)}</div>')
         else:
             parts.append("<p>Curves unavailable (per-image scores were not supplied).</p>")
+        parts.append(neoplasm_section(report))
     parts.append(explanation_section(report))
     parts.append(model_section(card))
     parts.append(_list_section("Failed images", "failed", list(report.failed), "Every listed image was scored.",
@@ -594,6 +644,11 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
         d = {"model": card.get("name"), "threshold": card.get("threshold"), "overall": None, "groups": {},
              "auroc_gap": None, "auroc_gap_ci95": [None, None], "sensitivity_gap": None}
     d["gap_groups"] = list(res.gap_groups) if res is not None else []
+    d["grouping"] = report.grouping
+    if report.neoplasm_mask:
+        nr = report.neoplasm_result
+        d["malignant_vs_benign_neoplasm"] = None if nr is None else {
+            **nr.to_dict(model=str(card.get("name", nr.model or ""))), "gap_groups": list(nr.gap_groups)}
     d["model_card"] = {k: card.get(k) for k in ("name", "version", "file", "sha256", "size_bytes", "threshold")}
     d["model_card"]["provenance"] = dict(card.get("provenance") or {})
     d["model_card"]["metrics"] = dict(card.get("metrics") or {})

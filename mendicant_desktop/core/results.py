@@ -58,13 +58,20 @@ class Prediction:
 
 @dataclass(frozen=True)
 class SkinToneEstimate:
-    """ITA-based Fitzpatrick estimate. ``fst`` is 'I'..'VI' or 'unknown' (then ``reason`` says why)."""
+    """Image-based Fitzpatrick estimate. ``fst`` is 'I'..'VI' or 'unknown' (then ``reason`` says why, in one line).
+
+    ``confidence`` is the model's probability that the type is exactly right and ``confidence_within_one`` that it
+    is within one type (both None when unknown); ``probabilities`` is the posterior over I..VI when one was computed.
+    """
 
     fst: str
     ita: float | None
     skin_fraction: float
     estimated: bool = True
     reason: str = ""
+    confidence: float | None = None
+    confidence_within_one: float | None = None
+    probabilities: tuple[float, ...] | None = None
 
     @property
     def known(self) -> bool:

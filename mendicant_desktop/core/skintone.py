@@ -1,21 +1,38 @@
-"""Skin-tone estimate: Individual Typology Angle (ITA) on visible skin, mapped to Fitzpatrick I-VI.
+"""Skin-type estimate: Fitzpatrick I-VI from colour statistics of the visible skin, with a confidence.
 
-ITA = arctan((L* - 50) / b*) in degrees, on skin pixels in CIELAB (D65). It is a proxy for the
-clinician-assigned Fitzpatrick type: callers show it as "estimated" and let the user override it.
-Skin is taken from the image border ring (the lesion is usually central), on the bright side of an
-Otsu split of the blurred L* channel, excluding near-black pixels (dermoscope vignette, masked
-backgrounds) and specular highlights. Too little such skin gives "unknown" with a reason.
+A proxy for the clinician-assigned Fitzpatrick type: callers show it as "estimated" and let the user
+override it. Two steps, numpy only at run time:
+
+1. :func:`skin_features` - percentiles of CIELAB L*, a*, b*, ITA, hue, chroma, log(R/G), log(G/B) and
+   saturation over three pixel sets (the whole frame, the skin-coloured pixels, the skin-coloured pixels of the
+   border ring, where skin usually surrounds a central lesion), plus the shares of those sets. Percentiles make
+   the statistics robust to the lesion and to background that slips into a set.
+2. A multinomial logistic regression on those features (:class:`SkinToneModel`), fitted by
+   ``python -m compression.skintone_fit`` on the train split of Fitzpatrick17k (grouped by ``duplicate_group``)
+   and stored in ``resources/skintone/``. The estimate is the posterior mean rounded to a type (an ordinal
+   read of the posterior: it keeps dark skin from jumping to I-II when the classes near it share the mass).
+
+It answers "unknown", with a one-line reason, when the border is mostly black (a masked crop: PAD), when too
+little skin-coloured area is visible, or when the posterior is too spread ("too mixed": the colours fit
+several distant types). ITA = arctan((L* - 50) / b*) of the median skin pixel is still reported beside it.
 """
 
 from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .results import SkinToneEstimate
 
-#: (lower ITA bound, type), checked in order: > 55 I, 41-55 II, 28-41 III, 10-28 IV, -30-10 V, < -30 VI.
+#: The classic ITA bands (Chardon et al.) - kept for reference and for callers that show the ITA; the estimate
+#: itself comes from the learned model. (lower ITA bound, type), checked in order: > 55 I, 41-55 II, 28-41 III, 10-28 IV, -30-10 V, < -30 VI.
 ITA_BANDS: tuple[tuple[float, str], ...] = ((55.0, "I"), (41.0, "II"), (28.0, "III"), (10.0, "IV"), (-30.0, "V"))
 FST_TYPES: tuple[str, ...] = ("I", "II", "III", "IV", "V", "VI")
+#: The old ITA rule's threshold (share of the border ring that must be skin); the learned model carries its own.
 MIN_SKIN_FRACTION = 0.25
 BORDER = 0.15
 #: Above this share of near-black border pixels the image is a masked crop (PAD-style): no skin to use.
@@ -127,31 +144,210 @@ def lesion_skin_masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return lab, lesion, skin
 
 
-def estimate_skin_tone(rgb: np.ndarray, min_skin_fraction: float = MIN_SKIN_FRACTION) -> SkinToneEstimate:
-    """Estimate FST from an RGB uint8 image.
 
-    ``skin_fraction`` is the share of the border ring (outer 15% of each side) classified as skin.
-    """
+# ---------------------------------------------------------------------------------------------------------
+# Learned estimate
+# ---------------------------------------------------------------------------------------------------------
+
+#: Bumped whenever :func:`skin_features` changes: a stored model or a feature cache of another version is refused.
+FEATURE_VERSION = "colour-stats-v1"
+PERCENTILES: tuple[int, ...] = (5, 10, 25, 50, 75, 90, 95)
+CHANNELS: tuple[str, ...] = ("L", "a", "b", "ita", "hue", "chroma", "log_rg", "log_gb", "sat")
+REGIONS: tuple[str, ...] = ("frame", "skin", "ring_skin")
+EXTRA_FEATURES: tuple[str, ...] = (
+    "valid_share", "skin_share", "ring_skin_share", "ring_background_share", "frame_L_p99", "skin_L_minus_frame_p99",
+)
+#: A pixel whose every channel is below this is mask-black (PAD's crops: 0 plus JPEG noise). Photos on a black
+#: cloth are darker than skin but not this dark (every Fitzpatrick17k photo has < 50% of its border ring below it;
+#: every PAD crop > 65%); the wider near-black test (L* < 12) also caught dark skin in dim photos.
+MASK_BLACK = 10
+#: Fewer pixels than this in a set: the set falls back to the next wider one (statistics of 8 pixels are noise).
+_MIN_SET = 8
+
+
+def feature_names() -> tuple[str, ...]:
+    """Names of :func:`skin_features`' vector, in order (stored with the model and checked on load)."""
+    names = [f"{r}.{c}.p{q}" for r in REGIONS for c in CHANNELS for q in PERCENTILES]
+    return tuple(names) + EXTRA_FEATURES
+
+
+@dataclass(frozen=True)
+class SkinFeatures:
+    """The feature vector and the shares the unknown rules read."""
+
+    vector: np.ndarray
+    skin_fraction: float  # share of the border ring that is skin-coloured
+    skin_share: float  # share of the whole frame that is skin-coloured
+    background_fraction: float  # share of the border ring that is near-black (L* < 12 or every channel < 20)
+    ita: float | None  # ITA of the median skin-coloured pixel (degrees), None when there is none
+    masked_fraction: float = 0.0  # share of the border ring that is mask-black (every channel < MASK_BLACK)
+
+
+def skin_colour_mask(lab: np.ndarray, rgb_small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, skin-coloured) masks: valid excludes near-black background and specular highlights; skin-coloured
+    keeps warm hues (10-100 deg in a*b*, i.e. red-orange to yellow) with some chroma, which every skin type has and
+    white sheets, grey instruments, blue clothing and black masks do not."""
+    L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    background = (L < 12.0) | (rgb_small.max(axis=2) < 20)
+    valid = ~background & (L < 97.0)
+    hue = np.degrees(np.arctan2(b, a))
+    chroma = np.hypot(a, b)
+    skin = valid & (a > -2.0) & (b > 0.0) & (hue > 10.0) & (hue < 100.0) & (chroma > 5.0)
+    return valid, skin
+
+
+def skin_features(rgb: np.ndarray) -> SkinFeatures:
+    """Colour statistics of an RGB uint8 image (see the module docstring). About 20 ms at the 256-px analysis size."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("expected an RGB uint8 image (H, W, 3)")
-    lab, _lesion, skin = lesion_skin_masks(rgb)
-    ring = border_ring(skin.shape)
-    frac = float(skin[ring].mean())
     small = _downsample(rgb)
-    background = float(((lab[..., 0] < 12.0) | (small.max(axis=2) < 20))[ring].mean())
-    if background > MAX_BACKGROUND_FRACTION:
-        return SkinToneEstimate(
-            fst="unknown", ita=None, skin_fraction=frac,
-            reason=f"the image border is {background:.0%} black: a masked or background-removed crop shows "
-                   "no surrounding skin to estimate from",
+    lab = srgb_to_lab(small)
+    L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    f = small.astype(np.float64) + 1.0
+    mx = f.max(axis=2)
+    channels = {
+        "L": L, "a": a, "b": b,
+        "ita": np.degrees(np.arctan2(L - 50.0, b)),
+        "hue": np.degrees(np.arctan2(b, a)),
+        "chroma": np.hypot(a, b),
+        "log_rg": np.log(f[..., 0] / f[..., 1]),
+        "log_gb": np.log(f[..., 1] / f[..., 2]),
+        "sat": (mx - f.min(axis=2)) / mx,
+    }
+    valid, skin = skin_colour_mask(lab, small)
+    ring = border_ring(L.shape)
+    background = ~valid & (L < 97.0)  # near-black only (specular highlights are not background)
+    frame = np.ones(L.shape, dtype=bool)
+    sets = {"frame": frame, "skin": skin, "ring_skin": ring & skin}
+    out: list[float] = []
+    for region in REGIONS:
+        m = sets[region]
+        if m.sum() < _MIN_SET:
+            m = valid if valid.sum() >= _MIN_SET else frame
+        for c in CHANNELS:
+            out.extend(np.percentile(channels[c][m], PERCENTILES).tolist())
+    frame_p99 = float(np.percentile(L, 99))
+    skin_median_L = float(np.median(L[skin])) if skin.any() else 0.0
+    out += [float(valid.mean()), float(skin.mean()), float(skin[ring].mean()), float(background[ring].mean()),
+            frame_p99, skin_median_L - frame_p99 if skin.any() else 0.0]
+    ita = float(np.degrees(np.arctan2(np.median(L[skin]) - 50.0, np.median(b[skin])))) if skin.any() else None
+    masked = small.max(axis=2) < MASK_BLACK
+    return SkinFeatures(
+        vector=np.asarray(out, dtype=np.float64), skin_fraction=float(skin[ring].mean()),
+        skin_share=float(skin.mean()), background_fraction=float(background[ring].mean()), ita=ita,
+        masked_fraction=float(masked[ring].mean()),
+    )
+
+
+def default_model_path() -> Path:
+    from .bundle import resources_dir
+
+    return resources_dir() / "skintone" / "fst_colour_logreg.json"
+
+
+@dataclass(frozen=True, eq=False)
+class SkinToneModel:
+    """Standardise -> multinomial logistic regression -> posterior over I..VI (see compression.skintone_fit)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (6, n_features)
+    intercept: np.ndarray  # (6,)
+    max_spread: float  # posterior standard deviation (in types) above which the answer is "unknown"
+    min_skin_fraction: float
+    min_skin_share: float
+    max_background_fraction: float
+    provenance: dict
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> SkinToneModel:
+        p = Path(path) if path is not None else default_model_path()
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the skin-type model {p}: {exc}") from exc
+        if d.get("feature_version") != FEATURE_VERSION or tuple(d.get("feature_names", ())) != feature_names():
+            raise ValueError(f"{p} was fitted on features {d.get('feature_version')!r}, this code computes "
+                             f"{FEATURE_VERSION!r}: refit it with python -m compression.skintone_fit")
+        if tuple(d.get("classes", ())) != FST_TYPES:
+            raise ValueError(f"{p}: classes must be {FST_TYPES}")
+        rules = d["unknown_rules"]
+        return cls(
+            mean=np.asarray(d["mean"], float), scale=np.asarray(d["scale"], float),
+            coef=np.asarray(d["coef"], float), intercept=np.asarray(d["intercept"], float),
+            max_spread=float(rules["max_spread"]), min_skin_fraction=float(rules["min_skin_fraction"]),
+            min_skin_share=float(rules["min_skin_share"]),
+            max_background_fraction=float(rules["max_background_fraction"]), provenance=d.get("provenance", {}),
         )
-    if frac < min_skin_fraction:
+
+    def posterior(self, vector: np.ndarray) -> np.ndarray:
+        z = self.coef @ ((vector - self.mean) / self.scale) + self.intercept
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+
+_MODEL: SkinToneModel | None = None
+_MODEL_LOCK = threading.Lock()
+
+
+def default_model() -> SkinToneModel:
+    """The bundled model, loaded once (thread-safe: the batch decode pool calls this from several threads)."""
+    global _MODEL
+    with _MODEL_LOCK:
+        if _MODEL is None:
+            _MODEL = SkinToneModel.load()
+        return _MODEL
+
+
+def decide(posterior: np.ndarray) -> tuple[int, float, float, float]:
+    """(type index 0..5, p(exact), p(within one type), posterior spread in types) from a posterior over I..VI.
+
+    The type is the posterior mean rounded (an ordinal read), not the argmax.
+    """
+    idx = np.arange(6, dtype=np.float64)
+    mean = float(posterior @ idx)
+    k = int(np.clip(np.rint(mean), 0, 5))
+    spread = float(np.sqrt(posterior @ (idx - mean) ** 2))
+    return k, float(posterior[k]), float(posterior[max(0, k - 1): k + 2].sum()), spread
+
+
+def estimate_from_features(feats: SkinFeatures, model: SkinToneModel, min_skin_fraction: float | None = None
+                           ) -> SkinToneEstimate:
+    """The estimate (or "unknown" with its reason) for precomputed features - the benchmark's entry point."""
+    min_frac = model.min_skin_fraction if min_skin_fraction is None else min_skin_fraction
+    base = dict(skin_fraction=feats.skin_fraction)
+    if feats.masked_fraction > model.max_background_fraction:
         return SkinToneEstimate(
-            fst="unknown", ita=None, skin_fraction=frac,
-            reason=f"too little skin visible around the lesion ({frac:.0%} of the image border; needs "
-                   f"{min_skin_fraction:.0%}); a masked or tightly cropped image cannot be estimated",
+            fst="unknown", ita=None, **base,
+            reason=f"the image border is {feats.masked_fraction:.0%} black: a masked or background-removed "
+                   "crop shows no surrounding skin to estimate from",
         )
-    L = lab[..., 0][skin]
-    b = lab[..., 2][skin]
-    ita = float(np.degrees(np.arctan2(np.median(L) - 50.0, np.median(b))))
-    return SkinToneEstimate(fst=ita_to_fst(ita), ita=ita, skin_fraction=frac)
+    if feats.skin_fraction < min_frac or feats.skin_share < model.min_skin_share:
+        return SkinToneEstimate(
+            fst="unknown", ita=None, **base,
+            reason=f"too little skin visible ({feats.skin_fraction:.0%} of the image border and "
+                   f"{feats.skin_share:.0%} of the image look like skin; needs {min_frac:.0%} and "
+                   f"{model.min_skin_share:.0%}); a masked or tightly cropped image cannot be estimated",
+        )
+    post = model.posterior(feats.vector)
+    k, p_exact, p_within, spread = decide(post)
+    probs = tuple(float(p) for p in post)
+    if spread > model.max_spread:
+        lo, hi = FST_TYPES[int(np.argmax(post > 0.15))], FST_TYPES[5 - int(np.argmax(post[::-1] > 0.15))]
+        return SkinToneEstimate(
+            fst="unknown", ita=None, **base, probabilities=probs,
+            reason=f"the visible skin is too mixed to call: its colours fit types {lo} to {hi} about equally "
+                   "(lighting, shadow or a large lesion)",
+        )
+    return SkinToneEstimate(fst=FST_TYPES[k], ita=feats.ita, **base, confidence=p_exact,
+                            confidence_within_one=p_within, probabilities=probs)
+
+
+def estimate_skin_tone(rgb: np.ndarray, min_skin_fraction: float | None = None,
+                       model: SkinToneModel | None = None) -> SkinToneEstimate:
+    """Estimate the Fitzpatrick type of an RGB uint8 image, with a confidence, or "unknown" with a reason.
+
+    ``skin_fraction`` is the share of the border ring (outer 15% of each side) that is skin-coloured.
+    """
+    feats = skin_features(rgb)
+    return estimate_from_features(feats, model or default_model(), min_skin_fraction)

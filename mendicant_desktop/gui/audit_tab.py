@@ -8,6 +8,7 @@ import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -46,7 +47,8 @@ from .worker import BackgroundOp, store_pool
 GUI_COLUMNS = audit_text.TABLE_COLUMNS[:-1]  # the note goes into a spanned cell / tooltip
 
 
-def _audit(engine, labels_csv: str, images_dir: str, threshold: float | None, n_boot: int, ctx) -> AuditRun:
+def _audit(engine, labels_csv: str, images_dir: str, threshold: float | None, n_boot: int, ctx,
+           grouping: str = "type") -> AuditRun:
     """The Audit tab's background work: the app layer's audit run, reporting progress to ``ctx``."""
     labels, metadata = load_audit_inputs(labels_csv, images_dir)
 
@@ -56,7 +58,7 @@ def _audit(engine, labels_csv: str, images_dir: str, threshold: float | None, n_
         ctx.progress(done, total + 1, msg)
 
     run = run_audit(engine, labels, metadata, threshold=threshold, n_boot=n_boot, stop=lambda: ctx.cancelled,
-                    progress=progress, images_dir=images_dir)
+                    progress=progress, images_dir=images_dir, grouping=grouping)
     if run.interrupted or ctx.cancelled:
         raise CancelledError("audit cancelled")
     if run.result is None:
@@ -81,7 +83,8 @@ class AuditTab(QWidget):
         root.setContentsMargins(12, 8, 12, 8)
         root.setSpacing(6)
         intro = QLabel("Per-skin-type performance of the loaded model on your own labelled images. CSV columns: "
-                       "<b>image</b>, <b>malignant</b> (0/1) or <b>dx</b>, <b>fst</b> (1–6; empty = estimated).")
+                       "<b>image</b>, <b>malignant</b> (0/1) or <b>dx</b>, <b>fst</b> (1–6; empty = estimated); optional "
+                       "<b>three_partition</b> (malignant / benign / non-neoplastic) adds malignant vs benign neoplasms.")
         intro.setWordWrap(True)
         intro.setObjectName("Muted")
         root.addWidget(intro)
@@ -139,6 +142,13 @@ class AuditTab(QWidget):
         self.n_boot.setToolTip("Bootstrap resamples for the 95% confidence intervals")
         r3.addWidget(self.n_boot)
         r3.addSpacing(12)
+        r3.addWidget(QLabel("Groups:"))
+        self.grouping = QComboBox()
+        self.grouping.addItem("per type I–VI", "type")
+        self.grouping.addItem("DDI-style I–II / III–IV / V–VI", "ddi")
+        self.grouping.setToolTip("DDI-style pooled groups keep small dark-skin groups above n = 30")
+        r3.addWidget(self.grouping)
+        r3.addSpacing(12)
         self.run_btn = QPushButton("Run audit")
         self.run_btn.setObjectName("Primary")
         self.cancel_btn = QPushButton("Cancel")
@@ -176,7 +186,8 @@ class AuditTab(QWidget):
             f"Groups with n < {core_audit.MIN_GROUP_N}, or fewer than {core_audit.MIN_CLASS_N} positives or "
             "negatives, are insufficient: their figures are withheld and they are left out of the gap. Sensitivity "
             "and specificity are at the operating threshold; ECE is the expected calibration error (10 bins). "
-            "“estimated” = skin type from the image, not from a clinician.")
+            "“label” = the labels file's skin type (a clinician's or an annotator's); “estimated” = from the "
+            "image; a “mixed” group says how many of each.")
         self.reading.setWordWrap(True)
         self.reading.setObjectName("Muted")
         tl.addWidget(self.reading)
@@ -222,11 +233,14 @@ class AuditTab(QWidget):
         if d:
             self.images_edit.setText(d)
 
-    def set_inputs(self, labels_csv: str | Path, images_dir: str | Path, n_boot: int | None = None) -> None:
+    def set_inputs(self, labels_csv: str | Path, images_dir: str | Path, n_boot: int | None = None,
+                   grouping: str | None = None) -> None:
         self.labels_edit.setText(str(labels_csv))
         self.images_edit.setText(str(images_dir))
         if n_boot is not None:
             self.n_boot.setValue(int(n_boot))
+        if grouping is not None:
+            self.grouping.setCurrentIndex(max(0, self.grouping.findData(grouping)))
 
     # ---- run ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -243,6 +257,7 @@ class AuditTab(QWidget):
             return
         threshold = self.services.threshold
         n_boot = self.n_boot.value()
+        grouping = self.grouping.currentData()
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.progress.setRange(0, 0)
@@ -250,7 +265,7 @@ class AuditTab(QWidget):
         self.status.setText("")
 
         def op(ctx):
-            return _audit(engine, labels, images, threshold, n_boot, ctx)
+            return _audit(engine, labels, images, threshold, n_boot, ctx, grouping)
 
         self._op = (BackgroundOp(self, op=op, success=self._done).failure(lambda e: self._fail(str(e)))
                     .with_progress(self._progress).on_cancel(self._cancelled).run_in_background())
@@ -359,7 +374,8 @@ class AuditTab(QWidget):
                 self.table.item(i, 3).setText(note[:1].upper() + note[1:] + " — figures withheld")
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.gap.setText(f"<b>{audit_text.gap_text(res)}</b>")
+        neo = audit_text.neoplasm_text(run)
+        self.gap.setText(f"<b>{audit_text.gap_text(res)}</b>" + (f"<br>{neo}" if neo else ""))
         n_est = sum(s == "estimated" for s in run.fst_source)
         self.status.setText(
             f"{len(run.scores)} images scored with {run.model} at threshold {pct(run.threshold)}"
@@ -374,7 +390,7 @@ class AuditTab(QWidget):
             if g not in curves:
                 continue
             c = curves[g]
-            name = "All" if g == "overall" else f"FST {g}"
+            name = audit_text.group_label(g)
             gm = res.overall if g == "overall" else res.groups[g]
             auc = "" if np.isnan(gm.auroc) else f" (AUROC {gm.auroc:.2f})"
             roc.append(Series(name + auc, c["fpr"], c["tpr"], GROUP_COLOURS[g]))

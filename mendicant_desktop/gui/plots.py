@@ -14,19 +14,12 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFontMetrics, QImage, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from mendicant_desktop.core import report_html
+
 from .qtutil import GRID, INK, MUTED
 
-#: Okabe-Ito colour-blind-safe palette, one colour per group in report order.
-GROUP_COLOURS = {
-    "overall": QColor("#000000"),
-    "I": QColor("#E69F00"),
-    "II": QColor("#56B4E9"),
-    "III": QColor("#009E73"),
-    "IV": QColor("#D55E00"),
-    "V": QColor("#CC79A7"),
-    "VI": QColor("#0072B2"),
-    "unknown": QColor("#999999"),
-}
+#: Okabe-Ito colour-blind-safe palette, one colour per group (per type and DDI-style): the HTML report's colours.
+GROUP_COLOURS = {name: QColor(hex_colour) for name, hex_colour in report_html.GROUP_COLOURS.items()}
 
 
 @dataclass

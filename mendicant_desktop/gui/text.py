@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES, Prediction, SkinToneEstimate
+from mendicant_desktop.core.skintone import FST_TYPES
 
 DISCLAIMER = (
     "Decision support, not a diagnosis. MENDICANT estimates probabilities from one image; it can be wrong, "
@@ -86,12 +87,40 @@ def summary(pred: Prediction, warnings: list[str] | None = None) -> str:
     return " ".join(parts)
 
 
+#: (lowest within-one-type probability, word) for the skin-type headline: how sure the estimate is, in one word.
+SKIN_CONFIDENCE_LEVELS: tuple[tuple[float, str], ...] = ((0.9, "high"), (0.75, "moderate"), (0.0, "low"))
+
+
+def skin_confidence_level(skin: SkinToneEstimate) -> str:
+    """'high' / 'moderate' / 'low' from the probability that the estimate is within one type ('' if none)."""
+    if not skin.known or skin.confidence_within_one is None:
+        return ""
+    return next(word for bound, word in SKIN_CONFIDENCE_LEVELS if skin.confidence_within_one >= bound)
+
+
+def skin_confidence_text(skin: SkinToneEstimate) -> str:
+    """"72% that it is exactly V, 95% that it is within one type (IV–VI)" (empty when there is no confidence)."""
+    if not skin.known or skin.confidence is None:
+        return ""
+    text = f"{skin.confidence:.0%} that it is exactly {skin.fst}"
+    if skin.confidence_within_one is not None:
+        i = FST_TYPES.index(skin.fst)
+        span = f"{FST_TYPES[max(0, i - 1)]}–{FST_TYPES[min(5, i + 1)]}"
+        text += f", {skin.confidence_within_one:.0%} that it is within one type ({span})"
+    return text
+
+
 def skin_text(skin: SkinToneEstimate | None, override: str | None, enabled: bool = True) -> tuple[str, str]:
-    """(headline, detail) for the skin-type panel and the report."""
+    """(headline, detail) for the skin-type panel and the report.
+
+    A known estimate says how sure it is (the model's probability of that type, and of being within one type);
+    an unknown one gives its one-line reason.
+    """
     if override:
         head = f"Fitzpatrick {override} — set by the clinician"
         if skin is not None and skin.known:
-            detail = f"The image-based estimate was {skin.fst} (ITA {skin.ita:.1f}°)."
+            conf = skin_confidence_text(skin)
+            detail = f"The image-based estimate was {skin.fst}" + (f" (confidence: {conf})." if conf else ".")
         elif skin is not None:
             detail = f"No image-based estimate: {skin.reason}."
         else:
@@ -102,9 +131,11 @@ def skin_text(skin: SkinToneEstimate | None, override: str | None, enabled: bool
             return "Not estimated", "Skin-type estimation is turned off in Settings."
         return "Not estimated", ""
     if skin.known:
+        level, conf = skin_confidence_level(skin), skin_confidence_text(skin)
         return (
-            f"Fitzpatrick {skin.fst} — estimated (ITA {skin.ita:.1f}°)",
-            "Estimated from the colour of the skin around the lesion (Individual Typology Angle). It is a proxy, "
-            "not a clinical assessment: correct it below if it is wrong.",
+            f"Fitzpatrick {skin.fst} — estimated" + (f", {level} confidence" if level else ""),
+            (f"Confidence: {conf}. " if conf else "")
+            + "Estimated from the colour of the skin around the lesion. It is a proxy, not a clinical assessment: "
+            "correct it below if it is wrong.",
         )
-    return "Unknown", f"Cannot estimate: {skin.reason}."
+    return "Unknown — not estimated", f"Cannot estimate: {skin.reason}."

@@ -127,7 +127,7 @@ def test_audit_html_self_contained(audit_run):
     assert "insufficient (n=3)" in html and "insufficient (n=1)" in html
     assert html.count("<svg") >= 3  # ROC, calibration, saliency distribution
     for needle in ("broken.jpg", "missing.jpg", "nolabel.jpg", "How to read this report", "Model card summary",
-                   "tiny-test-model", "AUROC gap", "saliency-in-lesion", "ITA estimate"):
+                   "tiny-test-model", "AUROC gap", "saliency-in-lesion", "image estimate"):
         assert needle in html, needle
 
 

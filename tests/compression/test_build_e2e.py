@@ -60,12 +60,15 @@ def test_build_stages_on_subset(repo_root, shared_data, tmp_path) -> None:
     proc_cfg = _run(repo_root, ["train", *common, "--set", "train.epochs=2"], env)
     assert proc_cfg.returncode == 2 and "train.epochs: 1 -> 2" in proc_cfg.stderr, proc_cfg.stderr
     assert (run / "train" / "config.json").is_file()
-    # the whole build: export (checked against torch), quantize, validate, report; the tiny random student fails
-    # the gate against the real teacher, so ship refuses, build exits 1 and the models folder is untouched
+    # the whole build: export (checked against torch), quantize, validate, report; the gate is tightened to a size
+    # limit the student cannot meet (0.1 MB), so it fails whatever the AUROCs on 8 validation images happen to be
+    # (a random student against a random teacher on 2 ISIC images passes or fails by chance), ship refuses, build
+    # exits 1 and the models folder is untouched
     models = tmp_path / "models"
     models.mkdir()
     (models / "keep.json").write_text("{}")
-    proc4 = _run(repo_root, ["build", *common, "--set", f'ship.models_dir="{models}"'], env)
+    proc4 = _run(repo_root, ["build", *common, "--set", f'ship.models_dir="{models}"', "--set", "gate.max_size_mb=0.1"],
+                 env)
     out = proc4.stdout + proc4.stderr
     assert proc4.returncode == 1, out[-3000:]
     export = json.loads((run / "export" / "export.json").read_text())

@@ -332,3 +332,22 @@ def test_paired_differences_point_values_and_resolution():
     assert gap_t == 0.0 and gap_c > 0.25 and res["auroc_gap_diff"]["resolved"] == "missed"
     assert res["pad_auroc_diff"]["value"] < 0
 
+
+
+def test_labelled_set_audit_reads_fitzpatrick17k_labels(tiny_bundle, shared_data, tmp_path):
+    """``validate --labels``: Fitzpatrick17k's own labels.csv through the app's reader and audit run."""
+    from compression.validate import audit_labelled_set, format_labelled_set, main
+    from tests.conftest import read_labels
+    from tests.support.fitzpatrick import f17_subset
+
+    labels = tmp_path / "labels.csv"
+    pick = f17_subset(read_labels(shared_data, "fitzpatrick17k_clinical"), labels, ("2", "5", "6"), 4)
+    d = audit_labelled_set(tiny_bundle, labels, shared_data / "fitzpatrick17k_clinical" / "images", grouping="ddi",
+                           n_boot=20, threads=1)
+    assert d["n_audited"] == len(pick) == 36 and d["fst_source_counts"] == {"label": 36}
+    assert set(d["malignant_vs_rest"]["groups"]) == {"I-II", "V-VI"}
+    assert d["malignant_vs_benign_neoplasm"]["overall"]["n"] == 24
+    text = format_labelled_set(d)
+    assert "malignant vs the rest: overall" in text and "malignant vs benign neoplasms: overall" in text
+    assert "V-VI insufficient (n=24)" in text  # 24 < 30: withheld, never a bare number
+    assert main([str(tiny_bundle), "--labels", str(tmp_path / "missing.csv")]) == 2  # refused before the gate runs

@@ -26,7 +26,8 @@ DATA_DIR = Path(__file__).parents[2] / ".." / "shared" / "data"
 PAD_LABELS = DATA_DIR / "pad_ufes20_clinical" / "labels.csv"
 ISIC_LABELS = DATA_DIR / "isic_dermoscopy" / "labels.csv"
 
-GROUP_KEYS = {"n", "n_pos", "sufficient", "fst_source"} | {k for m in A.METRICS for k in (m, f"{m}_ci95")}
+GROUP_KEYS = {"n", "n_pos", "sufficient", "fst_source", "n_fst_label", "n_fst_estimated"} | {
+    k for m in A.METRICS for k in (m, f"{m}_ci95")}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -533,6 +534,7 @@ def test_to_dict_json_round_trip_with_nan_as_null():
         "auroc_gap",
         "auroc_gap_ci95",
         "sensitivity_gap",
+        "grouping",
     }
     assert d["model"] == "mendicant-int8" and res.to_dict(model="other")["model"] == "other"
     assert list(d["groups"]) == ["I", "II", "unknown"]
@@ -684,3 +686,44 @@ def test_real_pad_per_fst_metrics_match_fairlearn():
     # the README's 'unknown' FST rows are all benign in this set: AUROC must be undefined, not a number
     assert res.groups["unknown"].n_pos == 0 and math.isnan(res.groups["unknown"].auroc)
     json.dumps(res.to_dict(), allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# DDI-style grouping and the provenance of skin types
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_group_of_ddi_pools_adjacent_types():
+    assert [A.group_of(v, "ddi") for v in (1, "II", "3", "iv", 5.0, "VI", "")] == [
+        "I-II", "I-II", "III-IV", "III-IV", "V-VI", "V-VI", "unknown"]
+    assert A.group_of("4") == "IV" and A.group_order("ddi") == ("I-II", "III-IV", "V-VI", "unknown")
+    with pytest.raises(ValueError, match="grouping"):
+        A.group_of("I", "decades")
+
+
+def test_ddi_audit_equals_type_audit_on_pooled_labels():
+    """Grouping 'ddi' is the same as relabelling the types by hand: same metrics (seeds aside), same gap groups."""
+    rng = np.random.default_rng(5)
+    types = rng.choice(["I", "II", "III", "IV", "V", "VI"], 400)
+    y = rng.integers(0, 2, 400)
+    s = np.clip(0.5 * y + rng.normal(0.25, 0.2, 400), 0, 1)
+    res = A.audit(s, y, types, 0.5, n_boot=0, grouping="ddi")
+    assert list(res.groups) == ["I-II", "III-IV", "V-VI"] and res.grouping == "ddi"
+    for name, members in (("I-II", ("I", "II")), ("III-IV", ("III", "IV")), ("V-VI", ("V", "VI"))):
+        m = np.isin(types, members)
+        assert res.groups[name].n == m.sum()
+        assert res.groups[name].auroc == pytest.approx(A.auroc(y[m], s[m]))
+    assert res.gap_groups == ("I-II", "III-IV", "V-VI")
+    assert A.AuditResult.from_dict(res.to_dict()).gap_groups == res.gap_groups
+
+
+def test_groups_count_label_and_estimated_skin_types():
+    y = np.array([0, 1] * 20)
+    s = np.linspace(0, 1, 40)
+    g = ["V"] * 10 + ["VI"] * 10 + ["II"] * 20
+    src = ["label"] * 15 + ["estimated"] * 5 + ["label"] * 20
+    res = A.audit(s, y, g, 0.5, n_boot=0, fst_source=src, grouping="ddi")
+    vv = res.groups["V-VI"]
+    assert (vv.fst_source, vv.n_label, vv.n_estimated) == ("mixed", 15, 5)
+    assert (res.groups["I-II"].fst_source, res.groups["I-II"].n_label) == ("label", 20)
+    assert res.to_dict()["groups"]["V-VI"]["n_fst_estimated"] == 5

@@ -128,3 +128,26 @@ def test_label_parsing(tmp_path):
     bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
     with pytest.raises(ValueError, match="image column"):
         read_inputs(bad, tmp_path)
+
+
+def test_audit_tab_ddi_grouping_on_fitzpatrick17k(qtbot, window, shared_data, tmp_path):
+    """Fitzpatrick17k's own labels.csv columns, DDI-style groups, and the malignant-vs-benign-neoplasm line."""
+    from tests.conftest import read_labels
+    from tests.support.fitzpatrick import f17_subset
+
+    out = tmp_path / "f17.csv"
+    f17_subset(read_labels(shared_data, "fitzpatrick17k_clinical"), out, ("1", "2", "5", "6"), 5)
+    tab = window.audit
+    tab.set_inputs(out, shared_data / "fitzpatrick17k_clinical" / "images", n_boot=20, grouping="ddi")
+    results = []
+    tab.finished.connect(results.append)
+    tab.start()
+    qtbot.waitUntil(lambda: bool(results), timeout=90_000)
+    run = results[0]
+    assert run is not None, tab.status.text()
+    assert run.grouping == "ddi" and set(run.result.groups) == {"I-II", "V-VI"}
+    labels = [tab.table.item(i, 0).text() for i in range(tab.table.rowCount())]
+    assert labels == ["All", "FST I–II", "FST V–VI"]
+    assert run.neoplasm_result is not None and run.neoplasm_result.overall.n == 40
+    assert "Malignant vs benign neoplasms" in tab.gap.text()
+    assert "I-II" in run.curves() and "comparison" in tab.export_csv(tmp_path / "a.csv").read_text(encoding="utf-8")

@@ -30,6 +30,7 @@ def test_wheel_contains_model_card_head_styles_and_config(tmp_path):
         for suffix in (".json", ".onnx", ".head.npz"):
             assert f"mendicant_desktop/resources/models/{stem}{suffix}" in names
     assert "mendicant_desktop/resources/styles/mendicant.qss" in names
+    assert "mendicant_desktop/resources/skintone/fst_colour_logreg.json" in names
     assert "compression/config.toml" in names
     assert not any(n.startswith("tests/") for n in names)
     # --serve from an installed wheel: the server package, the app layer under it, and the [server] extra

@@ -1,0 +1,42 @@
+"""docs/fitzpatrick17k_audit.md is generated from benchmarks/results/fitzpatrick17k_audit.json (the bundled model's
+--audit on Fitzpatrick17k), and the JSON holds both groupings of the same images."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("fitzpatrick_audit_benchmark",
+                                                  REPO / "benchmarks" / "fitzpatrick_audit_benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_doc_matches_json(bench):
+    res = json.loads(bench.RESULTS.read_text(encoding="utf-8"))
+    assert bench.DOC.read_text(encoding="utf-8") == bench.render(res), (
+        "docs/fitzpatrick17k_audit.md is stale: python benchmarks/fitzpatrick_audit_benchmark.py --render-only")
+
+
+def test_json_groupings_cover_the_same_images():
+    res = json.loads((REPO / "benchmarks" / "results" / "fitzpatrick17k_audit.json").read_text(encoding="utf-8"))
+    t, d = res["runs"]["type"], res["runs"]["ddi"]
+    assert t["grouping"] == "type" and d["grouping"] == "ddi" and t["n_audited"] == d["n_audited"] == 2333
+    assert t["overall"]["auroc"] == d["overall"]["auroc"]  # same scores; only the grouping differs
+    pooled = {"I-II": ("I", "II"), "III-IV": ("III", "IV"), "V-VI": ("V", "VI")}
+    for name, members in pooled.items():
+        assert d["groups"][name]["n"] == sum(t["groups"][m]["n"] for m in members)
+        assert d["groups"][name]["n_pos"] == sum(t["groups"][m]["n_pos"] for m in members)
+    for run in (t, d):
+        for g in run["groups"].values():
+            assert g["n_fst_label"] + g["n_fst_estimated"] == g["n"]
+        neo = run["malignant_vs_benign_neoplasm"]
+        assert neo["overall"]["n"] == 1519 and neo["overall"]["n_pos"] == 1219  # README: 1,219 malignant, 300 benign
