@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         imgs = np.stack([preprocess(load_image(sd.shared / sd.records[i].relpath), MODEL_SIZE) for i in cal])
         quantize_int8_static(run / "adapt" / "teacher_fp32.onnx", plain, imgs.astype(np.float32),
                              metadata_matrix([sd.records[i] for i in cal]), list(range(len(cal))),
-                             method=cfg.adapt.method, reduce_range=False)  # fmt: skip
+                             method=cfg.adapt.method, reduce_range=False, batch_size=8)  # fmt: skip
         models = {"fp32": str(run / "adapt" / "teacher_fp32.onnx"), "int8": str(run / "adapt" / "teacher_int8.onnx"),
                   "plain": str(plain)}  # fmt: skip
         np.savez(tmp / "in.npz", x=x, m=m)
