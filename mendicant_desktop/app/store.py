@@ -234,7 +234,8 @@ def skin_from_record(d: dict[str, Any] | None) -> SkinToneEstimate | None:
     if not d:
         return None
     names = {f.name for f in dataclasses.fields(SkinToneEstimate)}
-    return SkinToneEstimate(**{k: v for k, v in d.items() if k in names})
+    # JSON has no tuples: the estimate's sequence fields (e.g. the per-type probabilities) come back as lists.
+    return SkinToneEstimate(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
 def metadata_record(m: Metadata | None) -> dict[str, Any]:
