@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from mendicant_desktop.app import load_engine
-    from mendicant_desktop.core.inference import cpu_features
+    from mendicant_desktop.core.cpu import int8_cpu_flags as cpu_features
 
     card = load_engine(args.model).card
     users = [int(u) for u in args.users.split(",")]

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from compression.skintone_fit import git_commit  # noqa: E402
-from mendicant_desktop.core.inference import cpu_features  # noqa: E402
+from mendicant_desktop.core.cpu import int8_cpu_flags as cpu_features  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results" / "fitzpatrick17k_audit.json"

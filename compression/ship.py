@@ -261,6 +261,18 @@ def verify_bundle(card_path: Path, image: Path, log: Log = print, *, threads: in
     return {"image": image.name, "top_class": pred.top_class, "malignancy": float(pred.malignancy)}
 
 
+def verify_installed(card_path: Path, image: Path, log: Log = print, *, threads: int = 2) -> None:
+    """Verify the bundle in place; on failure remove it again (the card first) so the previous model stays."""
+    try:
+        verify_bundle(card_path, image, log, threads=threads)
+    except Exception:
+        for f in sorted(_bundle_files(card_path), key=lambda p: p != card_path):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        log(f"ship: the installed {card_path.name} failed verification; removed it again (previous model kept)")
+        raise
+
+
 def _bundle_files(card: Path) -> list[Path]:
     """A bundled model's files in its folder: ``<stem>.{onnx,head.npz,calibration.csv,json}`` and the names
     its card gives (model, head, calibration manifest), plain names only."""
@@ -568,16 +580,7 @@ def ship(
         card_path = move_into_place([onnx_path, head, calib_csv], card, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    try:
-        verify_bundle(card_path, image, log, threads=cfg.run.threads)
-    except Exception:
-        for f in sorted(_bundle_files(card_path), key=lambda p: p != card_path):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-        log(
-            f"ship: the installed {card_path.name} failed verification; removed it again (previous model kept)"
-        )
-        raise
+    verify_installed(card_path, image, log, threads=cfg.run.threads)
     removed = remove_other_bundles(out_dir, card_path, log)
     cards = sorted(p.name for p in out_dir.glob("*.json"))
     if cards != [card_path.name]:

@@ -15,7 +15,6 @@ Beside the ONNX and its Grad-CAM head sidecar it ships:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import shutil
@@ -34,13 +33,13 @@ from .adapt import CLASSES, MAL_IDX, QUESTIONS, Record, SplitData, load_split, o
 from .gate import reference_rows, validate_result
 from .ship import (
     ShipRefused,
-    _bundle_files,
     _config_file,
     _read_json,
     move_into_place,
     remove_other_bundles,
     resolve_models_dir,
     verify_bundle,
+    verify_installed,
     write_calibration_csv,
 )
 
@@ -236,13 +235,7 @@ def ship_adapted(cfg: Any, run_dir: str | Path, *, models_dir: str | Path | None
         card_path = move_into_place([onnx_path, head, check, calib, ref], card_tmp, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    try:
-        verify_bundle(card_path, image, log, threads=cfg.run.threads)
-    except Exception:
-        for f in sorted(_bundle_files(card_path), key=lambda p: p != card_path):
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-        raise
+    verify_installed(card_path, image, log, threads=cfg.run.threads)
     remove_other_bundles(out_dir, card_path, log)
     log(f"ship: {card_path} on {describe_cpu()} in {time.time() - t0:.0f} s")
     return card_path

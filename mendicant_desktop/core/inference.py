@@ -166,17 +166,20 @@ class Engine:
             weights = probability_score_weights(softmax(hp.logits), self._mal_idx)
             names: list[str | None] = ["malignancy"] * n
         else:
-            if target == "top":
-                idx = probs.argmax(axis=1)
-            elif target in self.class_names:
-                idx = np.full(n, self.class_names.index(target))
-            else:
-                raise ValueError(f"unknown Grad-CAM target {target!r}")
+            idx = self._class_targets(probs, target)
             weights = np.zeros((n, k), dtype=np.float32)
             weights[np.arange(n), idx] = 1.0
             names = [self.class_names[j] for j in idx]
         grads = score_gradients(head, hp, weights.astype(np.float32))
         return self._cam(feats, grads), names
+
+    def _class_targets(self, probs: np.ndarray, target: CamTarget) -> np.ndarray:
+        """The explained class per image: the predicted one ("top") or a named class."""
+        if target == "top":
+            return probs.argmax(axis=1)
+        if target in self.class_names:
+            return np.full(len(probs), self.class_names.index(target))
+        raise ValueError(f"unknown Grad-CAM target {target!r}")
 
     def _linear_cam(self, probs: np.ndarray, feats: np.ndarray, target: CamTarget
                     ) -> tuple[np.ndarray, list[str | None]]:  # fmt: skip
@@ -193,12 +196,7 @@ class Engine:
                 weights[:, :k] = probability_score_weights(probs.astype(np.float32), self._mal_idx)
             names: list[str | None] = ["malignancy"] * n
         else:
-            if target == "top":
-                idx = probs.argmax(axis=1)
-            elif target in self.class_names:
-                idx = np.full(n, self.class_names.index(target))
-            else:
-                raise ValueError(f"unknown Grad-CAM target {target!r}")
+            idx = self._class_targets(probs, target)
             weights[np.arange(n), idx] = 1.0
             names = [self.class_names[j] for j in idx]
         return self._cam(feats, linear_score_gradients(head, weights)), names

@@ -117,7 +117,7 @@ def test_refuses_inconsistent_or_loosened_gate_results(fake_run):
 
 def test_ship_config_section_is_validated():
     cfg = load_config()
-    assert (cfg.ship.name, cfg.ship.version, cfg.ship.models_dir) == ("mendicant-xception-fairprune-int8", "0.2.0", "")
+    assert (cfg.ship.name, cfg.ship.version, cfg.ship.models_dir) == ("mendicant-xception-adapted-int8", "0.3.0", "")
     assert ship_mod.resolve_models_dir(cfg).parts[-2:] == ("resources", "models")
     with pytest.raises(ConfigError, match=r"ship\.name must be"):
         load_config(overrides={"ship.name": 3})
@@ -216,7 +216,7 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     lines: list[str] = []
     card_path = ship_mod.ship(cfg, run, teacher=teacher, n_boot=20, log=lines.append)
 
-    name = "mendicant-xception-fairprune-int8"
+    name = cfg.ship.name  # the committed [ship] name
     assert card_path == models / f"{name}.json"
     assert sorted(p.name for p in models.iterdir()) == sorted(
         [f"{name}.onnx", f"{name}.head.npz", f"{name}.calibration.csv", f"{name}.json", "README.txt"])
@@ -224,7 +224,7 @@ def test_ships_a_gated_tiny_student(tmp_path, monkeypatch):
     assert any("removed the previously bundled model old-model" in line for line in lines), lines
     bundle = ModelBundle.load(card_path)
     card = json.loads(card_path.read_text())
-    assert (bundle.name, card["version"]) == (name, "0.2.0")
+    assert (bundle.name, card["version"]) == (name, cfg.ship.version)
     assert card["sha256"] == hashlib.sha256(student.read_bytes()).hexdigest()
     comp = card["provenance"]["compression"]
     assert comp["run"] == "r" and comp["pruning"]["mac_ratio"] == 0.5 and comp["pruning"]["steps"] == 2

@@ -159,3 +159,20 @@ def test_colormaps_and_upsample():
     up = upsample_cam(cam, (254, 254))
     assert up.shape == (254, 254) and 0 <= up.min() and up.max() <= 1
     assert up[127, 127] > up[10, 10]
+
+
+def test_linear_head_gradients_and_cam_by_hand():
+    """A linear head's d(logit)/d(pooled) is its weight column; Grad-CAM is then ReLU(sum_c w_c A_c) / max."""
+    from mendicant_desktop.core.saliency import GradCAM, is_linear_head, linear_score_gradients
+
+    head = {"linear_w_features": np.array([[1.0, 0.0, 2.0], [-1.0, 1.0, 0.5]], np.float32),
+            "linear_b": np.zeros(3, np.float32)}
+    assert is_linear_head(head) and not is_linear_head({"img_fc_w": np.zeros(1)})
+    g = linear_score_gradients(head, np.array([[0.0, 0.0, 1.0]], np.float32))  # the third logit
+    np.testing.assert_array_equal(g, [[2.0, 0.5]])
+    feats = np.array([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 4.0], [0.0, 0.0]]]], np.float32)  # (1, 2, 2, 2)
+    cam = GradCAM()(feats, g)
+    # weights = g / (h*w) = [0.5, 0.125]; map = [[0.5, 0.5], [0, 0]] -> normalised [[1, 1], [0, 0]]
+    np.testing.assert_allclose(cam[0], [[1.0, 1.0], [0.0, 0.0]], atol=1e-6)
+    with pytest.raises(ValueError, match="logits"):
+        linear_score_gradients(head, np.ones((1, 2), np.float32))
