@@ -29,7 +29,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +292,6 @@ class Features:
     pools: dict[str, np.ndarray]  # short tap name -> (N, C) float32
     key: str = ""
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def matrix(self, taps: Sequence[str] | None = None) -> np.ndarray:
         taps = list(taps or TAPS.values())
