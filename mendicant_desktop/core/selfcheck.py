@@ -35,6 +35,10 @@ class SelfCheck:
     probs_reference: np.ndarray = field(repr=False)  # (K, n_classes) float32, the FP32 counterpart
     tolerance: float  # max |p - p_reference| allowed on any class of any input
     reference: str  # what produced probs_reference, for messages
+    #: The INT8 model's outputs on the build machine (exact kernels), when the file has them, and the tolerance of
+    #: this CPU's outputs against them: the tight check that catches kernels that compute differently (saturation).
+    probs_int8_build: np.ndarray | None = field(default=None, repr=False)
+    int8_tolerance: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class SelfCheckResult:
     cpu: str = ""
     cpu_features: dict[str, Any] = field(default_factory=dict, repr=False)
     reference: str = ""
+    #: max |Δp| against the build machine's INT8 outputs (NaN when the check file has none)
+    max_abs_diff_int8: float = float("nan")
+    int8_tolerance: float = float("nan")
 
     @property
     def passed(self) -> bool:
@@ -59,13 +66,22 @@ class SelfCheckResult:
         if self.status == "absent":
             return f"kernel check: none in the model card (CPU: {self.cpu})"
         verdict = "passed" if self.passed else "FAILED"
-        return (f"kernel check {verdict} on this CPU ({self.cpu}): {self.n} built-in inputs, max |Δp| "
+        int8 = ""
+        if self.max_abs_diff_int8 == self.max_abs_diff_int8:  # not NaN
+            int8 = (f"max |Δp| {self.max_abs_diff_int8:.4f} vs the build machine's INT8 outputs (tolerance "
+                    f"{self.int8_tolerance:.4f}), ")  # fmt: skip
+        return (f"kernel check {verdict} on this CPU ({self.cpu}): {self.n} built-in inputs, {int8}max |Δp| "
                 f"{self.max_abs_diff:.4f} vs the {self.reference} (tolerance {self.tolerance:.4f}), "
                 f"top-1 agreement {self.top1_agreement:.0%}")  # fmt: skip
 
     def refusal(self, model_name: str) -> str:
-        return (f"{model_name}: this computer's CPU ({self.cpu}) computes the INT8 model differently from its "
-                f"validated FP32 counterpart (max |Δp| {self.max_abs_diff:.3f} > {self.tolerance:.3f} on "
+        if self.max_abs_diff_int8 == self.max_abs_diff_int8 and not self.max_abs_diff_int8 <= self.int8_tolerance:
+            what = (f"from the machine it was validated on (max |Δp| {self.max_abs_diff_int8:.3f} > "
+                    f"{self.int8_tolerance:.3f}")  # fmt: skip
+        else:
+            what = (f"from its validated FP32 counterpart (max |Δp| {self.max_abs_diff:.3f} > "
+                    f"{self.tolerance:.3f}")  # fmt: skip
+        return (f"{model_name}: this computer's CPU ({self.cpu}) computes the INT8 model differently {what} on "
                 f"{self.n} built-in check inputs), so its results cannot be trusted here and nothing will be "
                 "scored. Use a model built for this CPU (see docs/production_deployment_guide.md, "
                 "'MENDICANT_MODEL'), or report the CPU to your IT contact.")  # fmt: skip
@@ -93,13 +109,25 @@ def load_self_check(folder: Path, spec: dict[str, Any] | None) -> SelfCheck | No
             images = np.asarray(z["image"], dtype=np.uint8)
             meta = np.asarray(z["meta"], dtype=np.float32)
             ref = np.asarray(z["probs_reference"], dtype=np.float32)
+            q_build = np.asarray(z["probs_int8_build"], dtype=np.float32) if "probs_int8_build" in z.files else None
     except (KeyError, ValueError, OSError) as exc:
         raise ModelVerificationError(f"kernel-check file {path.name} is malformed: {exc}") from None
     if images.ndim != 4 or len(images) != len(meta) or len(images) != len(ref) or not len(images):
         raise ModelVerificationError(f"kernel-check file {path.name}: inconsistent array shapes")
     if not (0.0 < tolerance < 1.0):
         raise ModelVerificationError(f"model card: self_check tolerance {tolerance} must lie in (0, 1)")
-    return SelfCheck(images=images, meta=meta, probs_reference=ref, tolerance=tolerance, reference=reference)
+    int8_tol = float("nan")
+    if q_build is not None:
+        if q_build.shape != ref.shape:
+            raise ModelVerificationError(f"kernel-check file {path.name}: inconsistent array shapes")
+        try:
+            int8_tol = float(spec["int8_tolerance"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelVerificationError("model card: self_check has build INT8 outputs but no int8_tolerance") from None
+        if not (0.0 < int8_tol < 1.0):
+            raise ModelVerificationError(f"model card: self_check int8_tolerance {int8_tol} must lie in (0, 1)")
+    return SelfCheck(images=images, meta=meta, probs_reference=ref, tolerance=tolerance, reference=reference,
+                     probs_int8_build=q_build, int8_tolerance=int8_tol)  # fmt: skip
 
 
 def run_self_check(
@@ -115,6 +143,11 @@ def run_self_check(
     diff = float(np.abs(probs - check.probs_reference).max())
     agree = float((probs.argmax(1) == check.probs_reference.argmax(1)).mean())
     ok = bool(np.isfinite(diff) and diff <= check.tolerance)
+    diff8 = float("nan")
+    if check.probs_int8_build is not None:
+        diff8 = float(np.abs(probs - check.probs_int8_build).max())
+        ok = ok and bool(np.isfinite(diff8) and diff8 <= check.int8_tolerance)
     return SelfCheckResult(status="passed" if ok else "failed", n=len(probs), max_abs_diff=diff,
                            tolerance=check.tolerance, top1_agreement=agree, cpu=cpu,
-                           cpu_features=dict(cpu_features()), reference=check.reference)  # fmt: skip
+                           cpu_features=dict(cpu_features()), reference=check.reference,
+                           max_abs_diff_int8=diff8, int8_tolerance=check.int8_tolerance)  # fmt: skip
