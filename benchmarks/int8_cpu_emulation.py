@@ -9,7 +9,9 @@ its AVX2 path for the very same Python, numpy and onnxruntime, so both paths can
 (about 30 s per image for the full-size network), hence a benchmark, not a test.
 
 Models: ``int8`` is the shipped format (U8S8 with 7-bit weights, ``reduce_range``); ``plain`` is the same network
-quantized with 8-bit weights (the previous format), built here on the same calibration images for the contrast.
+quantized with 8-bit weights (the previous format), built here on the same calibration images for the contrast;
+``plain_x64qp`` is ``plain`` run with ONNX Runtime's ``session.x64quantprecision`` option (which converts some
+U8S8 products to U8U8 on x86 without VNNI).
 Inputs: ``--n`` gate-split images (a third per data set) and the bundle's synthetic kernel-check inputs.
 
 Writes ``benchmarks/results/int8_cpu_emulation.json``: per model, max |Δp| and top-1 agreement between the two
@@ -37,8 +39,10 @@ from numpy._core._multiarray_umath import __cpu_features__ as f
 so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.log_severity_level = 3
 z = np.load(sys.argv[2])
 out = {}
+qp = ort.SessionOptions(); qp.intra_op_num_threads = 1; qp.log_severity_level = 3
+qp.add_session_config_entry("session.x64quantprecision", "1")
 for name, path in json.loads(sys.argv[1]).items():
-    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(path, qp if name.endswith("_x64qp") else so, providers=["CPUExecutionProvider"])
     out[name] = np.concatenate([s.run(["probs"], {"image": z["x"][i:i+4], "meta": z["m"][i:i+4]})[0]
                                 for i in range(0, len(z["x"]), 4)])
 np.savez(sys.argv[3], **out)
@@ -48,7 +52,7 @@ print(json.dumps({k: bool(f.get(k, False)) for k in ("AVX2", "AVX512F", "AVX512V
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=str(REPO / "runs" / "adapted-1"))
+    p.add_argument("--run", default=str(REPO / "runs" / "adapted-2"))
     p.add_argument("--n", type=int, default=12)
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -79,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         imgs = np.stack([preprocess(load_image(sd.shared / sd.records[i].relpath), MODEL_SIZE) for i in cal])
         quantize_int8_static(run / "adapt" / "teacher_fp32.onnx", plain, imgs.astype(np.float32),
                              metadata_matrix([sd.records[i] for i in cal]), list(range(len(cal))),
-                             method=cfg.adapt.method, reduce_range=False, batch_size=8)  # fmt: skip
+                             method=cfg.adapt.method, reduce_range=False, keep_fp32=cfg.adapt.keep_fp32,
+                             batch_size=8)  # fmt: skip
         models = {"fp32": str(run / "adapt" / "teacher_fp32.onnx"), "int8": str(run / "adapt" / "teacher_int8.onnx"),
-                  "plain": str(plain)}  # fmt: skip
+                  "plain": str(plain), "plain_x64qp": str(plain)}  # fmt: skip
         np.savez(tmp / "in.npz", x=x, m=m)
         py = sys.executable
         res = {}
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         nat, has = np.load(tmp / "native.npz"), np.load(tmp / "haswell.npz")
         fp32 = nat["fp32"]
         summary = {}
-        for k in ("int8", "plain"):
+        for k in ("int8", "plain", "plain_x64qp"):
             summary[k] = {
                 "max_abs_diff_native_vs_haswell": float(np.abs(nat[k] - has[k]).max()),
                 "top1_agreement_native_vs_haswell": float((nat[k].argmax(1) == has[k].argmax(1)).mean()),

@@ -542,6 +542,67 @@ def equalize_separable(fp32_path: str | os.PathLike, out_path: str | os.PathLike
     return {"alpha": alpha, "depthwise_pointwise": len(dw_pw), "pointwise_relu_depthwise": len(pw_relu_dw)}
 
 
+def image_quantile_ranges(model_path: str | os.PathLike, images: Any, meta: Any, positions: Sequence[int], *,
+                          quantile: float, skip: Sequence[str] = (), threads: int = 2,
+                          batch_size: int = 8) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Activation ranges robust to a few extreme images: per image the min and max of every float tensor, then the
+    ``1 - quantile`` quantile of the minima and the ``quantile`` quantile of the maxima over the images.
+
+    Why: ONNX Runtime's percentile calibration pools every element of every image into one histogram, so a handful
+    of images whose middle-flow activations reach 10-20x the usual range (masked crops, some clinical photos) fill
+    the top 0.001% and set the range: the other images are then rounded to a few levels. Measured on 96 select
+    images (adapted-2 teacher): 64 calibration images gave top-1 agreement 0.93 and malignancy Spearman 0.99; the
+    full 240, whose last 50 hold such images, 0.68 and 0.84, with middle-flow ranges 10-20x wider. Here an image
+    counts once per tensor whatever its size, so ``quantile`` 0.9 lets the most extreme tenth of images clip.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    if not 0.5 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1], got {quantile}")
+    m = onnx.load(str(model_path))
+    skip_set = set(skip)
+    inits = {t.name for t in m.graph.initializer}
+    names = [i.name for i in m.graph.input if i.name == "image"]
+    for n in m.graph.node:
+        if n.name in skip_set or n.op_type in ("Shape", "Constant"):
+            continue
+        names += [o for o in n.output if o and o not in inits]
+    have = {o.name for o in m.graph.output}
+    for t in names:
+        if t not in have:
+            m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every named tensor must exist
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    float_names = [o.name for o in sess.get_outputs() if o.name in set(names) and o.type == "tensor(float)"]
+    lo: dict[str, list[np.ndarray]] = {t: [] for t in float_names}
+    hi: dict[str, list[np.ndarray]] = {t: [] for t in float_names}
+    pos = list(positions)
+    for s in range(0, len(pos), batch_size):
+        idx = pos[s : s + batch_size]
+        x = np.stack([np.asarray(images[int(i)], np.float32) for i in idx])
+        mm = np.stack([np.asarray(meta[int(i)], np.float32) for i in idx])
+        outs = sess.run(float_names, {"image": x, "meta": mm})
+        for t, a in zip(float_names, outs):
+            a = np.asarray(a)
+            if a.ndim == 0 or a.shape[0] != len(idx):
+                continue
+            flat = a.reshape(len(idx), -1)
+            lo[t].append(flat.min(axis=1))
+            hi[t].append(flat.max(axis=1))
+    out: dict[str, tuple[float, float]] = {}
+    for t in float_names:
+        if not lo[t]:
+            continue
+        mins, maxs = np.concatenate(lo[t]), np.concatenate(hi[t])
+        out[t] = (min(0.0, float(np.quantile(mins, 1.0 - quantile))), max(0.0, float(np.quantile(maxs, quantile))))
+    return out
+
+
 def quantize_int8_static(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -560,9 +621,13 @@ def quantize_int8_static(
     reduce_range: bool = False,
     activation_type: str = "uint8",
     keep_fp32: Sequence[str] = (),
+    range_quantile: float = 0.0,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """INT8 static QDQ of ``fp32_path`` calibrated on ``images[positions]`` (real, preprocessed images).
+
+    ``method`` "image_quantile" takes every activation range from :func:`image_quantile_ranges` (``range_quantile``,
+    default 0.9) instead of ONNX Runtime's calibrators.
 
     Writes ``out_path`` and copies the FP32 head sidecar beside it. Raises if the head is not FP32 after
     quantization (when ``head_fp32``). ``equalize`` > 0 first applies :func:`equalize_separable` with that
@@ -596,6 +661,11 @@ def quantize_int8_static(
         stride = max(1, min(int(stride), len(reader)))
         while len(reader) % stride or (len(positions) % batch_size and stride > 1):
             stride -= 1
+        if method == "image_quantile":
+            q = range_quantile or 0.9
+            ranges = image_quantile_ranges(pre, images, meta, positions, quantile=q, skip=exclude, threads=threads,
+                                           batch_size=batch_size)  # fmt: skip
+            overrides = {t: [{"rmin": np.float32(a), "rmax": np.float32(b)}] for t, (a, b) in ranges.items()}
         extra = {
             "ActivationSymmetric": False,
             "WeightSymmetric": True,
@@ -603,6 +673,8 @@ def quantize_int8_static(
             "CalibPercentile": float(percentile),
             "CalibTensorRangeSymmetric": False,
         }
+        if method == "image_quantile":
+            extra["TensorQuantOverrides"] = overrides
 
         def write(p: Path) -> None:
             quantize_static(
@@ -610,13 +682,15 @@ def quantize_int8_static(
                 quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude, calibrate_method=_method(method), extra_options=extra,
+                nodes_to_exclude=exclude, calibrate_method=_method("minmax" if method == "image_quantile" else method),
+                extra_options=extra,
             )  # fmt: skip
             eq = (f", cross-layer equalization alpha={equalize} ({eq_info['depthwise_pointwise']} + "
                   f"{eq_info['pointwise_relu_depthwise']} pairs)") if eq_info else ""  # fmt: skip
             fmt = ("U8S8" if activation_type == "uint8" else "S8S8") + (", reduce_range" if reduce_range else "")
             kept = f", fp32={list(keep_fp32)}" if keep_fp32 else ""
-            _finalize(p, {"quantization": f"int8 static QDQ {fmt}, per_channel={per_channel}, calibration={method}, "
+            cal = f"image_quantile q={range_quantile or 0.9}" if method == "image_quantile" else method
+            _finalize(p, {"quantization": f"int8 static QDQ {fmt}, per_channel={per_channel}, calibration={cal}, "
                                            f"images={len(positions)}, head_fp32={head_fp32}{kept}{eq}"})  # fmt: skip
 
         _save_atomic(write, out_path)

@@ -178,3 +178,29 @@ def test_self_check_passes_fails_and_verifies_its_file(tmp_path: Path) -> None:
         load_self_check(tmp_path, {**spec, "sha256": "0" * 64})
     with pytest.raises(ModelVerificationError, match="malformed"):
         load_self_check(tmp_path, {"file": spec["file"]})
+
+
+def test_self_check_holds_this_cpu_to_the_build_machines_int8_outputs(tmp_path: Path) -> None:
+    """The tight half of the check: FP32 reference 0.7/0.3, build-machine INT8 0.62/0.38 (FP32 tolerance 0.2 is
+    loose because synthetic inputs sit far from the calibration images; INT8 identity tolerance 0.01)."""
+    import hashlib
+
+    ref = np.array([[0.7, 0.3]], np.float32)
+    q_build = np.array([[0.62, 0.38]], np.float32)
+    p = tmp_path / "m.selfcheck.npz"
+    np.savez(p, image=np.zeros((1, 8, 8, 3), np.uint8), meta=np.zeros((1, 10), np.float32), probs_reference=ref,
+             probs_int8_build=q_build)
+    spec = {"file": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "tolerance": 0.2,
+            "int8_tolerance": 0.01}
+    check = load_self_check(tmp_path, spec)
+    same = run_self_check(lambda x, m: (np.array([[0.625, 0.375]], np.float32), None), check)
+    assert same.passed
+    assert math.isclose(same.max_abs_diff_int8, 0.005, abs_tol=1e-6) and math.isclose(same.max_abs_diff, 0.075,
+                                                                                        abs_tol=1e-6)
+    assert "build machine's INT8 outputs" in same.summary()
+    # 0.66/0.34 is within the FP32 tolerance (0.04 <= 0.2) but 0.04 from the build's INT8: a kernel that differs
+    drift = run_self_check(lambda x, m: (np.array([[0.66, 0.34]], np.float32), None), check)
+    assert drift.status == "failed"
+    assert "validated on" in drift.refusal("m") and "0.040 > 0.010" in drift.refusal("m")
+    with pytest.raises(ModelVerificationError, match="int8_tolerance"):
+        load_self_check(tmp_path, {k: v for k, v in spec.items() if k != "int8_tolerance"})

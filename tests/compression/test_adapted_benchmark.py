@@ -31,3 +31,19 @@ def test_the_results_name_the_cpu_and_every_student_rung() -> None:
     assert {"teacher FP32", "teacher INT8"} <= set(res["rows"])
     doc = bench.DOC.read_text(encoding="utf-8")
     assert res["cpu_summary"] in doc and "not built" in doc
+
+
+def _variants():
+    spec = importlib.util.spec_from_file_location("int8_variants", REPO / "benchmarks" / "int8_variants.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_int8_variants_doc_is_the_rendering_of_its_json() -> None:
+    bench = _variants()
+    res = json.loads(bench.RESULTS.read_text(encoding="utf-8"))
+    assert bench.DOC.read_text(encoding="utf-8") == bench.render(res), (
+        "docs/int8_variants.md differs from benchmarks/results/int8_variants.json: "
+        "run `python benchmarks/int8_variants.py --render-only`")
+    assert res["split"] == "select" and res["cpu"] and set(res["variants"]) <= set(bench.VARIANTS)
