@@ -11,9 +11,13 @@ adapted model's cached features; :func:`mahalanobis_baseline` measures it again 
 ``benchmarks/results/domain_check.json`` holds that figure). An unsupervised distance finds "clinical photo vs
 dermoscopy", not "lesion vs rash".
 
-What ships (:func:`fit_logistic_domain_check`, method :data:`METHOD`): a supervised L2 logistic regression on the
-FP32 reference network's pooled block14 features (the ``features`` output averaged over h, w: what the app passes
-as ``pooled`` to ``app.quality.domain_warnings``), standardised:
+What ships (:func:`fit_logistic_domain_check`, method :data:`METHOD`): a supervised L2 logistic regression on
+pooled block14 features (the ``features`` output averaged over h, w: what the app passes as ``pooled`` to
+``app.quality.domain_warnings``), standardised. The app computes them with the shipped INT8 model, whose block14
+differs from the FP32 reference network's (on the adapted model the INT8 pooled block14 is ~60% off in relative
+norm), and a check fitted on FP32 features alone loses much of its power on INT8 ones. So with the model to ship
+(:func:`domain_check_for_ship`'s ``int8_path``) the fit uses both its own and the FP32 features, and C, the
+threshold and the gate figures are measured on its own; without it, on the FP32 reference's:
 
 1. **fit on TRAIN only**: positives are Fitzpatrick17k photos whose ``three_partition`` is "non-neoplastic"
    (rashes, acne, eczema, ...); negatives are every lesion (ISIC, PAD-UFES-20, Fitzpatrick17k benign and
@@ -29,7 +33,7 @@ The score is ``sigmoid(((pooled - mean) / scale) . coef + intercept)``; the ``.d
 ``mean``, ``scale``, ``coef`` and ``intercept`` (float64) and the app computes it with numpy only
 (``mendicant_desktop.app.quality.out_of_scope_score``, the same formula as :func:`logistic_scores`).
 
-``python -m compression.domain --out-dir DIR`` fits it on the configured split with the cached features and writes
+``python -m compression.domain --out-dir DIR [--int8 MODEL]`` fits it on the configured split (cached features) and writes
 ``DIR/<name>.domain.npz`` and ``DIR/<name>.domain.json`` (the card entry); ``--results`` also writes the figures
 the docs are generated from (``benchmarks/results/domain_check.json``). The ship stage calls
 :func:`domain_check_for_ship`.
@@ -135,12 +139,27 @@ def _flagged(s: np.ndarray, rows: np.ndarray, threshold: float) -> dict[str, Any
 # --------------------------------------------------------------------------------------------------
 
 
+def _gate_report(s: np.ndarray, split: np.ndarray, oos: np.ndarray, les: np.ndarray, ds: np.ndarray,
+                 threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
+    def rows(mask: np.ndarray) -> np.ndarray:
+        return np.flatnonzero((split == "gate") & mask)
+
+    flagged = {"fitzpatrick17k_non_neoplastic": _flagged(s, rows(oos), threshold)}
+    for d, (key, _) in DATASETS.items():
+        if rows(les & (ds == d)).size:
+            flagged[key] = _flagged(s, rows(les & (ds == d)), threshold)
+    flagged["all_lesions"] = _flagged(s, rows(les), threshold)
+    return {"fitzpatrick17k": _auroc_entry(s, rows(oos), rows(les & (ds == "fitz")), n_boot, seed),
+            "all_lesions": _auroc_entry(s, rows(oos), rows(les), n_boot, seed), "flagged": flagged}
+
+
 def fit_logistic_domain_check(
     features: np.ndarray,
     records: Sequence[Any],
     split: Sequence[str],
     sidecar: str | Path,
     *,
+    fp32_features: np.ndarray | None = None,
     c_grid: Sequence[float] = C_GRID,
     quantile: float = QUANTILE,
     n_boot: int = 1000,
@@ -150,17 +169,22 @@ def fit_logistic_domain_check(
     """Fit on train, choose ``C`` and the threshold on select, report on gate; write ``sidecar`` (a
     ``.domain.npz``); return the card entry (``card["domain_check"]``).
 
-    ``features``: pooled block14 features, one row per record (:data:`FEATURES`). ``records``: objects with
-    ``dataset`` and ``extra["three_partition"]`` (``compression.data.Record``). ``split``: "train", "select" or
-    "gate" per record. ``provenance`` is added to the entry's ``trained_on`` (split manifest, feature cache key).
-    Every figure is computed from the arrays as written to the sidecar, with :func:`logistic_scores`."""
+    ``features``: pooled block14 features, one row per record (:data:`FEATURES`), as the app will compute them:
+    the shipped model's own (its INT8 backbone's) when there is one. ``fp32_features``: optionally the FP32
+    reference network's for the same records: their train rows join the fit (so the check holds on either) and
+    the gate is also reported on them (``gate_fp32_reference``); C, the threshold and ``gate`` are always
+    measured on ``features``. ``records``: objects with ``dataset`` and ``extra["three_partition"]``
+    (``compression.data.Record``). ``split``: "train", "select" or "gate" per record. ``provenance`` is added
+    to the entry's ``trained_on`` (split manifest, feature cache keys). Every figure is computed from the
+    arrays as written to the sidecar, with :func:`logistic_scores`."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.asarray(features, np.float64)
+    x32 = None if fp32_features is None else np.asarray(fp32_features, np.float64)
     split = np.asarray(split)
     oos, les, ds = scope_labels(records)
-    if not (x.ndim == 2 and len(x) == len(split) == len(oos)):
-        raise ValueError("features (N, C), records and split must have one entry per record")
+    if not (x.ndim == 2 and len(x) == len(split) == len(oos)) or (x32 is not None and x32.shape != x.shape):
+        raise ValueError("features (N, C), fp32_features, records and split must have one entry per record")
 
     def rows(name: str, mask: np.ndarray) -> np.ndarray:
         return np.flatnonzero((split == name) & mask)
@@ -171,50 +195,51 @@ def fit_logistic_domain_check(
         if rows(name, oos).size < 10 or rows(name, les & fitz).size < 10:
             raise ValueError(f"the {name} split has too few Fitzpatrick17k non-neoplastic photos or lesions "
                              f"({rows(name, oos).size} and {rows(name, les & fitz).size}; at least 10 each)")
-    mean = x[train].mean(axis=0)
-    scale = np.maximum(x[train].std(axis=0), SCALE_FLOOR)
-    z = (x - mean) / scale
+    x_fit, y_fit = x[train], oos[train]
+    if x32 is not None:
+        x_fit, y_fit = np.r_[x_fit, x32[train]], np.r_[y_fit, oos[train]]
+    mean = x_fit.mean(axis=0)
+    scale = np.maximum(x_fit.std(axis=0), SCALE_FLOOR)
+    z_fit = (x_fit - mean) / scale
     sel_pos, sel_neg = rows("select", oos), rows("select", les & fitz)
     y_sel = np.r_[np.ones(sel_pos.size), np.zeros(sel_neg.size)]
+    z_sel = (x[np.r_[sel_pos, sel_neg]] - mean) / scale
     tried = []
     for c in c_grid:
-        clf = LogisticRegression(C=float(c), class_weight="balanced", max_iter=5000).fit(z[train], oos[train])
-        s = clf.decision_function(z[np.r_[sel_pos, sel_neg]])
-        tried.append((auroc(y_sel, s), float(c), clf))
+        clf = LogisticRegression(C=float(c), class_weight="balanced", max_iter=5000).fit(z_fit, y_fit)
+        tried.append((auroc(y_sel, clf.decision_function(z_sel)), float(c), clf))
     sel_auc, c, clf = max(tried, key=lambda t: (np.nan_to_num(t[0], nan=-1.0), -t[1]))
     sidecar = Path(sidecar)
     sidecar.parent.mkdir(parents=True, exist_ok=True)
     np.savez(sidecar, mean=mean, scale=scale, coef=clf.coef_[0].astype(np.float64),
              intercept=np.asarray(clf.intercept_, np.float64).reshape(1))
     sha = hashlib.sha256(sidecar.read_bytes()).hexdigest()
-    s = logistic_scores(x, **load_sidecar(sidecar))  # the stored arrays: what the app computes
+    params = load_sidecar(sidecar)  # the stored arrays: what the app computes
+    s = logistic_scores(x, **params)
     threshold = float(np.quantile(s[rows("select", les)], quantile))
-
-    gate_fitz = _auroc_entry(s, rows("gate", oos), rows("gate", les & fitz), n_boot, seed)
-    gate_all = _auroc_entry(s, rows("gate", oos), rows("gate", les), n_boot, seed)
-    flagged = {"fitzpatrick17k_non_neoplastic": _flagged(s, rows("gate", oos), threshold)}
-    for d, (key, _) in DATASETS.items():
-        if rows("gate", les & (ds == d)).size:
-            flagged[key] = _flagged(s, rows("gate", les & (ds == d)), threshold)
-    flagged["all_lesions"] = _flagged(s, rows("gate", les), threshold)
-    lo, hi = gate_fitz["auroc_ci95"]
+    gate = _gate_report(s, split, oos, les, ds, threshold, n_boot, seed)
+    lo, hi = gate["fitzpatrick17k"]["auroc_ci95"]
     separates = bool(lo >= SEPARATES_AT)
-    nn, fl = flagged["fitzpatrick17k_non_neoplastic"]["share"], flagged["fitzpatrick17k_lesions"]["share"]
-    figures = (f"gate AUROC {gate_fitz['auroc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {gate_fitz['n_out_of_scope']} "
-               f"non-neoplastic photos vs {gate_fitz['n_lesions']} lesions); at the threshold it flags {nn:.0%} of "
-               f"the non-neoplastic photos and {fl:.0%} of Fitzpatrick17k's lesions")
-    others = [f"{flagged[key]['share']:.0%} of {label}'s" for key, label in (DATASETS["isic"], DATASETS["pad"])
-              if key in flagged]
+    fl = gate["flagged"]
+    figures = (f"gate AUROC {gate['fitzpatrick17k']['auroc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, "
+               f"{gate['fitzpatrick17k']['n_out_of_scope']} non-neoplastic photos vs "
+               f"{gate['fitzpatrick17k']['n_lesions']} lesions); at the threshold it flags "
+               f"{fl['fitzpatrick17k_non_neoplastic']['share']:.0%} of the non-neoplastic photos and "
+               f"{fl['fitzpatrick17k_lesions']['share']:.0%} of Fitzpatrick17k's lesions")
+    others = [f"{fl[key]['share']:.0%} of {label}'s" for key, label in (DATASETS["isic"], DATASETS["pad"]) if key in fl]
     if others:
         figures += f" ({', '.join(others)} lesions)"
+    on = "the model's own (INT8) features" if x32 is not None else "the FP32 reference network's features"
     summary = (
-        "The out-of-scope check separates Fitzpatrick17k's non-neoplastic photos (rashes, acne, ...) from its "
-         f"lesions: {figures}. It misses the rest of them: a photo without the warning is not proven in scope."
-         if separates else
-         "The out-of-scope check does NOT reliably separate Fitzpatrick17k's non-neoplastic photos from its "
-         f"lesions: {figures} (it needs a lower bound >= {SEPARATES_AT}). Its warning is a weak hint, not a filter."
+        f"On {on}, the out-of-scope check separates Fitzpatrick17k's non-neoplastic photos (rashes, acne, ...) "
+        f"from its lesions: {figures}. It misses the rest of them: a photo without the warning is not proven in "
+        "scope."
+        if separates else
+        f"On {on}, the out-of-scope check does NOT reliably separate Fitzpatrick17k's non-neoplastic photos from "
+        f"its lesions: {figures} (it needs a lower bound >= {SEPARATES_AT}). Its warning is a weak hint, not a "
+        "filter."
     )
-    return {
+    entry: dict[str, Any] = {
         "method": METHOD,
         "features": FEATURES,
         "sidecar": sidecar.name,
@@ -226,8 +251,10 @@ def fit_logistic_domain_check(
             "positives": "Fitzpatrick17k photos with three_partition 'non-neoplastic'",
             "negatives": "every lesion: ISIC dermoscopy, PAD-UFES-20, Fitzpatrick17k benign and malignant",
             "n_positive": int((train & oos).sum()), "n_negative": int((train & les).sum()),
+            "feature_sets": (["the model's own (INT8 backbone)", "the FP32 reference network's"] if x32 is not None
+                             else ["the FP32 reference network's"]),
             "model": "L2 logistic regression (scikit-learn, lbfgs, class_weight balanced) on standardised "
-                     "features (the train split's mean and standard deviation)",
+                     "features (the training rows' mean and standard deviation)",
             **dict(provenance or {}),
         },
         "calibration": {
@@ -237,13 +264,17 @@ def fit_logistic_domain_check(
             "threshold_rule": f"the {quantile:.0%} quantile of the select split's lesion scores (every data set)",
         },
         "gate": {
-            "fitzpatrick17k": gate_fitz, "all_lesions": gate_all, "flagged": flagged,
-            "separates": separates,
+            **gate, "measured_on": on, "separates": separates,
             "separates_rule": f"lower bound of the Fitzpatrick17k AUROC's 95% CI >= {SEPARATES_AT}",
             "n_boot": n_boot, "seed": seed,
         },
         "summary": summary,
     }
+    if x32 is not None:
+        entry["gate_fp32_reference"] = {**_gate_report(logistic_scores(x32, **params), split, oos, les, ds, threshold,
+                                                       n_boot, seed),
+                                        "measured_on": "the FP32 reference network's features, same threshold"}
+    return entry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,15 +285,19 @@ def fit_logistic_domain_check(
 COMPONENTS: tuple[int, ...] = (8, 16, 32, 64, 128)
 
 
-def mahalanobis_scores(x: np.ndarray, train_rows: np.ndarray, k: int) -> np.ndarray:
-    """Mahalanobis distance in the top-``k`` principal subspace of ``x[train_rows]``, over sqrt(k)."""
+def mahalanobis_scores(x: np.ndarray, train_rows: np.ndarray, components: Sequence[int]) -> list[np.ndarray]:
+    """Mahalanobis distance in the top-``k`` principal subspace of ``x[train_rows]``, over sqrt(k), for each ``k``
+    of ``components`` (one SVD)."""
     mean = x[train_rows].mean(axis=0)
     _, sv, vt = np.linalg.svd(x[train_rows] - mean, full_matrices=False)
-    k = min(k, vt.shape[0])
-    var = sv[:k] ** 2 / max(1, train_rows.size - 1)
-    var = var + 1e-3 * float(var.mean())
-    p = (x - mean) @ vt[:k].T
-    return np.sqrt((p * p / var).sum(axis=1) / k)
+    proj = (x - mean) @ vt[: max(components)].T
+    out = []
+    for k in components:
+        k = min(k, vt.shape[0])
+        var = sv[:k] ** 2 / max(1, train_rows.size - 1)
+        var = var + 1e-3 * float(var.mean())
+        out.append(np.sqrt((proj[:, :k] ** 2 / var).sum(axis=1) / k))
+    return out
 
 
 def mahalanobis_baseline(features: np.ndarray, records: Sequence[Any], split: Sequence[str], *,
@@ -276,10 +311,7 @@ def mahalanobis_baseline(features: np.ndarray, records: Sequence[Any], split: Se
     train = np.flatnonzero((split == "train") & les)
     sel = np.r_[np.flatnonzero((split == "select") & oos), np.flatnonzero((split == "select") & les & fitz)]
     y_sel = oos[sel].astype(int)
-    tried = []
-    for k in components:
-        s = mahalanobis_scores(x, train, k)
-        tried.append((auroc(y_sel, s[sel]), k, s))
+    tried = [(auroc(y_sel, s[sel]), k, s) for k, s in zip(components, mahalanobis_scores(x, train, components))]
     sel_auc, k, s = max(tried, key=lambda t: (np.nan_to_num(t[0], nan=-1.0), -t[1]))
     gate = _auroc_entry(s, np.flatnonzero((split == "gate") & oos), np.flatnonzero((split == "gate") & les & fitz),
                         n_boot, seed)
@@ -303,30 +335,59 @@ def _features(sd: Any, fp32_path: str | Path, cache_dir: str | Path, log: Log, t
 def cached_reference_features(sd: Any, fp32_path: str | Path, cache_dir: str | Path) -> Any | None:
     """The reference features of every record when ``cache_dir`` already holds them (a cache hit of
     ``compression.adapt.extract_features``, whose key it checks), else None: never extracts (10+ minutes)."""
-    from .adapt import extract_features, feature_cache_key
+    from .adapt import feature_cache_key
 
     key = feature_cache_key(hashlib.sha256(Path(fp32_path).read_bytes()).hexdigest(),
                             [r.sha256 for r in sd.records], "id")
     if not (Path(cache_dir) / f"features_id_{key[:16]}.npz").is_file():
         return None
-    return extract_features(fp32_path, sd.records, sd.shared, cache_dir, view="id", log=lambda _: None)
+    return _features(sd, fp32_path, cache_dir, lambda _: None, 1)
+
+
+def model_features(sd: Any, int8_path: str | Path, cache_dir: str | Path, log: Log = print, *,
+                   threads: int = 2) -> tuple[np.ndarray, list[str]]:
+    """An adapted model's own pooled block14 for every record (``pool_model`` graph: equal to the app's
+    ``features`` output averaged over h, w), and the cache keys. Extracted in two parts, the train rows (the
+    part the adapt stage's INT8-aware fit caches) and the select + gate rows, so either cache is reused."""
+    from .adapt import extract_features, pool_model
+
+    out = np.zeros((len(sd.records), 0))
+    keys = []
+    parts = [sd.rows("train"), np.r_[sd.rows("select"), sd.rows("gate")]]
+    for rows in parts:
+        f = extract_features(int8_path, sd.records, sd.shared, cache_dir, view="id", rows=rows, graph=pool_model,
+                             threads=threads, log=log)
+        if out.shape[1] == 0:
+            out = np.full((len(sd.records), f.pools[TAP].shape[1]), np.nan)
+        out[rows] = f.pools[TAP]
+        keys.append(f.key)
+    return out, keys
 
 
 def domain_check_for_ship(sd: Any, fp32_path: str | Path, cache_dir: str | Path, out_dir: str | Path, name: str,
-                          log: Log = print, *, threads: int = 2, n_boot: int = 1000) -> dict[str, Any]:
+                          log: Log = print, *, int8_path: str | Path | None = None, threads: int = 2,
+                          n_boot: int = 1000) -> dict[str, Any]:
     """The card's ``domain_check`` entry for a model named ``name``; writes ``out_dir/<name>.domain.npz``.
 
     ``sd``: ``compression.adapt.load_split(cfg)``. ``fp32_path``: the reference network in FP32
-    (``compression.adapt.reference_fp32()``; its pooled block14 equals the adapted model's ``features`` output
-    averaged over h, w). ``cache_dir``: the adapt stage's feature cache (``runs/adapt-cache``), so the features
-    the adapt stage extracted are reused (the cache key covers the model, every image, the code and the CPU).
+    (``compression.adapt.reference_fp32()``, whose pooled block14 the adapt stage caches). ``cache_dir``: the
+    adapt stage's feature cache (``runs/adapt-cache``; the key covers the model, every image, the code and the
+    CPU). ``int8_path``: the model being shipped (its INT8 backbone's features are what the app scores, and
+    they differ from the FP32 reference's): when given, the fit also uses its features, and C, the threshold and
+    the gate figures are measured on them (about 5 minutes of extraction on 2 cores the first time; cached).
     The sidecar must travel with the card (its sha256 is in the entry)."""
     t0 = time.time()
     feats = _features(sd, fp32_path, cache_dir, log, threads)
-    entry = fit_logistic_domain_check(
-        feats.pools[TAP], sd.records, sd.split, Path(out_dir) / f"{name}.domain.npz", n_boot=n_boot,
-        provenance={"split_manifest_sha256": sd.sha256, "feature_cache_key": feats.key,
-                    "reference_fp32_sha256": hashlib.sha256(Path(fp32_path).read_bytes()).hexdigest()})
+    prov: dict[str, Any] = {"split_manifest_sha256": sd.sha256, "feature_cache_key": feats.key,
+                            "reference_fp32_sha256": hashlib.sha256(Path(fp32_path).read_bytes()).hexdigest()}
+    x, x32 = feats.pools[TAP], None
+    if int8_path is not None:
+        x32 = x
+        x, keys = model_features(sd, int8_path, cache_dir, log, threads=threads)
+        prov |= {"model_sha256": hashlib.sha256(Path(int8_path).read_bytes()).hexdigest(),
+                 "model_feature_cache_keys": keys}
+    entry = fit_logistic_domain_check(x, sd.records, sd.split, Path(out_dir) / f"{name}.domain.npz",
+                                      fp32_features=x32, n_boot=n_boot, provenance=prov)
     log(f"domain: {entry['summary']} ({time.time() - t0:.0f} s)")
     return entry
 
@@ -338,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--name", help="the model name (default: the config's [ship] name)")
     ap.add_argument("--config", help="compression config (default: compression/config.toml)")
     ap.add_argument("--cache-dir", help="feature cache (default: <runs_dir>/adapt-cache)")
+    ap.add_argument("--int8", help="the adapted INT8 model to be shipped: fit and measure on its own features too")
+    ap.add_argument("--model-note", default="", help="what the --int8 model is, for the docs (e.g. 'not shipped yet')")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--results", nargs="?", const=str(RESULTS_JSON), default=None,
                     help=f"also write the doc figures (with the replaced distance's) to this JSON (default "
@@ -354,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else Path(cfg.run_dir()).parent / "adapt-cache"
     name = args.name or cfg.ship.name
     out = Path(args.out_dir)
-    entry = domain_check_for_ship(sd, fp32, cache, out, name, n_boot=args.n_boot, threads=cfg.run.threads)
+    entry = domain_check_for_ship(sd, fp32, cache, out, name, int8_path=args.int8, n_boot=args.n_boot,
+                                  threads=cfg.run.threads)
     (out / f"{name}.domain.json").write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(entry, indent=2))
     if args.results:
@@ -363,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "generated_by": "python -m compression.domain --results",
             "cpu": describe_cpu(), "cpu_features": cpu_features(),
+            "model": {"name": name, "int8_sha256": entry["trained_on"].get("model_sha256"), "note": args.model_note},
             "entry": entry,
             "baseline_distance": mahalanobis_baseline(feats.pools[TAP], sd.records, sd.split, n_boot=args.n_boot),
         }

@@ -92,6 +92,61 @@ def test_no_difference_is_reported_as_not_separating(tmp_path):
     assert "does NOT reliably separate" in entry["summary"]
 
 
+def test_measured_on_the_shipped_models_own_features(tmp_path):
+    """With ``fp32_features`` (the reference's) beside ``features`` (the INT8 model's, here a distorted copy), the
+    fit uses both, and C, the threshold and ``gate`` come from ``features``; the FP32 gate is reported beside."""
+    x32, recs, split = _data(shift=2.0)
+    rng = np.random.default_rng(5)
+    x8 = 0.7 * x32 + rng.normal(scale=0.8, size=x32.shape)  # quantization-like: shrunk and noisy
+    entry = fit_logistic_domain_check(x8, recs, split, tmp_path / "q.domain.npz", fp32_features=x32, n_boot=100)
+    assert entry["trained_on"]["feature_sets"] == ["the model's own (INT8 backbone)", "the FP32 reference network's"]
+    assert entry["gate"]["measured_on"] == "the model's own (INT8) features"
+    assert "On the model's own (INT8) features" in entry["summary"]
+    p = load_sidecar(tmp_path / "q.domain.npz")
+    s8, s32 = logistic_scores(x8, **p), logistic_scores(x32, **p)
+    _, les, _ = scope_labels(recs)
+    sel = (split == "select") & les
+    assert entry["threshold"] == pytest.approx(float(np.quantile(s8[sel], 0.95)))  # on the INT8 features
+    g32 = entry["gate_fp32_reference"]
+    oos, _, _ = scope_labels(recs)
+    gate_oos = (split == "gate") & oos
+    assert g32["flagged"]["fitzpatrick17k_non_neoplastic"]["flagged"] == int((s32[gate_oos] >= entry["threshold"]).sum())
+    assert entry["gate"]["flagged"]["fitzpatrick17k_non_neoplastic"]["flagged"] == int(
+        (s8[gate_oos] >= entry["threshold"]).sum())
+    assert entry["gate"]["fitzpatrick17k"]["auroc"] > 0.8 and g32["fitzpatrick17k"]["auroc"] > 0.9
+    with pytest.raises(ValueError, match="one entry per record"):
+        fit_logistic_domain_check(x8, recs, split, tmp_path / "x.npz", fp32_features=x32[:, :3])
+
+
+def test_domain_check_for_ship_writes_the_named_sidecar(tmp_path, monkeypatch):
+    """The ship stage's call: features from the cache (stubbed here), ``<name>.domain.npz`` in ``out_dir``, the
+    provenance in ``trained_on``; with ``int8_path`` the model's own features are the measured ones."""
+    from compression import domain
+
+    x32, recs, split = _data(shift=2.0)
+    x8 = x32 + 0.1
+    sd = SimpleNamespace(records=recs, split=list(split), sha256="s" * 64,
+                         rows=lambda name: np.flatnonzero(split == name))
+    monkeypatch.setattr(domain, "_features", lambda *a, **k: SimpleNamespace(pools={"block14": x32}, key="k32"))
+    monkeypatch.setattr(domain, "model_features", lambda *a, **k: (x8, ["k8a", "k8b"]))
+    (tmp_path / "ref.onnx").write_bytes(b"ref")
+    (tmp_path / "m8.onnx").write_bytes(b"int8")
+    logged: list[str] = []
+    e = domain.domain_check_for_ship(sd, tmp_path / "ref.onnx", tmp_path / "cache", tmp_path / "out", "mx",
+                                     logged.append, n_boot=50)
+    assert e["sidecar"] == "mx.domain.npz" and (tmp_path / "out" / "mx.domain.npz").is_file()
+    assert e["trained_on"]["split_manifest_sha256"] == "s" * 64 and e["trained_on"]["feature_cache_key"] == "k32"
+    assert e["trained_on"]["reference_fp32_sha256"] == hashlib.sha256(b"ref").hexdigest()
+    assert "gate_fp32_reference" not in e and logged and logged[0].startswith("domain: ")
+    e8 = domain.domain_check_for_ship(sd, tmp_path / "ref.onnx", tmp_path / "cache", tmp_path / "out", "mx",
+                                      logged.append, int8_path=tmp_path / "m8.onnx", n_boot=50)
+    assert e8["trained_on"]["model_sha256"] == hashlib.sha256(b"int8").hexdigest()
+    assert e8["trained_on"]["model_feature_cache_keys"] == ["k8a", "k8b"] and "gate_fp32_reference" in e8
+    s8 = logistic_scores(x8, **load_sidecar(tmp_path / "out" / "mx.domain.npz"))
+    _, les, _ = scope_labels(recs)
+    assert e8["threshold"] == pytest.approx(float(np.quantile(s8[(split == "select") & les], 0.95)))
+
+
 def test_logistic_scores_by_hand(tmp_path):
     """mean (1, 2, 3), scale (1, 2, 4), coef (1, -1, 0.5), intercept -0.5: hand-worked values."""
     p = {"mean": np.array([1.0, 2, 3]), "scale": np.array([1.0, 2, 4]), "coef": np.array([1.0, -1, 0.5]),
