@@ -182,6 +182,22 @@ def test_the_distance_baseline_it_replaced():
     assert 0.35 < base["gate_fitzpatrick17k"]["auroc"] < 0.65 and not base["separates"]
 
 
+def test_a_replaced_bundle_takes_its_domain_sidecar_along(tmp_path):
+    """ship's bundle file list names the card's domain sidecar: removing the old model removes it, keeping the new
+    model keeps its own."""
+    from compression.ship import _bundle_files, remove_other_bundles
+
+    for stem in ("old", "new"):
+        (tmp_path / f"{stem}.onnx").write_bytes(b"m")
+        (tmp_path / f"{stem}.domain.npz").write_bytes(b"d")
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"file": f"{stem}.onnx", "domain_check": {
+            "method": METHOD, "sidecar": f"{stem}.domain.npz"}}), encoding="utf-8")
+    assert tmp_path / "new.domain.npz" in _bundle_files(tmp_path / "new.json")
+    removed = remove_other_bundles(tmp_path, tmp_path / "new.json", log=lambda _: None)
+    assert {p.name for p in removed} == {"old.json", "old.onnx", "old.domain.npz"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.domain.npz", "new.json", "new.onnx"]
+
+
 # ------------------------------------------------------------------------------------------ real data
 
 
