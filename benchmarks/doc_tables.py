@@ -9,7 +9,8 @@ A doc holds each generated table between two markers naming the JSON file and th
 ``python benchmarks/doc_tables.py`` rewrites every such block from the JSON; ``--check`` only reports the blocks
 that differ (exit 1). ``tests/test_doc_tables.py`` runs the check, so a doc never shows figures its JSON does not
 hold. The JSON files are written by ``benchmarks/batch_benchmark.py``, ``benchmarks/gui_benchmark.py`` and
-``benchmarks/bundle_size.py``; re-run one, then this script, and commit both. ``model_card.json`` names the
+``benchmarks/bundle_size.py`` and ``python -m compression.domain --results``; re-run one, then this script, and commit
+both. ``model_card.json`` names the
 bundled model's card (``resources/models/*.json``, written by ``compression/card.py``): when the bundled model
 is replaced, run this script to bring the docs' card tables along.
 """
@@ -27,7 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 #: The docs that carry generated tables.
-DOCS = ("docs/batch.md", "docs/gui.md", "docs/production_deployment_guide.md", "docs/model_card.md", "docs/api.md")
+DOCS = ("docs/batch.md", "docs/gui.md", "docs/production_deployment_guide.md", "docs/model_card.md", "docs/api.md",
+        "docs/domain_check.md")
 #: The pseudo results file that stands for the bundled model's card.
 MODEL_CARD = "model_card.json"
 MB = 1e6
@@ -181,6 +183,70 @@ def _model_of_card(d: dict[str, Any]) -> str:
     return f"`{d.get('name', '?')}` {d.get('version', '?')}"
 
 
+# ---------------------------------------------------------------------------------------------- domain check
+
+
+def _ci(e: dict[str, Any]) -> str:
+    lo, hi = e["auroc_ci95"]
+    return f"{e['auroc']:.3f} ({lo:.3f}–{hi:.3f})"
+
+
+_FLAGGED_NAMES = {"fitzpatrick17k_non_neoplastic": "Fitzpatrick17k non-neoplastic photos (out of scope)",
+                  "fitzpatrick17k_lesions": "Fitzpatrick17k lesions (benign and malignant)",
+                  "isic_lesions": "ISIC dermoscopy lesions", "pad_lesions": "PAD-UFES-20 lesions",
+                  "all_lesions": "every lesion"}
+
+
+def _domain_gate_rows(g: dict[str, Any]) -> list[str]:
+    lines = ["| gate split | n (out of scope vs lesions) | AUROC (95% CI) |", "|---|---|---|"]
+    for key, label in (("fitzpatrick17k", "Fitzpatrick17k non-neoplastic vs Fitzpatrick17k lesions"),
+                       ("all_lesions", "Fitzpatrick17k non-neoplastic vs every lesion")):
+        e = g[key]
+        lines.append(f"| {label} | {e['n_out_of_scope']} vs {e['n_lesions']} | {_ci(e)} |")
+    lines += ["", "| gate images | n | flagged at the threshold | share |", "|---|---|---|---|"]
+    for key, f in g["flagged"].items():
+        lines.append(f"| {_FLAGGED_NAMES.get(key, key)} | {f['n']} | {f['flagged']} | {100 * f['share']:.1f}% |")
+    return lines
+
+
+def domain_gate(d: dict[str, Any]) -> str:
+    e = d["entry"]
+    t, c, g = e["trained_on"], e["calibration"], e["gate"]
+    m = d.get("model") or {}
+    sha = m.get("int8_sha256")
+    on = (f"the INT8 model `{m.get('name', '?')}` (sha256 {sha[:12]}…{'; ' + m['note'] if m.get('note') else ''})"
+          if sha else "the FP32 reference network (no INT8 model given)")
+    lines = [f"Measured {d['generated_utc']} by `{d['generated_by']}` on {d['cpu']}, for {on}. Features: "
+             f"{e['features']}, of {' and '.join(t['feature_sets'])}. Fit on the train split ({t['n_positive']} "
+             f"non-neoplastic Fitzpatrick17k photos, {t['n_negative']} lesions); C = {c['c']:g} chosen on the select "
+             f"split (AUROC {c['select_auroc']:.3f}); threshold {e['threshold']:.3f}, {c['threshold_rule']}. "
+             f"Intervals: stratified bootstrap, {g['n_boot']} resamples.", "",
+             f"On {g['measured_on']} (what the app scores):", ""]
+    lines += _domain_gate_rows(g)
+    ref = e.get("gate_fp32_reference")
+    if ref:
+        lines += ["", f"On {ref['measured_on']}:", ""]
+        lines += _domain_gate_rows(ref)
+    lines += ["", f"**Verdict:** {e['summary']}"]
+    return "\n".join(lines) + "\n"
+
+
+def domain_selection(d: dict[str, Any]) -> str:
+    e, b = d["entry"], d["baseline_distance"]
+    c = e["calibration"]
+    lines = ["| method | features | setting | select AUROC (Fitzpatrick17k non-neoplastic vs lesions) |",
+             "|---|---|---|---|"]
+    lines += [f"| logistic regression{' (chosen)' if float(k) == c['c'] else ''} | {e['gate']['measured_on']} | "
+              f"C = {k} | {v:.3f} |" for k, v in c["select_auroc_by_c"].items()]
+    lines += [f"| PCA-Mahalanobis distance{' (its best)' if int(k) == b['n_components'] else ''} | the FP32 reference "
+              f"network's features | k = {k} | {v:.3f} |" for k, v in b["select_auroc_by_k"].items()]
+    gb = b["gate_fitzpatrick17k"]
+    lines += ["", f"The distance at its best k ({b['n_components']}) on the gate split, on the FP32 reference network's "
+              f"features: AUROC {_ci(gb)} ({gb['n_out_of_scope']} vs {gb['n_lesions']}): "
+              + ("it separates." if b["separates"] else "it does **not** separate the photos, so it is not shipped.")]
+    return "\n".join(lines) + "\n"
+
+
 #: (JSON file, table name) -> renderer.
 
 # ---------------------------------------------------------------------------------------------- api
@@ -264,6 +330,8 @@ TABLES: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     (MODEL_CARD, "limitations"): card_limitations,
     (MODEL_CARD, "calibration"): card_calibration,
     ("api.json", "load"): api_load,
+    ("domain_check.json", "gate"): domain_gate,
+    ("domain_check.json", "selection"): domain_selection,
 }
 
 

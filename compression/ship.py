@@ -64,7 +64,8 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_FILE = "student_int8.onnx"
 THRESHOLD_POOLS = ("external", "pad")
-BUNDLE_SUFFIXES = (".onnx", ".head.npz", ".calibration.csv", ".selfcheck.npz", ".reference_probs.csv", ".json")
+BUNDLE_SUFFIXES = (".onnx", ".head.npz", ".calibration.csv", ".selfcheck.npz", ".reference_probs.csv", ".domain.npz",
+                   ".json")
 
 Log = Callable[[str], None]
 
@@ -274,14 +275,15 @@ def verify_installed(card_path: Path, image: Path, log: Log = print, *, threads:
 
 
 def _bundle_files(card: Path) -> list[Path]:
-    """A bundled model's files in its folder: ``<stem>.{onnx,head.npz,calibration.csv,json}`` and the names
-    its card gives (model, head, calibration manifest), plain names only."""
+    """A bundled model's files in its folder: ``<stem>`` + each of :data:`BUNDLE_SUFFIXES` and the names its card
+    gives (model, head, calibration manifest, domain-check sidecar), plain names only."""
     folder, stem = card.parent, card.name[: -len(".json")]
     names = {stem + s for s in BUNDLE_SUFFIXES}
     with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
         c = json.loads(card.read_text(encoding="utf-8"))
         names |= {c.get("file"), (c.get("head") or {}).get("file"),
-                  ((c.get("provenance") or {}).get("calibration") or {}).get("manifest_file")}  # fmt: skip
+                  ((c.get("provenance") or {}).get("calibration") or {}).get("manifest_file"),
+                  (c.get("domain_check") or {}).get("sidecar")}  # fmt: skip
     plain = {
         n for n in names if isinstance(n, str) and n and n == Path(n).name and n.endswith(BUNDLE_SUFFIXES)
     }

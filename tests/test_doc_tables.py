@@ -60,9 +60,15 @@ def test_a_changed_figure_changes_the_table(tmp_path):
     size = DT.load("bundle_size.json")
     size["unpacked_bytes"] += 7_000_000
     (tmp_path / "bundle_size.json").write_text(json.dumps(size), encoding="utf-8")
+    dom = DT.load("domain_check.json")
+    dom["entry"]["gate"]["fitzpatrick17k"]["auroc"] = 0.1234
+    dom["baseline_distance"]["select_auroc_by_k"]["8"] = 0.9876
+    (tmp_path / "domain_check.json").write_text(json.dumps(dom), encoding="utf-8")
     after = {k: DT.render(*k, tmp_path) for k in before}
     assert "12,345.6" in after[("batch_benchmark.json", "throughput")] or "12345.6" in after[
         ("batch_benchmark.json", "throughput")]
     assert after[("batch_benchmark.json", "stages")] != before[("batch_benchmark.json", "stages")]
     assert "9876 ms" in after[("gui_benchmark.json", "performance")]
     assert after[("bundle_size.json", "budgets")] != before[("bundle_size.json", "budgets")]
+    assert "0.123 (" in after[("domain_check.json", "gate")]
+    assert "| 0.988 |" in after[("domain_check.json", "selection")]

@@ -200,7 +200,7 @@ def predict(engine: Engine, x: np.ndarray, metadata: Sequence[Metadata | None], 
 
 def complete(p: Prepared, prediction: Prediction, card_raw: dict[str, Any], card_dir=None) -> Assessment:
     """The assessment of a prepared input once the model has scored it (adds the domain warnings; ``card_dir``:
-    the card's folder, where a feature-distance check's sidecar lies)."""
+    the card's folder, where the out-of-scope check's sidecar lies)."""
     return Assessment(
         name=p.name, sha256=p.sha256, width=p.width, height=p.height, x=p.x, skin=p.skin,
         image_warnings=p.image_warnings,

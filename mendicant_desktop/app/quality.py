@@ -6,8 +6,10 @@
 * mostly not skin -- the share of pixels with skin/lesion colours (CIELAB hue red..yellow with some
   chroma, or nearly grey and not white) is below :data:`MIN_SKIN_LIKE`; a black masked background is
   named as such (every PAD-UFES-20 crop gets it: they really are mostly black);
-* outside the training domain -- only when the model card defines ``domain_check``
-  (``{"min_top_probability": p}`` and/or ``{"max_entropy": nats}``).
+* outside the training domain -- only when the model card defines ``domain_check``: the out-of-scope check of
+  ``compression/domain.py`` (``method: feature_logistic``: a logistic regression on the pooled features that
+  tells Fitzpatrick17k's non-neoplastic photos -- rashes, acne -- from lesions; see ``docs/domain_check.md``), or
+  the probability rules of older cards (``{"min_top_probability": p}`` and/or ``{"max_entropy": nats}``).
 
 Thresholds were set on ``../shared/data``: heavy blur fires for none of the real images, "too small"
 for none of them (180 px is the smallest), "mostly not skin" for 0.7% of the dermoscopy images; a 1-px
@@ -148,29 +150,55 @@ def image_warnings(rgb: np.ndarray, original_size: tuple[int, int] | None = None
     return out
 
 
-#: The card's ``domain_check.method`` of the feature-distance check (written by ``compression/domain.py``).
-FEATURE_METHOD = "feature_mahalanobis_pca"
+#: The card's ``domain_check.method`` of the out-of-scope check (written by ``compression/domain.py``).
+FEATURE_METHOD = "feature_logistic"
+#: The arrays of its ``.domain.npz`` sidecar.
+_SIDECAR_KEYS = ("mean", "scale", "coef", "intercept")
 
 
 @functools.lru_cache(maxsize=4)
-def _load_domain_sidecar(path: str, sha256: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The sidecar's (mean, components, variances), or None when it is missing or not the card's file."""
+def _load_domain_sidecar(path: str, sha256: str) -> tuple[np.ndarray, ...] | None:
+    """The sidecar's (mean, scale, coef, intercept) as float64, or None when it is missing, is not the card's
+    file (sha256) or does not hold those arrays: then there is no check rather than a wrong one."""
     try:
         data = Path(path).read_bytes()
     except OSError:
         return None
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+    if not sha256 or hashlib.sha256(data).hexdigest() != sha256:
         return None
-    with np.load(io.BytesIO(data)) as z:
-        return (z["mean"].astype(np.float64), z["components"].astype(np.float64),
-                z["variances"].astype(np.float64))
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrs = tuple(np.asarray(z[k], np.float64).reshape(-1) for k in _SIDECAR_KEYS)
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    mean, scale, coef, intercept = arrs
+    if not (mean.size == scale.size == coef.size and intercept.size == 1):
+        return None
+    return arrs
 
 
-def feature_distance(pooled: np.ndarray, mean: np.ndarray, components: np.ndarray, variances: np.ndarray) -> float:
-    """Mahalanobis distance of pooled features in the check's PCA subspace, over sqrt(k) (a typical training
-    image scores about 1); the formula of ``compression.domain.domain_scores``."""
-    z = (np.asarray(pooled, np.float64) - mean) @ components.T
-    return float(np.sqrt((z * z / variances).sum() / components.shape[0]))
+def out_of_scope_score(pooled: np.ndarray, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray,
+                       intercept: np.ndarray | float) -> float:
+    """``sigmoid(((pooled - mean) / scale) . coef + intercept)``: how much the photo looks like Fitzpatrick17k's
+    non-neoplastic photos (rashes, acne, ...) rather than a lesion; the formula of
+    ``compression.domain.logistic_scores``."""
+    z = float(((np.asarray(pooled, np.float64).reshape(-1) - mean) / scale) @ coef)
+    z += float(np.asarray(intercept, np.float64).reshape(-1)[0])
+    return float(np.exp(-np.logaddexp(0.0, -z)))
+
+
+def _out_of_scope_warning(check: Mapping[str, Any], pooled: np.ndarray, card_dir: str | os.PathLike) -> str | None:
+    side = _load_domain_sidecar(str(Path(card_dir) / str(check.get("sidecar", ""))),
+                                str(check.get("sidecar_sha256") or ""))
+    thr = check.get("threshold")
+    if side is None or thr is None or np.asarray(pooled).size != side[0].size:
+        return None
+    score, thr = out_of_scope_score(pooled, *side), float(thr)
+    if not score >= thr:
+        return None
+    return (f"This photo looks unlike the skin lesions the model was trained on (for example a rash, acne or "
+            f"another non-lesion condition): out-of-scope score {score:.2f}, at or above {thr:.2f}. The result "
+            "may be meaningless.")
 
 
 def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...] | list[float], *,
@@ -178,8 +206,9 @@ def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...
     """Warnings from the model card's optional ``domain_check`` (none when the card defines none).
 
     Two kinds: the probability-based one of older cards (``min_top_probability``, ``max_entropy``) and the
-    feature-distance one (``method`` :data:`FEATURE_METHOD`, with a ``.domain.npz`` sidecar beside the card),
-    measured on ``pooled`` (the model's features averaged over h, w)."""
+    out-of-scope check (``method`` :data:`FEATURE_METHOD`, with a ``.domain.npz`` sidecar beside the card whose
+    sha256 the card gives), measured on ``pooled`` (the model's features averaged over h, w). A missing or
+    tampered sidecar gives no warning, never a crash."""
     check = card_raw.get("domain_check") if isinstance(card_raw, Mapping) else None
     if not isinstance(check, Mapping):
         return []
@@ -187,17 +216,9 @@ def domain_warnings(card_raw: Mapping[str, Any], probabilities: tuple[float, ...
     out: list[str] = []
     try:
         if check.get("method") == FEATURE_METHOD and pooled is not None and card_dir is not None:
-            side = _load_domain_sidecar(str(Path(card_dir) / str(check.get("sidecar", ""))),
-                                        str(check.get("sidecar_sha256") or ""))
-            thr = check.get("threshold")
-            if side is not None and thr is not None:
-                d = feature_distance(pooled, *side)
-                if d >= float(thr):
-                    out.append(
-                        f"Unlike the images the model was trained on (feature distance {d:.2f}, at or above "
-                        f"{float(thr):.2f}): it may not be a skin lesion the model knows, or an unusual photo. "
-                        "Treat this result with extra caution."
-                    )
+            w = _out_of_scope_warning(check, pooled, card_dir)
+            if w:
+                out.append(w)
         min_top = check.get("min_top_probability")
         if min_top is not None and p.size and float(p.max()) < float(min_top):
             out.append(
