@@ -344,6 +344,12 @@ def view_list(key: str, v: Any) -> tuple[str, ...]:
     return items
 
 
+def within_percent(key: str, v: Any) -> float:
+    if not _is_num(v) or not 99.0 <= v <= 100.0:
+        raise _fail(key, "a percentile in [99, 100]", v)
+    return float(v)
+
+
 def fp32_keep_list(key: str, v: Any) -> tuple[str, ...]:
     return str_list(key, v) if v != [] else ()
 
@@ -364,7 +370,9 @@ class AdaptConfig:
     calibration_per_group: int = _f(pos_int, 24)
     reduce_range: bool = _f(boolean, True)
     activation_type: str = _f(one_of("uint8", "int8"), "uint8")
-    method: str = _f(one_of("minmax", "percentile", "entropy"), "minmax")
+    method: str = _f(one_of("minmax", "percentile", "entropy", "image_quantile"), "minmax")
+    range_quantile: float = _f(unit_open, 0.75)  # image_quantile: quantile over images of each image's max
+    range_within: float = _f(within_percent, 100.0)  # image_quantile: each image's own percentile (100 = max)
     keep_fp32: tuple[str, ...] = _f(fp32_keep_list, ())
     int8_aware: bool = _f(boolean, True)
     check_inputs: int = _f(pos_int, 6)

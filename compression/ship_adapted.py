@@ -10,7 +10,9 @@ Beside the ONNX and its Grad-CAM head sidecar it ships:
 - ``<name>.reference_probs.csv``: the FP32 counterpart's probabilities on a fixed, stratified set of real gate-split
   images (names and hashes only, never the images): CI scores the bundled INT8 on the same images on its own CPU
   and holds it to top-1 >= 0.97, malignancy Spearman >= 0.98, |ΔAUROC| <= 0.01;
-- ``<name>.calibration.csv``: the calibration images' names and hashes.
+- ``<name>.calibration.csv``: the calibration images' names and hashes;
+- ``<name>.domain.npz``: the out-of-scope check's logistic regression (``compression.domain``; the card's
+  ``domain_check`` entry names it with its sha256 and gate figures).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import numpy as np
 from mendicant_desktop.core.bundle import make_card, sha256_file, write_card
 from mendicant_desktop.core.cpu import describe_cpu
 
-from .adapt import CLASSES, MAL_IDX, QUESTIONS, Record, SplitData, load_split, ort_probs
+from .adapt import CLASSES, MAL_IDX, QUESTIONS, Record, SplitData, load_split, ort_probs, reference_fp32
+from .domain import domain_check_for_ship
 from .gate import reference_rows, validate_result
 from .ship import (
     ShipRefused,
@@ -218,10 +221,14 @@ def ship_adapted(cfg: Any, run_dir: str | Path, *, models_dir: str | Path | None
                       "cpu": gate["cpu"], "cpu_summary": gate["cpu_summary"], "libraries": gate["libraries"]},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }  # fmt: skip
+        # The out-of-scope check, fitted on the shipped INT8 backbone's features (what the app scores), C and the
+        # threshold on select, figures on gate (compression.domain).
+        domain = domain_check_for_ship(sd, reference_fp32(log), Path(cfg.run_dir()).parent / "adapt-cache", stage,
+                                       name, log, int8_path=onnx_path, threads=cfg.run.threads)  # fmt: skip
         card = make_card(
             name=name, version=version, model_path=onnx_path, head_path=head, threshold=threshold, metrics=metrics,
             provenance=provenance,
-            extra={"self_check": kc,
+            extra={"self_check": kc, "domain_check": domain,
                    "outputs": {"probs": "probs", "features": "features (N, 2048, h, w), block14's map (Grad-CAM)",
                                "malignancy": "malignancy (N, 1), the direct malignancy output"},
                    "malignancy_score": "p(mel) + p(bcc) + p(akiec), equal to the direct malignancy output",
@@ -232,7 +239,7 @@ def ship_adapted(cfg: Any, run_dir: str | Path, *, models_dir: str | Path | None
         card_tmp = write_card(card, stage / f"{name}.json")
         image = sd.shared / sd.records[int(gate_rows[0])].relpath
         verify_bundle(card_tmp, image, log, threads=cfg.run.threads)
-        card_path = move_into_place([onnx_path, head, check, calib, ref], card_tmp, out_dir)
+        card_path = move_into_place([onnx_path, head, check, calib, ref, stage / domain["sidecar"]], card_tmp, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     verify_installed(card_path, image, log, threads=cfg.run.threads)
