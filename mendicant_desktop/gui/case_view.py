@@ -668,7 +668,9 @@ class CaseView(QWidget):
             self.bars.set_probabilities(pred.class_names, pred.probabilities)
             stale = (" (Computed before the metadata change: " + ("updating.)" if case.status in ("queued", "scoring")
                      else "use “recompute” under the image.)")) if case.result_is_stale else ""
-            self.summary.setText(text.summary(pred, case.warnings) + stale)
+            default = self.gauge.model_default
+            source = self.settings.threshold_source(default) if default is not None else ""
+            self.summary.setText(text.summary(pred, case.warnings, default, source) + stale)
         self.warn_card.setVisible(bool(case.warnings) and not err)
         self.warn_text.setText("<br>".join(f"⚠ {w}" for w in case.warnings))
         self._show_skin(case)
