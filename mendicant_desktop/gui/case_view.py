@@ -35,7 +35,7 @@ from .cases import Case
 from .followup import FollowUpCard
 from .qtutil import signals_blocked
 from .settings import AppSettings
-from .widgets import ColormapLegend, ImageView, ProbabilityBars, RiskGauge
+from .widgets import ColormapLegend, ElidedLabel, ImageView, ProbabilityBars, RiskGauge
 
 
 class Card(QFrame):
@@ -117,9 +117,8 @@ class CaseView(QWidget):
         ll.setContentsMargins(8, 8, 4, 8)
         ll.setSpacing(6)
         head = QHBoxLayout()
-        self.title = QLabel("")
+        self.title = ElidedLabel("")  # a long name ends in "…" (the full name in the tooltip), never clipped
         self.title.setObjectName("CaseTitle")
-        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.status = QLabel("")
         self.status.setObjectName("CaseStatus")
         head.addWidget(self.title, 1)
@@ -282,17 +281,7 @@ class CaseView(QWidget):
         self.assess_card.lay.addWidget(self.summary)
         pl.addWidget(self.assess_card)
 
-        self.warn_card = Card("Warnings")
-        self.warn_card.setObjectName("WarnCard")
-        self.warn_text = _wrap_label("WarnText")
-        self.warn_card.lay.addWidget(self.warn_text)
-        pl.addWidget(self.warn_card)
-
-        self.prob_card = Card("Class probabilities")
-        self.bars = ProbabilityBars()
-        self.prob_card.lay.addWidget(self.bars)
-        pl.addWidget(self.prob_card)
-
+        # the skin type (and its V-VI caution) sits right under the score: at 1024x640 it stays in view
         self.skin_card = Card("Skin type (Fitzpatrick)")
         self.skin_head = _wrap_label("SkinHead")
         self.skin_detail = _wrap_label("Muted")
@@ -310,6 +299,18 @@ class CaseView(QWidget):
         self.skin_card.lay.addWidget(self.skin_detail)
         self.skin_card.lay.addLayout(row)
         pl.addWidget(self.skin_card)
+
+        self.warn_card = Card("Warnings")
+        self.warn_card.setObjectName("WarnCard")
+        self.warn_text = _wrap_label("WarnText")
+        self.warn_card.lay.addWidget(self.warn_text)
+        pl.addWidget(self.warn_card)
+
+        self.prob_card = Card("Class probabilities")
+        self.bars = ProbabilityBars()
+        self.prob_card.lay.addWidget(self.bars)
+        pl.addWidget(self.prob_card)
+
 
         self.details = CaseDetailsCard()
         pl.addWidget(self.details)
@@ -631,7 +632,7 @@ class CaseView(QWidget):
             self.explain_row.setVisible(False)
             return
         self.title.setText(case.name)
-        self.title.setToolTip(case.source)
+        self.title.set_extra_tooltip(case.source)
         self.status.setText(case.status.upper())
         self.status.setProperty("status", case.status)
         self.status.style().unpolish(self.status)

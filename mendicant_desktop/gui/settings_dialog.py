@@ -154,7 +154,7 @@ class SettingsDialog(QDialog):
         """Whether to estimate the skin type from each image."""
         g3 = QGroupBox("Skin type")
         v3 = QVBoxLayout(g3)
-        self.estimate_fst = QCheckBox("Estimate the Fitzpatrick skin type from each image (ITA)")
+        self.estimate_fst = QCheckBox("Estimate the Fitzpatrick skin type from each image (skin colour around the lesion)")
         self.estimate_fst.setChecked(self.settings.estimate_fst)
         v3.addWidget(self.estimate_fst)
         n3 = QLabel("The estimate is labelled as such and can be overridden per case; it does not change the "
