@@ -265,8 +265,11 @@ class AuditTab(QWidget):
     def _table_width(self) -> int:
         """The width that shows every column of the table without a horizontal scroll bar."""
         t = self.table
-        cols = sum(t.horizontalHeader().sectionSizeHint(j) if t.rowCount() == 0 else
-                   max(t.horizontalHeader().sectionSizeHint(j), t.sizeHintForColumn(j)) for j in range(t.columnCount()))
+        hh = t.horizontalHeader()
+        hh.setStretchLastSection(False)  # measure every column at its content's width, the last one included
+        hh.resizeSections(QHeaderView.ResizeMode.ResizeToContents)
+        cols = hh.length()
+        hh.setStretchLastSection(True)
         return cols + 2 * t.frameWidth() + t.verticalScrollBar().sizeHint().width() + 4
 
     def _fit_table(self) -> None:
