@@ -214,6 +214,7 @@ def _percentiles(vals: list[float | None]) -> dict[str, float | None]:
 
 def run(data: Path, per_set: int, seed: int = 15) -> dict[str, Any]:
     t0 = time.perf_counter()
+    commit = _git_commit()  # the code measured: taken at the start
     measure_names = sorted({m for m, *_ in TARGETS.values()})
     clean: dict[str, dict[str, list[float | None]]] = {m: {} for m in measure_names}
     degraded: dict[str, dict[str, dict[str, list[float | None]]]] = {d: {m: {} for m in measure_names}
@@ -266,7 +267,7 @@ def run(data: Path, per_set: int, seed: int = 15) -> dict[str, Any]:
         }
     return {
         "generated_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git_commit(),
+        "commit": commit,
         "script": "benchmarks/quality_benchmark.py",
         "cpu_features": int8_cpu_flags(),
         "max_clean_flag": MAX_CLEAN_FLAG,

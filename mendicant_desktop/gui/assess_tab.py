@@ -468,6 +468,9 @@ class AssessTab(QWidget):
         self._rethreshold()
         for c in self.model.cases:
             self._schedule(c)
+        cur = self.current_case()  # a reopened case selected before the model was ready: read it again now,
+        if cur is not None and cur.restored and cur.x is None and cur.path is not None and cur.status == "done":
+            self._rehydrate(cur)  # or its heat map and explanations would stay missing until reselected
 
     def _model_failed(self, reason: str) -> None:
         # queued cases say why they are not scored, instead of "waiting for the model…" forever

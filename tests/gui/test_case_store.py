@@ -442,3 +442,23 @@ def test_notes_typed_but_not_left_are_saved_on_quit(qtbot, window, tmp_path, tin
     qtbot.waitUntil(lambda: win2.assess.model.rowCount() == 1, timeout=10_000)
     assert win2.assess.model.cases[0].notes == "itches at night"
     win2.close()
+
+
+def test_the_case_on_screen_after_a_restart_gets_its_heat_map(qtbot, window, tmp_path, tiny_bundle, settings_path):
+    """The case selected at start-up (before the model is ready, or after) is read again from its kept copy once
+    the model is there: its heat map is shown without selecting another case and back."""
+    window.add_paths([lesion_image(tmp_path / f"r{i}.jpg", seed=i) for i in range(2)])
+    wait_all_scored(qtbot, window)
+    _saved(qtbot, window, 2)
+    window.close()
+    from mendicant_desktop.gui.app import build_window
+
+    services, win = build_window(settings_path, tiny_bundle)  # the restore and the model load race here
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: services.engine is not None and win.assess.model.rowCount() == 2, timeout=30_000)
+    qtbot.waitUntil(lambda: win.assess.current_case() is not None, timeout=10_000)
+    cur = win.assess.current_case()
+    qtbot.waitUntil(lambda: cur.x is not None and cur.prediction.cam is not None, timeout=20_000)
+    qtbot.waitUntil(lambda: win.assess.view.view.overlay_visible(), timeout=5_000)
+    win.close()
