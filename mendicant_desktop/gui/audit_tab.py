@@ -266,10 +266,10 @@ class AuditTab(QWidget):
         """The width that shows every column of the table without a horizontal scroll bar."""
         t = self.table
         hh = t.horizontalHeader()
-        hh.setStretchLastSection(False)  # measure every column at its content's width, the last one included
-        hh.resizeSections(QHeaderView.ResizeMode.ResizeToContents)
-        cols = hh.length()
-        hh.setStretchLastSection(True)
+        fm = hh.fontMetrics()
+        # each column's cells and header text (measured, the header left alone: its last section stretches)
+        cols = sum(max(t.sizeHintForColumn(j), fm.horizontalAdvance(t.horizontalHeaderItem(j).text()) + 20)
+                   for j in range(t.columnCount()))
         return cols + 2 * t.frameWidth() + t.verticalScrollBar().sizeHint().width() + 4
 
     def _fit_table(self) -> None:

@@ -60,6 +60,7 @@ def test_audit_tab_fits(qtbot, window, shared_data, tmp_path, size):
     _settle(qtbot)
     t = tab.table
     assert t.horizontalScrollBar().maximum() == 0  # every column in view
+    assert t.horizontalHeader().length() <= t.viewport().width()
     assert t.verticalScrollBar().maximum() == 0  # every row in view
     for plot in (tab.roc, tab.cal):
         if plot.isVisibleTo(tab):  # stacked, or the current tab
@@ -68,3 +69,8 @@ def test_audit_tab_fits(qtbot, window, shared_data, tmp_path, size):
             assert bottom <= tab.height()
     if size == (1024, 640):
         assert tab.plot_tabs.count() == 2  # too low for two stacked plots: one tab each
+    for other in SIZES[::-1] + SIZES:  # resized after the run, both ways: still no sideways scrolling
+        window.resize(*other)
+        _settle(qtbot)
+        assert t.horizontalScrollBar().maximum() == 0, other
+        assert t.horizontalHeader().length() <= t.viewport().width(), other  # the columns' own widths too
