@@ -182,6 +182,9 @@ class AuditTab(QWidget):
         tl = QVBoxLayout(left)
         tl.setContentsMargins(0, 0, 0, 0)
         self.table = QTableWidget(0, len(GUI_COLUMNS))
+        # before any section exists: the stretched last section starts (and may shrink back) to this, not 100 px
+        self.table.horizontalHeader().setDefaultSectionSize(48)
+        self.table.horizontalHeader().setMinimumSectionSize(24)
         # short headers (the full ones as tooltips): the table then fits beside the plots at 1024 px
         self.table.setHorizontalHeaderLabels([SHORT_HEADERS.get(c, c) for c in GUI_COLUMNS])
         for j, c in enumerate(GUI_COLUMNS):
@@ -268,8 +271,9 @@ class AuditTab(QWidget):
         hh = t.horizontalHeader()
         fm = hh.fontMetrics()
         # each column's cells and header text (measured, the header left alone: its last section stretches)
-        cols = sum(max(t.sizeHintForColumn(j), fm.horizontalAdvance(t.horizontalHeaderItem(j).text()) + 20)
-                   for j in range(t.columnCount()))
+        last = t.columnCount() - 1
+        cols = sum(hh.sectionSize(j) for j in range(last))  # sized to their contents (ResizeToContents)
+        cols += max(t.sizeHintForColumn(last), fm.horizontalAdvance(t.horizontalHeaderItem(last).text()) + 16)
         return cols + 2 * t.frameWidth() + t.verticalScrollBar().sizeHint().width() + 4
 
     def _fit_table(self) -> None:

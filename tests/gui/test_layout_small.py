@@ -51,6 +51,7 @@ def test_audit_tab_fits(qtbot, window, shared_data, tmp_path, size):
     window.tabs.setCurrentWidget(tab)
     _settle(qtbot)
     assert tab.table.horizontalScrollBar().maximum() == 0  # the empty table's headers fit too
+    assert tab.table.horizontalHeader().length() <= tab.table.viewport().width()
     tab.set_inputs(labels, shared_data / "pad_ufes20_clinical" / "images", n_boot=20)
     done = []
     tab.finished.connect(done.append)
