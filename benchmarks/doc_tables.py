@@ -244,6 +244,57 @@ def domain_selection(d: dict[str, Any]) -> str:
     lines += ["", f"The distance at its best k ({b['n_components']}) on the gate split, on the FP32 reference network's "
               f"features: AUROC {_ci(gb)} ({gb['n_out_of_scope']} vs {gb['n_lesions']}): "
               + ("it separates." if b["separates"] else "it does **not** separate the photos, so it is not shipped.")]
+# ---------------------------------------------------------------------------------------------- quality warnings
+
+_QUALITY_MEASURES = {
+    "sharpness": "Laplacian variance at ~512 px (black masked areas left out)",
+    "clipped_white": "share of the non-black pixels clipped white (every channel ≥ 250), ~128 px copy",
+    "bright_luma": "95th percentile of luma over the non-black pixels",
+    "lesion_share": "share of the photo the lesion mask covers",
+}
+_QUALITY_SETS = (("isic_dermoscopy", "ISIC"), ("pad_ufes20_clinical", "PAD"), ("fitzpatrick17k_clinical", "F17k"))
+
+
+def _pcts(per: dict[str, Any], get: Callable[[dict[str, Any]], float]) -> str:
+    return " / ".join(f"{100 * get(per[k]):.1f}%" for k, _ in _QUALITY_SETS)
+
+
+def quality_thresholds(d: dict[str, Any]) -> str:
+    """docs/gui.md: ``benchmarks/quality_benchmark.py``'s thresholds of the low-quality warnings."""
+    n = ", ".join(f"{label} {d['datasets'][k]['images']:,}" for k, label in _QUALITY_SETS)
+    per_set = d["datasets"][_QUALITY_SETS[0][0]]["degraded_sample"]
+    lines = [
+        f"Measured {d['generated_utc']} by `benchmarks/quality_benchmark.py` (commit {d['commit']}) on every image "
+        f"of `../shared/data` ({n}) and on degraded copies of a seeded sample of {per_set} images per set, made in "
+        "memory: Gaussian blur of σ = 0.5% / 1% of the longest side; exposure ±EV in linear light; the photo shrunk "
+        "to 1/4 or 1/8 of its side onto its own skin colour. A threshold flags at most "
+        f"{100 * d['max_clean_flag']:.0f}% of the clean images of every set; where it can also detect at least "
+        f"{100 * d['min_detection']:.0f}% of its target degradation in every set, it is the geometric middle of the "
+        "range that does both, else the clean-image limit. Percentages: ISIC / PAD / F17k.",
+        "",
+        "| warning | fires when | threshold (guessed before) | clean images flagged | target detected | "
+        "milder detected | how chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    missed = []
+    for w, r in d["warnings"].items():
+        per = r["per_dataset"]
+        cmp_ = "<" if r["direction"] == "low" else "≥"
+        lines.append(
+            f"| {w} | {_QUALITY_MEASURES.get(r['measure'], r['measure'])} {cmp_} threshold | **{r['threshold']:g}** "
+            f"({r['previous_threshold']:g}) | {_pcts(per, lambda p: p['clean_flag_rate'])} | {r['target']}: "
+            f"{_pcts(per, lambda p, t=r['target']: p['detection'][t])} | {r['milder']}: "
+            f"{_pcts(per, lambda p, t=r['milder']: p['detection'][t])} | {r['chosen_by']} |")
+        if not r["target_met"]:
+            low = [label for k, label in _QUALITY_SETS if per[k]["detection"][r["target"]] < d["min_detection"]]
+            missed.append(f"{w} ({r['target']} detected in under {100 * d['min_detection']:.0f}% of {', '.join(low)})")
+    lines += ["", "With the guessed thresholds (on the measures as defined now) the same images gave: " + "; ".join(
+        f"{w}: clean {_pcts(r['per_dataset'], lambda p: p['clean_flag_rate_at_previous'])}, target "
+        f"{_pcts(r['per_dataset'], lambda p, t=r['target']: p['detection_at_previous'][t])}"
+        for w, r in d["warnings"].items()) + "."]
+    lines += ["", ("Target missed: " + "; ".join(missed) + ". The measure cannot separate these within the "
+                   "clean-image budget; the threshold is the budget's limit.") if missed else
+              "Every target was met."]
     return "\n".join(lines) + "\n"
 
 
@@ -332,6 +383,7 @@ TABLES: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("api.json", "load"): api_load,
     ("domain_check.json", "gate"): domain_gate,
     ("domain_check.json", "selection"): domain_selection,
+    ("quality_thresholds.json", "thresholds"): quality_thresholds,
 }
 
 

@@ -32,6 +32,12 @@ COLUMNS: tuple[str, ...] = (
 )
 #: Appended after :data:`COLUMNS` when metadata is given: the values the model was given.
 METADATA_COLUMNS: tuple[str, ...] = ("meta_age", "meta_sex", "meta_site")
+#: The threshold a row's ``risk`` was judged at, the model card's default and where the threshold came from
+#: ("model", "site": IT's site file, "user": changed in Settings): the GUI's session CSV carries them, so a
+#: non-default threshold is visible in every row (``--batch`` always judges at the card's threshold).
+THRESHOLD_COLUMNS: tuple[str, ...] = ("threshold", "threshold_default", "threshold_source")
+#: Threshold sources.
+THRESHOLD_SOURCES: tuple[str, ...] = ("model", "site", "user")
 #: Appended last with ``--saliency-dir``: the overlay PNG written for the row.
 SALIENCY_COLUMNS: tuple[str, ...] = ("saliency_png",)
 
@@ -133,6 +139,15 @@ def error_row(
     row.update(status=status, error=reason, sha256=sha256, width=width, height=height)
     _meta_cells(row, metadata)
     return row
+
+
+def threshold_cells(threshold: float, model_default: float | None, source: str) -> dict[str, Any]:
+    """The :data:`THRESHOLD_COLUMNS` cells: a threshold equal to the card's is "model" whatever ``source`` says."""
+    if model_default is not None and abs(threshold - model_default) < 1e-12:
+        source = "model"
+    elif source not in THRESHOLD_SOURCES or source == "model":
+        source = "user" if model_default is not None else source  # differs from the card: never called the default
+    return {"threshold": threshold, "threshold_default": model_default, "threshold_source": source}
 
 
 def json_value(v: Any) -> Any:

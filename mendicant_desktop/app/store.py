@@ -321,6 +321,11 @@ class CaseStore:
         self.path = Path(path)
         self.copy_images = copy_images
         self._lock = threading.RLock()
+        self._open()
+
+    def _open(self) -> None:
+        """Open (creating or migrating) the file. :meth:`erase_all` calls it again under the same lock, so no other
+        thread can query a half-made store (a new lock there let one read before the migrations had run)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(OSError):
@@ -620,7 +625,7 @@ class CaseStore:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
             shutil.rmtree(self.images_dir, ignore_errors=True)
-            self.__init__(self.path, copy_images=self.copy_images)  # type: ignore[misc]
+            self._open()
 
 
 __all__ = [

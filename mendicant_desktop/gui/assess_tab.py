@@ -169,6 +169,7 @@ class AssessTab(QWidget):
         self.view.fstOverrideEdited.connect(self.set_fst_override)
         self.view.explainRequested.connect(self.explain_case)
         self.view.explainCancelRequested.connect(self.cancel_explain)
+        self.view.recomputeRequested.connect(self.recompute)
         self.btn_remove.clicked.connect(self.remove_current)
         self.btn_undo.clicked.connect(self.undo_remove)
         self.btn_clear.clicked.connect(self.clear)
@@ -467,6 +468,9 @@ class AssessTab(QWidget):
         self._rethreshold()
         for c in self.model.cases:
             self._schedule(c)
+        cur = self.current_case()  # a reopened case selected before the model was ready: read it again now,
+        if cur is not None and cur.restored and cur.x is None and cur.path is not None and cur.status == "done":
+            self._rehydrate(cur)  # or its heat map and explanations would stay missing until reselected
 
     def _model_failed(self, reason: str) -> None:
         # queued cases say why they are not scored, instead of "waiting for the model…" forever
@@ -513,6 +517,10 @@ class AssessTab(QWidget):
         BackgroundOp(self, op=lambda ctx: rescore(engine, scored, meta, threshold=threshold, cam_target=cam_target),
                      success=ok).failure(
             failed).run_in_background()
+
+    def recompute(self, case: Case) -> None:
+        """Score ``case`` again with its current metadata (its result predates a metadata change)."""
+        self.set_metadata(case, case.metadata, force=True)
 
     # ---- detailed explanation (occlusion sensitivity) ------------------------------------------
     def explain_current(self) -> None:

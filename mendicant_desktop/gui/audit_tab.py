@@ -19,8 +19,10 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -45,6 +47,17 @@ from .text import pct
 from .worker import BackgroundOp, store_pool
 
 GUI_COLUMNS = audit_text.TABLE_COLUMNS[:-1]  # the note goes into a spanned cell / tooltip
+#: The table's headers on screen (the exports keep the full ones) and their tooltips.
+SHORT_HEADERS = {"AUROC (95% CI)": "AUROC", "Sensitivity (95% CI)": "Sensitivity",
+                 "Specificity (95% CI)": "Specificity"}
+HEADER_TIPS = {"n": "Images in the group", "Pos.": "Malignant images in the group",
+               "AUROC (95% CI)": "AUROC of the malignancy score, with its 95% bootstrap confidence interval",
+               "Sensitivity (95% CI)": "Sensitivity at the operating threshold (95% CI)",
+               "Specificity (95% CI)": "Specificity at the operating threshold (95% CI)",
+               "ECE": "Expected calibration error (10 bins)",
+               "FST from": "Where the group's skin types come from: the labels file, the image, or both"}
+#: The plots never get narrower than this beside the table.
+MIN_PLOTS_WIDTH = 300
 
 
 def _audit(engine, labels_csv: str, images_dir: str, threshold: float | None, n_boot: int, ctx,
@@ -102,6 +115,7 @@ class AuditTab(QWidget):
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
         split.setSizes([760, 500])
+        self.split = split
         root.addWidget(split, 1)
 
         root.addLayout(self._build_exports())
@@ -168,7 +182,13 @@ class AuditTab(QWidget):
         tl = QVBoxLayout(left)
         tl.setContentsMargins(0, 0, 0, 0)
         self.table = QTableWidget(0, len(GUI_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(GUI_COLUMNS))
+        # before any section exists: the stretched last section starts (and may shrink back) to this, not 100 px
+        self.table.horizontalHeader().setDefaultSectionSize(48)
+        self.table.horizontalHeader().setMinimumSectionSize(24)
+        # short headers (the full ones as tooltips): the table then fits beside the plots at 1024 px
+        self.table.setHorizontalHeaderLabels([SHORT_HEADERS.get(c, c) for c in GUI_COLUMNS])
+        for j, c in enumerate(GUI_COLUMNS):
+            self.table.horizontalHeaderItem(j).setToolTip(HEADER_TIPS.get(c, c))
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -186,8 +206,8 @@ class AuditTab(QWidget):
             f"Groups with n < {core_audit.MIN_GROUP_N}, or fewer than {core_audit.MIN_CLASS_N} positives or "
             "negatives, are insufficient: their figures are withheld and they are left out of the gap. Sensitivity "
             "and specificity are at the operating threshold; ECE is the expected calibration error (10 bins). "
-            "“label” = the labels file's skin type (a clinician's or an annotator's); “estimated” = from the "
-            "image; a “mixed” group says how many of each.")
+            "Brackets: 95% confidence intervals. “label” = the labels file's skin type (a clinician's or an "
+            "annotator's); “estimated” = from the image; a “mixed” group says how many of each.")
         self.reading.setWordWrap(True)
         self.reading.setObjectName("Muted")
         tl.addWidget(self.reading)
@@ -199,14 +219,38 @@ class AuditTab(QWidget):
 
     def _build_plots(self) -> QWidget:
         """ROC and calibration plots per skin type."""
-        plots = QWidget()
-        pl = QVBoxLayout(plots)
-        pl.setContentsMargins(0, 0, 0, 0)
         self.roc = RocPlot()
         self.cal = CalibrationPlot()
+        # one above the other when there is room for both; else one tab each (at 1024x640 two stacked plots
+        # would be squeezed under their minimum size and cut off)
+        self.plot_stack = QStackedWidget()
+        self._plot_column = QWidget()
+        pl = QVBoxLayout(self._plot_column)
+        pl.setContentsMargins(0, 0, 0, 0)
         pl.addWidget(self.roc, 1)
         pl.addWidget(self.cal, 1)
-        return plots
+        self.plot_tabs = QTabWidget()
+        self.plot_tabs.setDocumentMode(True)
+        self.plot_stack.addWidget(self._plot_column)
+        self.plot_stack.addWidget(self.plot_tabs)
+        self._plots_tabbed = False
+        return self.plot_stack
+
+    def _arrange_plots(self, tabbed: bool) -> None:
+        if tabbed == self._plots_tabbed:
+            return
+        self._plots_tabbed = tabbed
+        if tabbed:
+            self.plot_tabs.addTab(self.roc, "ROC curves")
+            self.plot_tabs.addTab(self.cal, "Calibration")
+            self.plot_stack.setCurrentWidget(self.plot_tabs)
+        else:
+            lay = self._plot_column.layout()
+            lay.addWidget(self.roc, 1)
+            lay.addWidget(self.cal, 1)
+            self.plot_stack.setCurrentWidget(self._plot_column)
+            self.roc.show()  # the tab widget had hidden the page that was not current
+            self.cal.show()
 
     def _build_exports(self) -> QHBoxLayout:
         """The HTML and CSV export buttons (enabled once a run has finished)."""
@@ -219,6 +263,37 @@ class AuditTab(QWidget):
         ex.addWidget(self.export_html_btn)
         ex.addWidget(self.export_csv_btn)
         return ex
+
+    # ---- layout -------------------------------------------------------------------------------
+    def _table_width(self) -> int:
+        """The width that shows every column of the table without a horizontal scroll bar."""
+        t = self.table
+        hh = t.horizontalHeader()
+        fm = hh.fontMetrics()
+        # each column's cells and header text (measured, the header left alone: its last section stretches)
+        last = t.columnCount() - 1
+        cols = sum(hh.sectionSize(j) for j in range(last))  # sized to their contents (ResizeToContents)
+        cols += max(t.sizeHintForColumn(last), fm.horizontalAdvance(t.horizontalHeaderItem(last).text()) + 16)
+        return cols + 2 * t.frameWidth() + t.verticalScrollBar().sizeHint().width() + 4
+
+    def _fit_table(self) -> None:
+        """Every row and column of the table in view: the table its full width, the plots the rest (never under
+        MIN_PLOTS_WIDTH), and the table as tall as its rows."""
+        t = self.table
+        total = self.split.width()
+        if total > 0:
+            want = min(self._table_width(), total - MIN_PLOTS_WIDTH - self.split.handleWidth())
+            self.split.setSizes([max(want, 200), max(total - want - self.split.handleWidth(), MIN_PLOTS_WIDTH)])
+        # stacked plots need the split to get 2 plot heights; judge from the tab's own height (the split's may
+        # already be overflowing because of the stacked plots' minimum)
+        below = self.export_html_btn.sizeHint().height() + 16
+        self._arrange_plots(self.height() < self.split.y() + 2 * self.roc.minimumHeight() + 40 + below)
+        rows = sum(t.rowHeight(i) for i in range(t.rowCount()))
+        t.setMinimumHeight(min(rows + t.horizontalHeader().sizeHint().height() + 2 * t.frameWidth() + 2, 320))
+
+    def resizeEvent(self, e) -> None:  # noqa: N802
+        super().resizeEvent(e)
+        self._fit_table()
 
     # ---- inputs -------------------------------------------------------------------------------
     def _browse_labels(self) -> None:
@@ -358,6 +433,7 @@ class AuditTab(QWidget):
                 if not suff and 3 < j < 7:
                     continue  # hidden under the spanned note
                 it = QTableWidgetItem(c)
+                it.setToolTip(c)  # the full text of a cell the column elides
                 if j in (1, 2):
                     it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if note:
@@ -374,6 +450,7 @@ class AuditTab(QWidget):
                 self.table.item(i, 3).setText(note[:1].upper() + note[1:] + " — figures withheld")
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self._fit_table()
         neo = audit_text.neoplasm_text(run)
         self.gap.setText(f"<b>{audit_text.gap_text(res)}</b>" + (f"<br>{neo}" if neo else ""))
         n_est = sum(s == "estimated" for s in run.fst_source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -34,7 +35,7 @@ from .cases import Case
 from .followup import FollowUpCard
 from .qtutil import signals_blocked
 from .settings import AppSettings
-from .widgets import ColormapLegend, ImageView, ProbabilityBars, RiskGauge
+from .widgets import ColormapLegend, ElidedLabel, ImageView, ProbabilityBars, RiskGauge
 
 
 class Card(QFrame):
@@ -77,6 +78,7 @@ class CaseView(QWidget):
     resultShown = Signal(object)  # Case (a scored case is on screen, overlay included)
     explainRequested = Signal(object)  # Case: run occlusion sensitivity ("Detailed explanation")
     explainCancelRequested = Signal(object)  # Case
+    recomputeRequested = Signal(object)  # Case: score it again with its current metadata (a stale result)
 
     #: Overlay sources the mode combo offers (the occlusion one only once a case has its map).
     MODES = ("Grad-CAM", "Occlusion")
@@ -115,9 +117,8 @@ class CaseView(QWidget):
         ll.setContentsMargins(8, 8, 4, 8)
         ll.setSpacing(6)
         head = QHBoxLayout()
-        self.title = QLabel("")
+        self.title = ElidedLabel("")  # a long name ends in "…" (the full name in the tooltip), never clipped
         self.title.setObjectName("CaseTitle")
-        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.status = QLabel("")
         self.status.setObjectName("CaseStatus")
         head.addWidget(self.title, 1)
@@ -210,6 +211,8 @@ class CaseView(QWidget):
         self.cam_caption.setObjectName("Muted")
         self.cam_caption.setWordWrap(True)  # a long caption must never widen the image column
         self.cam_caption.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.cam_caption.setTextFormat(Qt.TextFormat.AutoText)  # rich only for the "recompute" link
+        self.cam_caption.linkActivated.connect(self._caption_link)
         self.legend = ColormapLegend()
         self.legend.set_colormap(self.settings.colormap)
         leg.addWidget(self.cam_caption, 1)
@@ -278,17 +281,7 @@ class CaseView(QWidget):
         self.assess_card.lay.addWidget(self.summary)
         pl.addWidget(self.assess_card)
 
-        self.warn_card = Card("Warnings")
-        self.warn_card.setObjectName("WarnCard")
-        self.warn_text = _wrap_label("WarnText")
-        self.warn_card.lay.addWidget(self.warn_text)
-        pl.addWidget(self.warn_card)
-
-        self.prob_card = Card("Class probabilities")
-        self.bars = ProbabilityBars()
-        self.prob_card.lay.addWidget(self.bars)
-        pl.addWidget(self.prob_card)
-
+        # the skin type (and its V-VI caution) sits right under the score: at 1024x640 it stays in view
         self.skin_card = Card("Skin type (Fitzpatrick)")
         self.skin_head = _wrap_label("SkinHead")
         self.skin_detail = _wrap_label("Muted")
@@ -306,6 +299,18 @@ class CaseView(QWidget):
         self.skin_card.lay.addWidget(self.skin_detail)
         self.skin_card.lay.addLayout(row)
         pl.addWidget(self.skin_card)
+
+        self.warn_card = Card("Warnings")
+        self.warn_card.setObjectName("WarnCard")
+        self.warn_text = _wrap_label("WarnText")
+        self.warn_card.lay.addWidget(self.warn_text)
+        pl.addWidget(self.warn_card)
+
+        self.prob_card = Card("Class probabilities")
+        self.bars = ProbabilityBars()
+        self.prob_card.lay.addWidget(self.bars)
+        pl.addWidget(self.prob_card)
+
 
         self.details = CaseDetailsCard()
         pl.addWidget(self.details)
@@ -476,17 +481,43 @@ class CaseView(QWidget):
                                         + (f". {note[:1].upper() + note[1:]}." if note else ""))
         else:
             self.cam_caption.setToolTip("")
-            self.view.set_cam(pred.cam if pred is not None else None)
+            cam = pred.cam if pred is not None else None
+            flat = cam is not None and not float(np.max(cam)) > 0.0
+            self.view.set_cam(None if flat else cam)  # an all-zero map would tint the whole image one colour
             if pred is None:
                 self.cam_caption.setText("")
+            elif case.result_is_stale:
+                self.cam_caption.setText(self.stale_caption(case))
+                self.cam_caption.setToolTip("Age, sex or body site changed after this score and its heat map were "
+                                            "computed; they do not reflect the new details yet.")
             else:
                 target = pred.cam_target or pred.top_class
                 caption = (f"Grad-CAM for {text.class_label(target)}" if target != "malignancy"
                            else "Grad-CAM for the malignancy score")
-                note = self.outside_note(case, pred.cam)
-                self.cam_caption.setText(caption + (" · ⚠ mostly off the lesion" if note else ""))
-                self.cam_caption.setToolTip(note[:1].upper() + note[1:] + "." if note else "")
+                if flat:
+                    self.cam_caption.setText(caption + " · flat: no region raises it")
+                    self.cam_caption.setToolTip("Grad-CAM found no region that pushes this score up (every "
+                                                "region's contribution is zero or negative), so there is no map "
+                                                "to show.")
+                else:
+                    note = self.outside_note(case, pred.cam)
+                    self.cam_caption.setText(caption + (" · ⚠ mostly off the lesion" if note else ""))
+                    self.cam_caption.setToolTip(note[:1].upper() + note[1:] + "." if note else "")
         self.view.set_overlay_visible(self.overlay_box.isChecked())
+
+    @staticmethod
+    def stale_caption(case: Case) -> str:
+        """The caption of a result computed before the metadata change (re-scoring, or it failed)."""
+        if case.status in ("queued", "scoring"):
+            return "⚠ Map and score computed before the metadata change · updating…"
+        if case.x is None and case.path is None:
+            return "⚠ Map and score computed before the metadata change (no image left to recompute them)"
+        return ("⚠ Map and score computed before the metadata change · "
+                "<a href='recompute'>recompute</a>")
+
+    def _caption_link(self, href: str) -> None:
+        if href == "recompute" and self.case is not None:
+            self.recomputeRequested.emit(self.case)
 
     #: Below this share of the map's mass inside the lesion, the caption says the map looks elsewhere.
     INSIDE_MIN = 0.5
@@ -601,7 +632,7 @@ class CaseView(QWidget):
             self.explain_row.setVisible(False)
             return
         self.title.setText(case.name)
-        self.title.setToolTip(case.source)
+        self.title.set_extra_tooltip(case.source)
         self.status.setText(case.status.upper())
         self.status.setProperty("status", case.status)
         self.status.style().unpolish(self.status)
@@ -636,7 +667,11 @@ class CaseView(QWidget):
         else:
             self.gauge.set_value(pred.malignancy, pred.threshold, pred.risk)
             self.bars.set_probabilities(pred.class_names, pred.probabilities)
-            self.summary.setText(text.summary(pred, case.warnings))
+            stale = (" (Computed before the metadata change: " + ("updating.)" if case.status in ("queued", "scoring")
+                     else "use “recompute” under the image.)")) if case.result_is_stale else ""
+            default = self.gauge.model_default
+            source = self.settings.threshold_source(default) if default is not None else ""
+            self.summary.setText(text.summary(pred, case.warnings, default, source) + stale)
         self.warn_card.setVisible(bool(case.warnings) and not err)
         self.warn_text.setText("<br>".join(f"⚠ {w}" for w in case.warnings))
         self._show_skin(case)

@@ -45,6 +45,9 @@ class Case:
     height: int = 0
     sha256: str = ""
     prediction: Prediction | None = None
+    # the metadata ``prediction`` (and its heat map) was computed with: differs from ``metadata`` while a re-score
+    # for edited metadata runs, or when it failed (the view then says the map predates the change)
+    scored_metadata: Metadata | None = None
     # the app layer's result (its preview dropped: ``display`` holds it, and may be released)
     assessment: Assessment | None = field(default=None, repr=False)
     skin: SkinToneEstimate | None = None
@@ -83,6 +86,12 @@ class Case:
                 or self.visit_id is None)
 
     @property
+    def result_is_stale(self) -> bool:
+        """The result on screen was computed with other metadata than the case now has."""
+        return (self.prediction is not None and self.scored_metadata is not None
+                and self.scored_metadata != self.metadata)
+
+    @property
     def warnings(self) -> list[str]:
         """Image and domain warnings, and the V–VI caution when the skin type used (override, else estimate)
         is V or VI."""
@@ -115,6 +124,7 @@ class Case:
         self.skin = a.skin
         self.image_warnings, self.domain_warnings = list(a.image_warnings), list(a.domain_warnings)
         self.prediction = a.prediction
+        self.scored_metadata = a.metadata or Metadata()
 
     def set_failure(self, f: Failure) -> None:
         """The image could not be assessed: an error case with the reason (and its sha256 if it was read)."""
@@ -126,6 +136,7 @@ class Case:
         """Take a re-score of the same image (other metadata): the prediction and its domain warnings."""
         self.assessment = dataclasses.replace(a, preview=None)
         self.prediction = a.prediction
+        self.scored_metadata = a.metadata or Metadata()
         self.domain_warnings = list(a.domain_warnings)
 
     def clear_occlusion(self) -> None:

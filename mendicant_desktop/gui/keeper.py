@@ -64,6 +64,7 @@ def case_from_visit(v: Visit) -> Case:
     c.sha256, c.width, c.height = v.sha256 or "", v.width or 0, v.height or 0
     if v.result:
         c.prediction, c.skin = v.prediction(), v.skin()
+        c.scored_metadata = c.metadata  # a saved result is saved with the metadata it was computed with
         r = v.result
         c.image_warnings = list(r.get("image_warnings", r.get("warnings") or []))
         c.domain_warnings = list(r.get("domain_warnings", []))

@@ -466,7 +466,10 @@ class MainWindow(QMainWindow):
         dlg = SettingsDialog(self.settings, eng.card.threshold if eng is not None else None, self,
                              store=self.services.store)
         dlg.eraseRequested.connect(self.erase_all)
-        dlg.exec()
+        try:
+            dlg.exec()
+        finally:
+            dlg.deleteLater()  # not left as a child of the window until exit (see SettingsDialog._show_opacity)
 
     def erase_all(self) -> bool:
         """Settings ▸ Erase all local data, after a confirmation."""

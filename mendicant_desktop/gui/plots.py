@@ -37,9 +37,11 @@ class LinePlot(QWidget):
     """A unit-square plot with axes, a diagonal reference line and a legend."""
 
     def __init__(self, title: str, xlabel: str, ylabel: str, diagonal_label: str = "",
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, ylabel_short: str = "") -> None:
         super().__init__(parent)
         self.title, self.xlabel, self.ylabel, self.diagonal_label = title, xlabel, ylabel, diagonal_label
+        self.ylabel_short = ylabel_short or ylabel
+        self.setToolTip(f"{title}: {xlabel} (across) against {ylabel} (up)")
         self.series: list[Series] = []
         self.note = ""
         self.setMinimumSize(280, 200)
@@ -87,7 +89,8 @@ class LinePlot(QWidget):
         p.setPen(INK)
         p.drawText(QRectF(r.left(), r.top() + 2, r.width(), lh + 4), Qt.AlignmentFlag.AlignHCenter, self.title)
         p.setFont(self.font())
-        # grid + ticks
+        # grid + ticks: a label on every line when they fit side by side, else on 0, 0.5 and 1 only
+        every = 1 if plot.width() / 5 >= fm.horizontalAdvance("0.0") * 1.6 else 0
         for i in range(6):
             t = i / 5
             x = plot.left() + t * plot.width()
@@ -97,8 +100,13 @@ class LinePlot(QWidget):
             p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
             p.setPen(MUTED)
             lab = f"{t:.1f}"
-            p.drawText(QPointF(x - fm.horizontalAdvance(lab) / 2, plot.bottom() + fm.ascent() + 3), lab)
+            if every or i in (0, 5):
+                p.drawText(QPointF(x - fm.horizontalAdvance(lab) / 2, plot.bottom() + fm.ascent() + 3), lab)
             p.drawText(QPointF(plot.left() - fm.horizontalAdvance(lab) - 4, y + fm.ascent() / 2 - 1), lab)
+        if not every:
+            lab = "0.5"
+            p.drawText(QPointF(plot.center().x() - fm.horizontalAdvance(lab) / 2, plot.bottom() + fm.ascent() + 3),
+                       lab)
         p.setPen(QPen(INK, 1))
         p.drawRect(plot)
         # axis labels
@@ -109,8 +117,10 @@ class LinePlot(QWidget):
         p.save()
         p.translate(r.left() + 2, plot.center().y())
         p.rotate(-90)
-        yw = max(plot.height(), fm.horizontalAdvance(self.ylabel) + 4)
-        p.drawText(QRectF(-yw / 2, 0, yw, lh + 2), Qt.AlignmentFlag.AlignHCenter, self.ylabel)
+        # the full label when it fits along the plot's side, else the short one (never clipped at the edges)
+        ylabel = self.ylabel if fm.horizontalAdvance(self.ylabel) + 4 <= plot.height() else self.ylabel_short
+        yw = max(plot.height(), fm.horizontalAdvance(ylabel) + 4)
+        p.drawText(QRectF(-yw / 2, 0, yw, lh + 2), Qt.AlignmentFlag.AlignHCenter, ylabel)
         p.restore()
         if self.note:
             p.setPen(MUTED)
@@ -174,4 +184,4 @@ class RocPlot(LinePlot):
 class CalibrationPlot(LinePlot):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Calibration (10 bins)", "Mean predicted score", "Observed malignant rate", "perfect",
-                         parent)
+                         parent, ylabel_short="Observed rate")

@@ -21,7 +21,15 @@ from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter, QTextDocument
 from mendicant_desktop import __version__
 from mendicant_desktop.app.images import downscale
 from mendicant_desktop.app.output import RowWriter
-from mendicant_desktop.app.rows import METADATA_COLUMNS, STATUS_ERROR, columns_for, error_row, ok_row
+from mendicant_desktop.app.rows import (
+    METADATA_COLUMNS,
+    STATUS_ERROR,
+    THRESHOLD_COLUMNS,
+    columns_for,
+    error_row,
+    ok_row,
+    threshold_cells,
+)
 from mendicant_desktop.core.results import CLASS_FULL_NAMES, MALIGNANT_CLASSES
 from mendicant_desktop.core.saliency import overlay
 
@@ -32,8 +40,7 @@ from .text import pct
 
 #: The session CSV: the ``--batch --metadata`` columns (same cells for the same image and metadata), then the
 #: GUI's own columns.
-GUI_COLUMNS: tuple[str, ...] = ("threshold", "threshold_default", "threshold_source", "fst_override", "fst_used",
-                                 "scored_at")
+GUI_COLUMNS: tuple[str, ...] = (*THRESHOLD_COLUMNS, "fst_override", "fst_used", "scored_at")
 EXPORT_COLUMNS: tuple[str, ...] = columns_for(metadata=True) + GUI_COLUMNS
 assert EXPORT_COLUMNS[-len(GUI_COLUMNS) - len(METADATA_COLUMNS):-len(GUI_COLUMNS)] == METADATA_COLUMNS
 #: Longest side of the images in the PDF report.
@@ -50,9 +57,7 @@ def case_row(case: Case, model_name: str = "", model_sha256: str = "", model_thr
     if case.status == "done" and pred is not None:
         row = ok_row(case.source, pred, sha256=case.sha256, width=case.width, height=case.height, skin=case.skin,
                      warnings=case.warnings, metadata=case.metadata, columns=EXPORT_COLUMNS)
-        row.update(threshold=pred.threshold, fst_used=case.fst, threshold_default=model_threshold,
-                   threshold_source=("model" if model_threshold is not None and abs(pred.threshold - model_threshold)
-                                     < 1e-12 else threshold_source))
+        row.update(fst_used=case.fst, **threshold_cells(pred.threshold, model_threshold, threshold_source))
     else:
         row = error_row(case.source, case.error, model_name=model_name, model_sha256=model_sha256,
                         sha256=case.sha256 or None, width=case.width or None, height=case.height or None,
@@ -162,7 +167,7 @@ def report_html(d: ReportData, now: datetime | None = None, key: str = "", wrap:
             f"<p style='font-size: 11pt; margin:0'><b style='color:{risk_col}'>Malignancy score "
             f"{pct(pred.malignancy)} — {pred.risk.upper()} band</b> (operating threshold "
             f"{e(text.threshold_text(pred.threshold, d.model_threshold, d.threshold_source))})</p>",
-            f"<p style='margin-top:4px'>{e(text.summary(pred, c.warnings))}</p>",
+            f"<p style='margin-top:4px'>{e(text.summary(pred, c.warnings, d.model_threshold, d.threshold_source))}</p>",
             "<table cellpadding='2' cellspacing='0' border='0'>"
             "<tr><th align='left'>Class</th><th align='left'>Code</th><th align='right'>Probability</th><th></th></tr>",
             *rows,

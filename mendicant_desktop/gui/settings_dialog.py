@@ -134,7 +134,7 @@ class SettingsDialog(QDialog):
         self.opacity.setValue(round(self.settings.opacity * 100))
         self.opacity_label = QLabel(f"{self.opacity.value()}%")
         self.opacity_label.setMinimumWidth(40)
-        self.opacity.valueChanged.connect(lambda v: self.opacity_label.setText(f"{v}%"))
+        self.opacity.valueChanged.connect(self._show_opacity)
         op_row.addWidget(self.opacity, 1)
         op_row.addWidget(self.opacity_label)
         f2.addRow("Opacity:", op_row)
@@ -154,7 +154,7 @@ class SettingsDialog(QDialog):
         """Whether to estimate the skin type from each image."""
         g3 = QGroupBox("Skin type")
         v3 = QVBoxLayout(g3)
-        self.estimate_fst = QCheckBox("Estimate the Fitzpatrick skin type from each image (ITA)")
+        self.estimate_fst = QCheckBox("Estimate the Fitzpatrick skin type from each image (skin colour around the lesion)")
         self.estimate_fst.setChecked(self.settings.estimate_fst)
         v3.addWidget(self.estimate_fst)
         n3 = QLabel("The estimate is labelled as such and can be overridden per case; it does not change the "
@@ -199,6 +199,11 @@ class SettingsDialog(QDialog):
         loc.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         f.addRow(loc)
         return g
+
+    def _show_opacity(self, v: int) -> None:
+        # a bound method, not a lambda capturing ``self``: a lambda's closure kept the dialog's wrapper in a cycle
+        # that Python broke at exit after Qt had freed the widgets ("shared QObject was deleted directly")
+        self.opacity_label.setText(f"{v}%")
 
     def _threshold_edited(self, v: float) -> None:
         self._user_threshold = v

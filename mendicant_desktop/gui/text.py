@@ -64,8 +64,10 @@ def malignancy_definition() -> str:
     return " + ".join(CLASS_FULL_NAMES[c].split(" / ")[0].lower() for c in ("mel", "bcc", "akiec"))
 
 
-def summary(pred: Prediction, warnings: list[str] | None = None) -> str:
-    """Two or three short sentences a clinician can read at a glance."""
+def summary(pred: Prediction, warnings: list[str] | None = None, model_default: float | None = None,
+            source: str = "") -> str:
+    """Two or three short sentences a clinician can read at a glance (one more when the threshold is not the
+    model card's ``model_default``)."""
     top, p_top = pred.top_k[0]
     first = f"Most likely: {class_label(top)} {pct(p_top)}"
     if len(pred.top_k) > 1:
@@ -77,6 +79,10 @@ def summary(pred: Prediction, warnings: list[str] | None = None) -> str:
         f"The malignancy score, {pct(pred.malignancy)}, is {side} the {pct(pred.threshold)} operating "
         f"threshold ({pred.risk.upper()} band).",
     ]
+    if model_default is not None and abs(pred.threshold - model_default) >= 1e-12:
+        who = {"site": "This is your clinic's site threshold, set by IT", "user": "This threshold was changed in "
+               "Settings"}.get(source, "This is not the model's default threshold")
+        parts.append(f"{who}; the model's validated default is {pct(model_default)}.")
     if pred.risk == "high" and top not in MALIGNANT_CLASSES:
         parts.append("The top class is benign, but the malignant classes together reach the threshold.")
     if pred.risk == "low" and top in MALIGNANT_CLASSES:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (
     QBrush,
     QColor,
@@ -197,6 +197,46 @@ class ImageView(QGraphicsView):
         super().resizeEvent(event)
         if self._fit_mode:
             self.fit()
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that elides its text at the end when it is too narrow (never clips it); the full text
+    is always the tooltip's first line."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._full = ""
+        self._tip = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802
+        self._full = text or ""
+        self._refresh()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def set_extra_tooltip(self, tip: str) -> None:
+        """More to say under the full text in the tooltip (e.g. where the file came from)."""
+        self._tip = tip or ""
+        self._refresh()
+
+    def _refresh(self) -> None:
+        w = max(0, self.contentsRect().width())
+        shown = self.fontMetrics().elidedText(self._full, Qt.TextElideMode.ElideRight, w) if w else self._full
+        super().setText(shown)
+        lines = [self._full] + ([self._tip] if self._tip and self._tip != self._full else [])
+        self.setToolTip("\n".join(x for x in lines if x))
+
+    def resizeEvent(self, e) -> None:  # noqa: N802
+        super().resizeEvent(e)
+        self._refresh()
+
+    def changeEvent(self, e) -> None:  # noqa: N802
+        super().changeEvent(e)
+        if e.type() in (QEvent.Type.FontChange, QEvent.Type.StyleChange):
+            self._refresh()
 
 
 class ColormapLegend(QWidget):

@@ -256,3 +256,36 @@ def test_default_location_follows_the_data_dir(tmp_path, monkeypatch):
     from mendicant_desktop.app.paths import data_dir, executable_dir
 
     assert data_dir() == executable_dir() / "MENDICANT-data"
+
+
+def test_erase_all_never_lets_another_thread_read_a_half_made_store(tmp_path):
+    """Readers on other threads during erase_all wait for the new, fully migrated store (they used to get a new
+    lock and could query before the migrations had run: "no such column: v.deleted")."""
+    import threading
+
+    s = CaseStore(tmp_path / "e.sqlite3")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                s.visits()
+                s.audit_runs()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(30):
+            s.erase_all()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert errors == []
+    assert s.schema_version == SCHEMA_VERSION and s.visits() == []
+    s.close()

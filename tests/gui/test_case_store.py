@@ -395,3 +395,70 @@ def test_multi_case_report_and_printing(qtbot, window, tmp_path):
     del printer
     assert (tmp_path / "printed.pdf").read_bytes().startswith(b"%PDF")
     assert window.act_print.shortcut().toString() == "Ctrl+P"
+
+
+def test_the_window_opens_a_schema_1_store_migrated(qtbot, tmp_path, tiny_bundle, settings_path):
+    """A case store written by the first release (schema 1) opens in the window: migrated, its cases listed."""
+    import sqlite3
+
+    from mendicant_desktop.app.paths import data_dir
+    from mendicant_desktop.app.store import SCHEMA_VERSION, migrate
+
+    path = data_dir() / "cases.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, target=1) == 1
+    conn.execute("INSERT INTO patients(code, created) VALUES ('P-OLD001', '2025-05-01T10:00:00+00:00')")
+    conn.execute("INSERT INTO lesions(patient_id, label, site, created) VALUES (1, 'left arm', 'arm', '2025-05-01')")
+    conn.execute("INSERT INTO visits(lesion_id, name, status, metadata, created, updated, malignancy, risk) "
+                 "VALUES (1, 'old.jpg', 'done', '{\"age\": 40}', '2025-05-01T10:00:00+00:00', "
+                 "'2025-05-01T10:00:00+00:00', 0.2, 'high')")
+    conn.close()
+    services, win = _second_window(qtbot, tiny_bundle, settings_path)
+    assert services.store is not None and services.store.path == path, services.store_error
+    assert services.store.schema_version == SCHEMA_VERSION
+    qtbot.waitUntil(lambda: win.assess.model.rowCount() == 1, timeout=10_000)
+    (c,) = win.assess.model.cases
+    assert (c.name, c.patient_code, c.lesion_label, c.visit_date) == ("old.jpg", "P-OLD001", "left arm", "2025-05-01")
+    win.assess.search.setText("left arm")
+    assert win.assess.visible_cases() == [c]
+    win.close()
+
+
+def test_notes_typed_but_not_left_are_saved_on_quit(qtbot, window, tmp_path, tiny_bundle, settings_path):
+    """Ctrl+Q while the cursor is still in the notes: the text is taken into the case and saved before the window
+    closes (the question about unsaved cases is answered "quit" here), and it is there after a restart."""
+    (case,) = window.add_paths([lesion_image(tmp_path / "n.jpg")])
+    wait_all_scored(qtbot, window)
+    _saved(qtbot, window, 1)
+    window.assess.select_case(case)
+    notes = window.assess.view.details.notes
+    notes.setFocus()
+    notes.setPlainText("itches at night")  # typed, the field not left: no edit emitted yet
+    assert case.notes == "" and window.assess.view.details.pending()
+    window.act_quit.trigger()
+    assert not window.isVisible() and case.notes == "itches at night"
+    services, win2 = _second_window(qtbot, tiny_bundle, settings_path)
+    qtbot.waitUntil(lambda: win2.assess.model.rowCount() == 1, timeout=10_000)
+    assert win2.assess.model.cases[0].notes == "itches at night"
+    win2.close()
+
+
+def test_the_case_on_screen_after_a_restart_gets_its_heat_map(qtbot, window, tmp_path, tiny_bundle, settings_path):
+    """The case selected at start-up (before the model is ready, or after) is read again from its kept copy once
+    the model is there: its heat map is shown without selecting another case and back."""
+    window.add_paths([lesion_image(tmp_path / f"r{i}.jpg", seed=i) for i in range(2)])
+    wait_all_scored(qtbot, window)
+    _saved(qtbot, window, 2)
+    window.close()
+    from mendicant_desktop.gui.app import build_window
+
+    services, win = build_window(settings_path, tiny_bundle)  # the restore and the model load race here
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: services.engine is not None and win.assess.model.rowCount() == 2, timeout=30_000)
+    qtbot.waitUntil(lambda: win.assess.current_case() is not None, timeout=10_000)
+    cur = win.assess.current_case()
+    qtbot.waitUntil(lambda: cur.x is not None and cur.prediction.cam is not None, timeout=20_000)
+    qtbot.waitUntil(lambda: win.assess.view.view.overlay_visible(), timeout=5_000)
+    win.close()

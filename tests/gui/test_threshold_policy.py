@@ -81,3 +81,49 @@ def test_text_of_a_non_default_threshold():
 
     assert threshold_text(0.13, 0.13, "model") == "13%"
     assert threshold_text(0.3, 0.13, "user") == "30% (changed in Settings; the model's validated default is 13%)"
+
+
+def test_a_user_threshold_is_marked_on_screen_in_the_csv_and_in_the_pdf(qtbot, window, tmp_path):
+    import dataclasses
+    import html
+
+    from mendicant_desktop.gui import report
+    from mendicant_desktop.gui.text import pct
+
+    card_t = window.services.engine.card.threshold
+    window.settings.threshold = 0.3
+    assert window.services.threshold_source == "user"
+    (case,) = window.add_paths([lesion_image(tmp_path / "u.jpg")])
+    wait_all_scored(qtbot, window)
+    assert case.prediction.threshold == 0.3
+    note = f"This threshold was changed in Settings; the model's validated default is {pct(card_t)}."
+    assert note in window.assess.view.summary.text()  # the case on screen
+    row = next(csv.DictReader(window.export_csv(str(tmp_path / "u.csv")).open(encoding="utf-8")))
+    assert (float(row["threshold"]), row["threshold_source"]) == (0.3, "user")
+    assert float(row["threshold_default"]) == pytest.approx(card_t)
+    card = window.services.engine.card
+    d = dataclasses.replace(report.snapshot(case, case.display, card.name, card.version, card.sha256),
+                            model_threshold=card_t, threshold_source=window.services.threshold_source)
+    page = html.unescape(report.report_html(d))
+    assert f"operating threshold 30% (changed in Settings; the model's validated default is {pct(card_t)})" in page
+    assert note in page
+    # back to the card's threshold: no mark anywhere
+    window.settings.threshold = None
+    qtbot.waitUntil(lambda: case.prediction.threshold == card_t, timeout=10_000)
+    window.assess.view.show_case(case, image_changed=False)
+    assert "validated default" not in window.assess.view.summary.text()
+    row = next(csv.DictReader(window.export_csv(str(tmp_path / "m.csv")).open(encoding="utf-8")))
+    assert row["threshold_source"] == "model"
+
+
+def test_threshold_cells_of_the_row_schema():
+    from mendicant_desktop.app.rows import THRESHOLD_COLUMNS, threshold_cells
+    from mendicant_desktop.gui.report import EXPORT_COLUMNS
+
+    assert set(THRESHOLD_COLUMNS) <= set(EXPORT_COLUMNS)
+    assert threshold_cells(0.13, 0.13, "site") == {"threshold": 0.13, "threshold_default": 0.13,
+                                                   "threshold_source": "model"}
+    assert threshold_cells(0.2, 0.13, "site")["threshold_source"] == "site"
+    assert threshold_cells(0.2, 0.13, "user")["threshold_source"] == "user"
+    # a threshold that differs from the card's is never reported as the model's
+    assert threshold_cells(0.2, 0.13, "model")["threshold_source"] == "user"
