@@ -244,6 +244,9 @@ def domain_selection(d: dict[str, Any]) -> str:
     lines += ["", f"The distance at its best k ({b['n_components']}) on the gate split, on the FP32 reference network's "
               f"features: AUROC {_ci(gb)} ({gb['n_out_of_scope']} vs {gb['n_lesions']}): "
               + ("it separates." if b["separates"] else "it does **not** separate the photos, so it is not shipped.")]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- quality warnings
 
 _QUALITY_MEASURES = {
