@@ -44,8 +44,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "stem_eq05": ("stem FP32, cross-layer equalization alpha 0.5", {"keep": ["stem"], "equalize": 0.5}),
     "stem_iq75": ("stem FP32, image_quantile calibration q=0.75 (per-image max)",
                   {"keep": ["stem"], "method": "image_quantile", "quantile": 0.75}),
-    "stem_iq75_w9999": ("stem FP32, image_quantile q=0.75 on each image's 99.99th percentile",
-                        {"keep": ["stem"], "method": "image_quantile", "quantile": 0.75, "within": 99.99}),
+    "stem_iq60": ("stem FP32, image_quantile calibration q=0.6", {"keep": ["stem"], "method": "image_quantile",
+                                                                   "quantile": 0.6}),
     "stem_iq90": ("stem FP32, image_quantile calibration q=0.9", {"keep": ["stem"], "method": "image_quantile",
                                                                    "quantile": 0.9}),
     "conv_only": ("only Conv quantized (ops=[Conv])", {"ops": ["Conv"]}),
@@ -161,7 +161,7 @@ def measure(run: Path, n_images: int, n_cal: int, names: list[str], threads: int
             overrides = {}
             if o.get("method") == "image_quantile":
                 ranges = image_quantile_ranges(src, cal_x, cal_m, list(range(len(cal_x))), quantile=o["quantile"],
-                                               within=o.get("within", 100.0), skip=keep, threads=threads,
+                                               skip=keep, threads=threads,
                                                batch_size=1)  # fmt: skip
                 overrides = {"TensorQuantOverrides": {k: [{"rmin": np.float32(a), "rmax": np.float32(b)}]
                                                       for k, (a, b) in ranges.items()}}  # fmt: skip

@@ -987,8 +987,7 @@ def run_adapt(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
         return quantize_int8_static(teacher, out / "teacher_int8.onnx", imgs, cal_meta, list(range(len(positions))),
                                     method=a.method, per_channel=True, head_fp32=True, reduce_range=a.reduce_range,
                                     activation_type=a.activation_type, keep_fp32=a.keep_fp32, threads=cfg.run.threads,
-                                    range_quantile=a.range_quantile, range_within=a.range_within, batch_size=8,
-                                    log=log)  # fmt: skip
+                                    range_quantile=a.range_quantile, batch_size=8, log=log)  # fmt: skip
 
     int8_aware = None
     if a.int8_aware:
@@ -1051,7 +1050,7 @@ def run_adapt(cfg: Any, run_dir: str | os.PathLike, *, log: Callable[[str], None
         "calibration_rows": [int(i) for i in positions],
         "int8": {"file": int8.name, "sha256": hashlib.sha256(int8.read_bytes()).hexdigest(),
                  "reduce_range": a.reduce_range, "activation_type": a.activation_type, "method": a.method,
-                 "range_quantile": a.range_quantile, "range_within": a.range_within,
+                 "range_quantile": a.range_quantile,
                  "keep_fp32": list(a.keep_fp32), "agreement_select": agree},
         "fp32": {"file": teacher.name, "sha256": hashlib.sha256(teacher.read_bytes()).hexdigest()},
         "kernel_check": check,

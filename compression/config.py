@@ -344,12 +344,6 @@ def view_list(key: str, v: Any) -> tuple[str, ...]:
     return items
 
 
-def within_percent(key: str, v: Any) -> float:
-    if not _is_num(v) or not 99.0 <= v <= 100.0:
-        raise _fail(key, "a percentile in [99, 100]", v)
-    return float(v)
-
-
 def fp32_keep_list(key: str, v: Any) -> tuple[str, ...]:
     return str_list(key, v) if v != [] else ()
 
@@ -372,7 +366,6 @@ class AdaptConfig:
     activation_type: str = _f(one_of("uint8", "int8"), "uint8")
     method: str = _f(one_of("minmax", "percentile", "entropy", "image_quantile"), "minmax")
     range_quantile: float = _f(unit_open, 0.75)  # image_quantile: quantile over images of each image's max
-    range_within: float = _f(within_percent, 100.0)  # image_quantile: each image's own percentile (100 = max)
     keep_fp32: tuple[str, ...] = _f(fp32_keep_list, ())
     int8_aware: bool = _f(boolean, True)
     check_inputs: int = _f(pos_int, 6)

@@ -90,6 +90,8 @@ def test_kernel_check_refuses_when_this_cpu_disagrees(bundled_card, card, tmp_pa
     with np.load(check) as z:
         arrs = {k: z[k] for k in z.files}
     arrs["probs_reference"] = arrs["probs_reference"][:, ::-1].copy()  # what a broken kernel would give
+    if "probs_int8_build" in arrs:  # the tight half of the check: the build machine's INT8 outputs
+        arrs["probs_int8_build"] = np.clip(arrs["probs_int8_build"] + 0.05, 0, 1)
     np.savez_compressed(check, **arrs)
     c["self_check"]["sha256"] = hashlib.sha256(check.read_bytes()).hexdigest()
     (folder / bundled_card.name).write_text(json.dumps(c), encoding="utf-8")
