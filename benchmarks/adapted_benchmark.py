@@ -1,7 +1,7 @@
 """The adapted track's ladder, measured side by side in one run: FP32 teacher, its FP16 and its INT8 (the shipped
 format), plus the student rungs where a build made them.
 
-    python benchmarks/adapted_benchmark.py [--run runs/adapted-1] [--rounds 30] [--render-only]
+    python benchmarks/adapted_benchmark.py [--run runs/adapted-4] [--rounds 30] [--render-only]
 
 For each model: size (MB), parameters and MACs (``compression.validate.count_macs_params``), latency at batch 1 with
 2 threads (every model once per round in a rotating order; p50/p95/p99 and ratios to the FP32 teacher's in the same
@@ -209,7 +209,7 @@ def render(res: dict[str, Any], gate: dict[str, Any] | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=str(REPO / "runs" / "adapted-1"))
+    p.add_argument("--run", default=str(REPO / "runs" / "adapted-4"))
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--measure", action="store_true", help="measure FP32, FP16 and INT8 side by side (slow) instead "

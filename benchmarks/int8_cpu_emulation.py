@@ -1,6 +1,6 @@
 """INT8 outputs on a CPU without VNNI, emulated: the same model file, the same inputs, native vs QEMU ``-cpu Haswell``.
 
-    python benchmarks/int8_cpu_emulation.py [--run runs/adapted-1] [--n 12] [--models int8,plain]
+    python benchmarks/int8_cpu_emulation.py [--run runs/adapted-4] [--n 12] [--models int8,plain]
 
 Why: ONNX Runtime picks its integer kernels from CPUID. On x86 without VNNI (AVX2, plain AVX-512) the U8S8 kernels
 add pairs of u8 x s8 products in int16 and saturate, so the same INT8 file scores differently there. This machine
@@ -52,7 +52,7 @@ print(json.dumps({k: bool(f.get(k, False)) for k in ("AVX2", "AVX512F", "AVX512V
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=str(REPO / "runs" / "adapted-2"))
+    p.add_argument("--run", default=str(REPO / "runs" / "adapted-4"))
     p.add_argument("--n", type=int, default=12)
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))

@@ -1,6 +1,6 @@
 """INT8 recipes of the adapted teacher against its FP32 counterpart, side by side, on select-split images.
 
-    python benchmarks/int8_variants.py [--run runs/adapted-2] [--images 96] [--calibration 240] [--render-only]
+    python benchmarks/int8_variants.py [--run runs/adapted-4] [--images 96] [--calibration 240] [--render-only]
 
 Why: the gate asks the INT8 model to agree with its FP32 counterpart (top-1 >= 0.97, malignancy Spearman >= 0.98);
 the shipped recipe misses that. This measures which knobs move the agreement, so the choice is made on data: each
@@ -222,7 +222,7 @@ def render(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=str(REPO / "runs" / "adapted-2"))
+    p.add_argument("--run", default=str(REPO / "runs" / "adapted-4"))
     p.add_argument("--images", type=int, default=96)
     p.add_argument("--calibration", type=int, default=240, help="first N of the build's calibration images (all: 240)")
     p.add_argument("--variants", default=",".join(VARIANTS))
