@@ -549,11 +549,10 @@ def image_quantile_ranges(model_path: str | os.PathLike, images: Any, meta: Any,
     ``1 - quantile`` quantile of the minima and the ``quantile`` quantile of the maxima over the images.
 
     Why: ONNX Runtime's percentile calibration pools every element of every image into one histogram, so a handful
-    of images whose middle-flow activations reach 10-20x the usual range (masked crops, some clinical photos) fill
-    the top 0.001% and set the range: the other images are then rounded to a few levels. Measured on 96 select
-    images (adapted-2 teacher): 64 calibration images gave top-1 agreement 0.93 and malignancy Spearman 0.99; the
-    full 240, whose last 50 hold such images, 0.68 and 0.84, with middle-flow ranges 10-20x wider. Here an image
-    counts once per tensor whatever its size, so ``quantile`` 0.9 lets the most extreme tenth of images clip.
+    of images whose middle-flow activations lie far above the usual range (masked crops, some clinical photos) fill
+    the top 0.001% and set the range: the other images are then rounded to a few levels. Here an image counts once
+    per tensor whatever its size, so ``quantile`` 0.75 lets the most extreme quarter of images clip.
+    ``benchmarks/int8_variants.py`` (``docs/int8_variants.md``) measures both against the FP32 counterpart.
     """
     import onnx
     import onnxruntime as ort
@@ -724,8 +723,8 @@ def depthwise_conv_nodes(model: Any) -> list[str]:
 
 
 #: The two stem convolutions of the reference Xception. Their input is the raw 0..255 image (not centred), so a
-#: weight's rounding error is multiplied by the image's large mean: kept FP32 (measured on 96 select images: the
-#: entry tap's relative error 0.10 -> 0.07, malignancy Spearman 0.965 -> 0.983; 19k weights, ~5% of the MACs).
+#: weight's rounding error is multiplied by the image's large mean: kept FP32 (19k weights, ~5% of the MACs;
+#: docs/int8_variants.md has the measured effect).
 STEM_CONVS: tuple[str, ...] = ("/backbone/conv1/conv/Conv", "/backbone/conv2/conv/Conv")
 
 
