@@ -1090,9 +1090,11 @@ def _baselines(cfg: Any, sd: SplitData, id_all: np.ndarray, dims: Sequence[int],
 
 
 #: Max |Δp| allowed between this CPU's INT8 outputs and the build machine's on the check inputs. With 7-bit weights
-#: the integer arithmetic is exact on every x86 CPU (no int16 saturation), so only the FP32 parts (stem, head) may
-#: differ in the last bits; a saturating kernel moves probabilities by 0.1-0.9.
-INT8_IDENTITY_TOLERANCE = 0.01
+#: the integer arithmetic cannot saturate, but the FP32 stem (``keep_fp32 = ["stem"]``) differs in the last bits
+#: between CPUs' FP32 kernels and a rounding step downstream can amplify that: under QEMU ``-cpu Haswell`` the
+#: adapted-4 INT8 model differed from the native (VNNI) outputs by up to 0.043 on these inputs, where 8-bit weights
+#: (saturating) differed by 0.96 (``benchmarks/results/int8_cpu_emulation.json``).
+INT8_IDENTITY_TOLERANCE = 0.1
 
 
 def write_kernel_check(int8: Path, fp32: Path, path: Path, *, n: int, floor: float) -> dict[str, Any]:
