@@ -1092,7 +1092,7 @@ def _baselines(cfg: Any, sd: SplitData, id_all: np.ndarray, dims: Sequence[int],
 #: Max |Δp| allowed between this CPU's INT8 outputs and the build machine's on the check inputs. With 7-bit weights
 #: the integer arithmetic cannot saturate, but the FP32 stem (``keep_fp32 = ["stem"]``) differs in the last bits
 #: between CPUs' FP32 kernels and a rounding step downstream can amplify that: under QEMU ``-cpu Haswell`` the
-#: adapted-4 INT8 model differed from the native (VNNI) outputs by up to 0.043 on these inputs, where 8-bit weights
+#: adapted-4 INT8 model differed from the native (VNNI) outputs by up to 0.043 (6 gate images, 6 check inputs), where 8-bit weights
 #: (saturating) differed by 0.96 (``benchmarks/results/int8_cpu_emulation.json``).
 INT8_IDENTITY_TOLERANCE = 0.1
 
