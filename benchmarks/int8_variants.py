@@ -68,20 +68,16 @@ def _with_pools(src: Path, dst: Path) -> Path:
 
 
 def _keep_nodes(pre: Path, keep: list[str]) -> list[str]:
+    """compression.quantize's ``keep_fp32`` entries, plus whole blocks by name ("block14": every node under it)."""
     import onnx
 
-    from compression.quantize import STEM_CONVS
+    from compression.quantize import _keep_fp32_nodes
 
-    nodes = onnx.load(str(pre)).graph.node
-    out: list[str] = []
-    for k in keep:
-        if k == "stem":
-            out += list(STEM_CONVS)
-        elif k == "adds":
-            out += [n.name for n in nodes if n.op_type == "Add" and n.name.startswith("/backbone")]
-        else:
-            out += [n.name for n in nodes if n.name.startswith(f"/backbone/{k}/")]
-    return out
+    m = onnx.load(str(pre))
+    named = [k for k in keep if k in ("stem", "adds", "depthwise")]
+    blocks = [k for k in keep if k not in named]
+    return _keep_fp32_nodes(m, named) + [n.name for n in m.graph.node
+                                         if any(n.name.startswith(f"/backbone/{b}/") for b in blocks)]  # fmt: skip
 
 
 def measure(run: Path, n_images: int, n_cal: int, names: list[str], threads: int = 2) -> dict[str, Any]:
@@ -111,7 +107,7 @@ def measure(run: Path, n_images: int, n_cal: int, names: list[str], threads: int
     if rep["split"]["sha256"] != sd.sha256:
         raise SystemExit(f"{run}: made on another split manifest")
     cal_rows = rep["calibration_rows"][:n_cal]
-    sel = A.SplitData.rows(sd, "select")
+    sel = sd.rows("select")
     ev_rows = sorted(int(i) for i in np.random.default_rng(cfg.run.seed).choice(sel, n_images, replace=False))
 
     def imgs(rows: list[int]) -> np.ndarray:

@@ -9,22 +9,14 @@ model's card. On a failure: re-run the benchmark if the figures should change, t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from tests.conftest import REPO
+from tests.support.benchmarks import load_benchmark
 
-
-def _doc_tables():
-    spec = importlib.util.spec_from_file_location("doc_tables", REPO / "benchmarks" / "doc_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-DT = _doc_tables()
+DT = load_benchmark("doc_tables")
 
 
 @pytest.mark.parametrize("doc", DT.DOCS)

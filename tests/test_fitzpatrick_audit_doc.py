@@ -3,21 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from tests.conftest import REPO
+from tests.support.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fitzpatrick_audit_benchmark",
-                                                  REPO / "benchmarks" / "fitzpatrick_audit_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("fitzpatrick_audit_benchmark")
 
 
 def test_doc_matches_json(bench):

@@ -30,28 +30,27 @@ T = TypeVar("T")
 
 __all__ = ["BackgroundOp", "TaskContext", "Worker", "WorkerSignals", "scoring_pool", "store_pool"]
 
-_scoring_pool: QThreadPool | None = None
-_store_pool: QThreadPool | None = None
+_pools: dict[str, QThreadPool] = {}
+
+
+def _serial_pool(name: str) -> QThreadPool:
+    """The process's one-thread pool called ``name`` (made on first use): its jobs run strictly in queue order."""
+    pool = _pools.get(name)
+    if pool is None:
+        pool = _pools[name] = QThreadPool()
+        pool.setMaxThreadCount(1)
+        pool.setObjectName(name)
+    return pool
 
 
 def scoring_pool() -> QThreadPool:
     """A one-thread pool: cases are scored strictly in the order they were queued."""
-    global _scoring_pool
-    if _scoring_pool is None:
-        _scoring_pool = QThreadPool()
-        _scoring_pool.setMaxThreadCount(1)
-        _scoring_pool.setObjectName("mendicant-scoring")
-    return _scoring_pool
+    return _serial_pool("mendicant-scoring")
 
 
 def store_pool() -> QThreadPool:
     """A one-thread pool for the case store: saves, deletes and undo run strictly in the order asked."""
-    global _store_pool
-    if _store_pool is None:
-        _store_pool = QThreadPool()
-        _store_pool.setMaxThreadCount(1)
-        _store_pool.setObjectName("mendicant-store")
-    return _store_pool
+    return _serial_pool("mendicant-store")
 
 
 class TaskContext:

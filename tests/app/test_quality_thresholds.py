@@ -4,25 +4,18 @@ and the degraded copies it measures do fire the app's warnings on real images.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from mendicant_desktop.app import quality
 from tests.conftest import REPO, read_labels
+from tests.support.benchmarks import load_benchmark
 
 RESULTS = REPO / "benchmarks" / "results" / "quality_thresholds.json"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", REPO / "benchmarks" / "quality_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-QB = _bench()
+QB = load_benchmark("quality_benchmark")
 
 
 def test_the_app_uses_the_measured_thresholds():

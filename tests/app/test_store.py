@@ -22,12 +22,12 @@ from mendicant_desktop.app.store import (
     SCHEMA_VERSION,
     CaseStore,
     StoreError,
-    migrate,
     new_patient_code,
     thumbnail_png,
 )
 from mendicant_desktop.core.metadata import Metadata
 from tests.gui.conftest import lesion_image
+from tests.support.synthetic import write_schema1_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,13 +140,7 @@ def test_delete_and_undo_the_last_delete(store, tmp_path):
 
 def test_migration_from_schema_1_keeps_the_data(tmp_path):
     path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=1) == 1
-    conn.execute("INSERT INTO patients(code, created) VALUES ('P-OLD001', '2025-05-01T10:00:00+00:00')")
-    conn.execute("INSERT INTO lesions(patient_id, label, site, created) VALUES (1, 'arm', 'arm', '2025-05-01')")
-    conn.execute("INSERT INTO visits(lesion_id, name, status, metadata, created, updated, malignancy, risk) "
-                 "VALUES (1, 'old.jpg', 'done', '{\"age\": 40}', '2025-05-01T10:00:00+00:00', "
-                 "'2025-05-01T10:00:00+00:00', 0.2, 'high')")
+    conn = write_schema1_store(path, "arm")
     cols1 = {r[1] for r in conn.execute("PRAGMA table_info(visits)")}
     conn.close()
     assert "visit_date" not in cols1 and "deleted" not in cols1

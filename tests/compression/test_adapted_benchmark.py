@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from tests.conftest import REPO
+from tests.support.benchmarks import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("adapted_benchmark", REPO / "benchmarks" / "adapted_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("adapted_benchmark")
 
 
 def test_the_results_doc_is_the_rendering_of_its_json() -> None:
@@ -34,10 +30,7 @@ def test_the_results_name_the_cpu_and_every_student_rung() -> None:
 
 
 def _variants():
-    spec = importlib.util.spec_from_file_location("int8_variants", REPO / "benchmarks" / "int8_variants.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("int8_variants")
 
 
 def test_the_int8_variants_doc_is_the_rendering_of_its_json() -> None:

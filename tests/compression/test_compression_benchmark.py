@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.support.benchmarks import load_benchmark
 
 pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "compression_benchmark", REPO / "benchmarks" / "compression_benchmark.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("compression_benchmark")
 
 
 def _row(size, ratio, isic, gap, fmt=None, red=None):

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from tests.conftest import REPO
+from tests.support.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("skin_tone_benchmark", REPO / "benchmarks" / "skin_tone_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("skin_tone_benchmark")
 
 
 @pytest.fixture(scope="module")

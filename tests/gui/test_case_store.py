@@ -399,21 +399,13 @@ def test_multi_case_report_and_printing(qtbot, window, tmp_path):
 
 def test_the_window_opens_a_schema_1_store_migrated(qtbot, tmp_path, tiny_bundle, settings_path):
     """A case store written by the first release (schema 1) opens in the window: migrated, its cases listed."""
-    import sqlite3
-
     from mendicant_desktop.app.paths import data_dir
-    from mendicant_desktop.app.store import SCHEMA_VERSION, migrate
+    from mendicant_desktop.app.store import SCHEMA_VERSION
+    from tests.support.synthetic import write_schema1_store
 
     path = data_dir() / "cases.sqlite3"
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate(conn, target=1) == 1
-    conn.execute("INSERT INTO patients(code, created) VALUES ('P-OLD001', '2025-05-01T10:00:00+00:00')")
-    conn.execute("INSERT INTO lesions(patient_id, label, site, created) VALUES (1, 'left arm', 'arm', '2025-05-01')")
-    conn.execute("INSERT INTO visits(lesion_id, name, status, metadata, created, updated, malignancy, risk) "
-                 "VALUES (1, 'old.jpg', 'done', '{\"age\": 40}', '2025-05-01T10:00:00+00:00', "
-                 "'2025-05-01T10:00:00+00:00', 0.2, 'high')")
-    conn.close()
+    write_schema1_store(path, "left arm").close()
     services, win = _second_window(qtbot, tiny_bundle, settings_path)
     assert services.store is not None and services.store.path == path, services.store_error
     assert services.store.schema_version == SCHEMA_VERSION

@@ -10,18 +10,7 @@ from PIL import Image, ImageFilter
 
 from mendicant_desktop.app.rows import WARNING_SEPARATOR
 from mendicant_desktop.cli import batch as batch_mod
-
-
-def _skin(h=480, w=640, seed=0):
-    rng = np.random.default_rng(seed)
-    return np.clip(np.array([215, 170, 145], np.float32) + rng.normal(0, 8, (h, w, 3)), 0, 255)
-
-
-def _spot(img, r):
-    h, w = img.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w]
-    img[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r * r] = (80, 50, 40)
-    return img.astype(np.uint8)
+from tests.support.synthetic import skin, spot
 
 
 def test_quality_warnings_in_the_window_the_csv_and_the_batch_row(qtbot, window, tmp_path, tiny_bundle):
@@ -30,11 +19,11 @@ def test_quality_warnings_in_the_window_the_csv_and_the_batch_row(qtbot, window,
     d = tmp_path / "imgs"
     d.mkdir()
     files = {
-        "blurred.png": Image.fromarray(_spot(_skin(), 90)).filter(ImageFilter.GaussianBlur(8)),
-        "dark.png": Image.fromarray((_spot(_skin(), 90).astype(np.float32) * 0.2).astype(np.uint8)),
-        "bright.png": Image.fromarray(np.where(np.arange(640)[None, :, None] < 200, 255, _spot(_skin(), 90))
+        "blurred.png": Image.fromarray(spot(skin(), 90)).filter(ImageFilter.GaussianBlur(8)),
+        "dark.png": Image.fromarray((spot(skin(), 90).astype(np.float32) * 0.2).astype(np.uint8)),
+        "bright.png": Image.fromarray(np.where(np.arange(640)[None, :, None] < 200, 255, spot(skin(), 90))
                                       .astype(np.uint8)),
-        "tiny.png": Image.fromarray(_spot(_skin(), 16)),
+        "tiny.png": Image.fromarray(spot(skin(), 16)),
     }
     want = {"blurred.png": "Heavy blur", "dark.png": "Underexposed", "bright.png": "Overexposed",
             "tiny.png": "Tiny lesion"}

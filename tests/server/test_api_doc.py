@@ -7,19 +7,16 @@ issue asks for.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from tests.conftest import REPO
+from tests.support.benchmarks import load_benchmark
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark(name)
 
 
 @pytest.fixture(scope="module")
