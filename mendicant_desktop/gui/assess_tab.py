@@ -297,11 +297,13 @@ class AssessTab(QWidget):
         return [(lid, lab, n) for lid, (lab, n) in sorted(out.items())]
 
     def lesion_visits(self, case: Case) -> list[Case]:
-        """The cases of the same lesion, by visit date (the follow-up view)."""
+        """The cases of the same lesion, by visit date, then in the order they were first saved (the store's visit
+        id), then added (the follow-up view). Never by scoring time: a case re-scored after a metadata change is
+        still the same visit and must not jump ahead of a later image of the same day."""
         if case.lesion_id is None:
             return [case]
         same = [c for c in self.model.cases if c.lesion_id == case.lesion_id and not c.removed]
-        return sorted(same, key=lambda c: (c.visit_date or "", c.scored or c.added))
+        return sorted(same, key=lambda c: (c.visit_date or "", c.visit_id is None, c.visit_id or 0, c.added))
 
     def set_details(self, case: Case, changes: dict) -> None:
         """Patient, lesion, visit date or notes edited in the case's card: keep them and save the case."""

@@ -72,6 +72,11 @@ def test_cases_survive_a_restart_with_details(qtbot, window, tmp_path, tiny_bund
     assert ra.prediction.risk == pred_a.risk and ra.thumb is not None
     assert rb.lesion_id == ra.lesion_id
     assert [c.name for c in win2.assess.lesion_visits(ra)] == ["visit 0.jpg", "visit 1.jpg"]
+    # a re-score (after the metadata change above) dates the result, not the visit: the order stays
+    import datetime as dt
+
+    ra.scored, rb.scored = dt.datetime(2030, 1, 1), dt.datetime(2020, 1, 1)
+    assert [c.name for c in win2.assess.lesion_visits(ra)] == ["visit 0.jpg", "visit 1.jpg"]
     # selecting a reopened case reads the kept copy again: heat map and model input are back, same score
     win2.assess.select_case(ra)
     qtbot.waitUntil(lambda: ra.x is not None and ra.prediction.cam is not None, timeout=20_000)
