@@ -378,6 +378,10 @@ class ShipConfig:
     name: str = _f(file_stem, "mendicant-xception-fairprune-int8")
     version: str = _f(version_str, "0.2.0")
     models_dir: str = _f(string, "")
+    #: What the adapted track's ship does with a complete gate result (every limit present, this split, this file)
+    #: that missed a limit: "refuse", or "ship_teacher_int8" (issue 12: when no rung passes, the INT8 adapted
+    #: teacher ships and the card says which limits it missed). An incomplete or mismatched gate always refuses.
+    on_failed_gate: str = _f(one_of("refuse", "ship_teacher_int8"), "refuse")
 
 
 @dataclass(frozen=True)
