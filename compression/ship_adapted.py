@@ -100,15 +100,14 @@ FALLBACK_NOTE = ("No smaller rung passed the gate and neither did this model, th
                  "is computed alike on every x86 CPU; the missed limits are listed here and in the limitations.")
 
 
+def _num(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, int | float) else str(x)
+
+
 def missed_checks(gate: dict[str, Any]) -> list[str]:
     """The gate's missed limits, in words: ``name: measured (limit)``."""
-    out = []
-    for c in gate.get("checks", []):
-        if c.get("kind") == "limit" and c.get("met") is not True:
-            v, lim = c.get("value"), c.get("bound")
-            fmt = (lambda x: f"{x:.3f}" if isinstance(x, int | float) else str(x))  # noqa: E731
-            out.append(f"{c.get('name')}: {fmt(v)} (limit {c.get('op', '')}{fmt(lim)})")
-    return out
+    return [f"{c.get('name')}: {_num(c.get('value'))} (limit {c.get('op', '')}{_num(c.get('bound'))})"
+            for c in gate.get("checks", []) if c.get("kind") == "limit" and c.get("met") is not True]
 
 
 def ships_despite(why: Sequence[str], on_failed_gate: str) -> bool:
