@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import os
 from pathlib import Path
 
@@ -12,6 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MENDICANT_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(autouse=True)
+def _collect_cycles_on_the_main_thread():
+    """Once a GUI test has started the app's collector, automatic collection stays off for the session
+    (mendicant_desktop.gui.gc_guard): collect what is due after each test, on the main thread, as CPython would."""
+    yield
+    if not gc.isenabled():
+        from mendicant_desktop.gui.gc_guard import collect_due
+
+        collect_due(gc.get_threshold())
 
 
 @pytest.fixture(scope="session")

@@ -101,6 +101,7 @@ def create_app(argv: Sequence[str] = ()):
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
+    from .gc_guard import install_gui_thread_collector
     from .qtutil import icon, load_stylesheet
 
     app = QApplication.instance()
@@ -112,6 +113,7 @@ def create_app(argv: Sequence[str] = ()):
         app.setStyle("Fusion")
         app.setWindowIcon(icon("mendicant"))
         app.setStyleSheet(load_stylesheet())
+    install_gui_thread_collector(app)  # cycles are collected on the GUI thread only: see gc_guard
     return app
 
 

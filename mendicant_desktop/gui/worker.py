@@ -201,8 +201,13 @@ class BackgroundOp(Generic[T]):
 
     def run_in_background(self, pool: QThreadPool | None = None) -> BackgroundOp[T]:
         """Queue the operation; returns ``self`` (keep it to :meth:`cancel`)."""
-        from PySide6.QtCore import Qt
+        from PySide6.QtCore import QCoreApplication, Qt
 
+        from .gc_guard import install_gui_thread_collector
+
+        app = QCoreApplication.instance()
+        if app is not None:  # before any Python runs on a pool thread: cycles are collected here, never there
+            install_gui_thread_collector(app)
         worker = Worker(self._op)
         relay = _Relay(self)
         q = Qt.ConnectionType.QueuedConnection
