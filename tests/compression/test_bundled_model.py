@@ -65,7 +65,15 @@ def test_bundled_int8_agrees_with_its_committed_fp32_probabilities(bundled_card,
         delta[q] = auroc(y[mask], _score(q, p[mask])) - auroc(y[mask], _score(q, p_ref[mask]))
     agree = {"top1_agreement": float((p.argmax(1) == p_ref.argmax(1)).mean()),
              "malignancy_spearman": float(spearmanr(mal_f, mal_q).statistic), "delta_auroc": delta}
-    assert agreement_failures(agree) == [], f"on {describe_cpu()}: {agree}"
+    failures = agreement_failures(agree)
+    gate = card["metrics"]["gate"]
+    if failures and gate.get("shipped_despite_failure"):
+        # A model shipped through [ship] on_failed_gate: what fails here must be a limit its card declares missed.
+        declared = {m.split(":")[0] for m in gate["missed"]}
+        undeclared = [f for f in failures if "INT8-vs-FP32 " + f.rsplit(" ", 3)[0] not in declared]
+        assert undeclared == [], f"on {describe_cpu()}, not declared in the card: {undeclared}"
+        pytest.xfail(f"the card declares these agreement limits missed, and they are missed here too: {failures}")
+    assert failures == [], f"on {describe_cpu()}: {agree}"
 
 
 def _score(q: str, p: np.ndarray) -> np.ndarray:
@@ -102,7 +110,8 @@ def test_kernel_check_refuses_when_this_cpu_disagrees(bundled_card, card, tmp_pa
 
 def test_gate_passes_on_the_bundled_model_and_reproduces_the_card(bundled_card, card, shared_data, tmp_path,
                                                                   monkeypatch) -> None:  # fmt: skip
-    """The full gate, computed here on the gate split with no prediction cache (about 2-3 min on 2 cores)."""
+    """The full gate, computed here on the gate split with no prediction cache (2-3 min on a VNNI laptop's 2 cores,
+    about 8 min on an AVX2-only EPYC's). A model shipped despite a failed gate must fail it the way its card says."""
     from compression.config import load_config
     from compression.gate import run_gate
     from tests.compression._tiny import fp32_reference_or_skip
@@ -114,7 +123,13 @@ def test_gate_passes_on_the_bundled_model_and_reproduces_the_card(bundled_card, 
     res = run_gate(cfg, bundled_card.parent / card["file"], teacher,
                    expected_split_sha=card["provenance"]["splits"]["sha256"], n_boot=0)  # fmt: skip
     failed = [c for c in res["checks"] if not c["met"]]
-    assert res["gate_passed"], f"gate failed on {describe_cpu()}: {failed}"
+    # Every check but latency (a property of this CPU: INT8 is no faster than FP32 without VNNI) has the outcome
+    # the card recorded: the same file on the same images computes the same outputs on every x86 CPU.
+    recorded = {c["name"]: c["met"] for c in card["metrics"]["gate"]["checks"]}
+    here = {c["name"]: c["met"] for c in res["checks"]}
+    assert set(here) == set(recorded)
+    changed = [n for n in here if here[n] != recorded[n] and not n.startswith("latency")]
+    assert changed == [], f"on {describe_cpu()} these checks differ from the card's: {changed}"
     # The card's gate-split figures reproduce here within 0.005 (same file, same images; INT8 kernels exact).
     for q, fig in card["metrics"]["validation"].items():
         if fig.get("auroc") is not None:
@@ -122,3 +137,7 @@ def test_gate_passes_on_the_bundled_model_and_reproduces_the_card(bundled_card, 
     for q, fig in card["metrics"]["teacher_fp32_validation"].items():
         if fig.get("auroc") is not None:
             assert abs(res["teacher"]["metrics"][q]["auroc"] - fig["auroc"]) <= 0.005, q
+    if failed and card["metrics"]["gate"].get("shipped_despite_failure"):
+        pytest.xfail(f"the gate fails on {describe_cpu()}, as the card declares (shipped through [ship] "
+                     f"on_failed_gate): {[c['name'] for c in failed]}")
+    assert res["gate_passed"], f"gate failed on {describe_cpu()}: {failed}"
