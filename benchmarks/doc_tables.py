@@ -171,11 +171,86 @@ def card_limitations(d: dict[str, Any]) -> str:
 
 def card_calibration(d: dict[str, Any]) -> str:
     cal = d["provenance"]["calibration"]
-    lines = [f"{_model_of_card(d)}: {cal['n']} calibration inputs ({cal['n_distinct']} distinct images), method "
-             f"`{cal['method']}`; {cal['source']}.", "",
+    method = cal.get("method") or d["provenance"].get("quantization", {}).get("calibration_method", "?")
+    isic = f", {cal['isic']} of them ISIC dermoscopy" if cal.get("isic") else ""
+    lines = [f"{_model_of_card(d)}: {cal['n']} calibration inputs ({cal['n_distinct']} distinct images{isic}), method "
+             f"`{method}`; {cal['source']}.", "",
              "| FST group | available | distinct drawn | inputs (with repeats) |", "|---|---|---|---|"]
     for g, r in cal["per_group"].items():
         lines.append(f"| {g} | {r['available']:,} | {r['distinct']} | {r['taken']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell (a literal ``|`` would end the cell)."""
+    return text.replace("|", "\\|")
+
+
+def _fig(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, int | float) and x == x else "–"
+
+
+def _auroc_ci(e: dict[str, Any] | None) -> str:
+    if not e or e.get("auroc") is None or e["auroc"] != e["auroc"]:
+        return "insufficient" if e and e.get("sufficient") is False else "–"
+    ci = e.get("auroc_ci95")
+    return f"{e['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{e['auroc']:.3f}"
+
+
+#: The adapted card's gate-split questions, in words.
+_QUESTION_NAMES = {"isic_mel_vs_nv": "ISIC external, melanoma vs nevus (p(mel))",
+                   "isic_malignancy": "ISIC external, malignancy score",
+                   "pad_fst_labelled": "PAD-UFES-20, clinician-FST-labelled, malignancy score",
+                   "fitz_malignant": "Fitzpatrick17k, malignant vs rest",
+                   "fitz_malignant_vs_benign_neoplasm": "Fitzpatrick17k, malignant vs benign lesions"}
+
+
+def card_gate(d: dict[str, Any]) -> str:
+    """The release gate as the bundled card records it: every limit and target, measured, bound, outcome."""
+    m = d["metrics"]
+    gate = m["gate"]
+    verdict = ("passed" if gate["passed"] else "**failed** (missed " + str(len(gate.get("missed") or []))
+               + " limits)")
+    lines = [f"{_model_of_card(d)}, {m['agreement_fp32_vs_int8']['n']} gate-split images, measured on "
+             f"{m['agreement_fp32_vs_int8']['cpu']}: the gate {verdict}."]
+    if gate.get("shipped_despite_failure"):
+        lines[0] += " " + gate["shipped_despite_failure"]
+    lines += ["", "| gate limit | measured | limit | outcome |", "|---|---|---|---|"]
+    for c in gate["checks"]:
+        if c.get("kind") != "limit":
+            continue
+        note = f" ({c['note']})" if c.get("note") else ""
+        lines.append(f"| {_cell(c['name'])} | {_fig(c['value'])} | {c['op']} {_fig(c['bound'])}{note} | "
+                     f"{'met' if c['met'] else '**missed**'} |")
+    lines += ["", "| product target | measured | target | outcome |", "|---|---|---|---|"]
+    for c in m.get("targets", []):
+        lines.append(f"| {_cell(c['name'])} | {_fig(c['value'])} | {c['op']} {_fig(c['bound'])} | "
+                     f"{'met' if c['met'] else '**missed**'} |")
+    lat = m["latency"]
+    lines += ["", f"Latency (batch 1, {lat['threads']} threads, {lat['rounds']} rounds, this CPU): INT8 p50 "
+              f"{lat['candidate']['p50_ms']:.0f} ms against the FP32 teacher's {lat['teacher']['p50_ms']:.0f} ms "
+              f"(ratio {lat['ratio_p50']:.2f})."]
+    return "\n".join(lines) + "\n"
+
+
+def card_figures(d: dict[str, Any]) -> str:
+    """Gate-split AUROCs of the bundled INT8 model beside its FP32 counterpart, per DDI group where gated."""
+    m = d["metrics"]
+    val, fp32 = m["validation"], m.get("teacher_fp32_validation", {})
+    lines = ["| question | n (positive) | INT8 AUROC [95% CI] | FP32 teacher | I–II | III–IV | V–VI | gap |",
+             "|---|---|---|---|---|---|---|---|"]
+    for q, e in val.items():
+        groups = e.get("groups") or {}
+        cells = [_auroc_ci(groups.get(g)) if groups else "" for g in ("I-II", "III-IV", "V-VI")]
+        lines.append(f"| {_QUESTION_NAMES.get(q, q)} | {e['n']} ({e['n_pos']}) | {_auroc_ci(e)} | "
+                     f"{_fig((fp32.get(q) or {}).get('auroc'))} | " + " | ".join(cells)
+                     + f" | {_fig(e['gap']) if 'gap' in e else ''} |")
+    op = m["operating_point"]
+    ag = m["agreement_fp32_vs_int8"]
+    lines += ["", f"Threshold {d['threshold']:.3f} ({op['rule']}); on the gate split it gives sensitivity "
+              f"{op['sensitivity']:.3f} and specificity {op['specificity']:.3f} (n={op['n']}, {op['n_pos']} "
+              f"malignant). INT8 against FP32 on the same images: top-1 agreement {ag['top1_agreement']:.3f}, "
+              f"malignancy Spearman {ag['malignancy_spearman']:.3f}, max |Δp| {ag['max_abs_diff_probs']:.2f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -383,6 +458,8 @@ TABLES: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("bundle_size.json", "exclusions"): bundle_exclusions,
     (MODEL_CARD, "limitations"): card_limitations,
     (MODEL_CARD, "calibration"): card_calibration,
+    (MODEL_CARD, "gate"): card_gate,
+    (MODEL_CARD, "figures"): card_figures,
     ("api.json", "load"): api_load,
     ("domain_check.json", "gate"): domain_gate,
     ("domain_check.json", "selection"): domain_selection,
