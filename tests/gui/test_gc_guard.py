@@ -64,7 +64,8 @@ def test_background_work_never_collects_gui_cycles(qtbot, qapp):
     qtbot.waitUntil(lambda: "n" in done, timeout=30_000)
     assert done["n"] == 150_000 and done["worker"] != main
     assert not gc.isenabled(), "starting background work must switch automatic collection off"
-    assert log == [], "a cycle was collected during the worker's run"
+    # The collector's timer may have run meanwhile (waitUntil spins the event loop), but only on this thread.
+    assert set(log) <= {main}, "a cycle was collected on the worker thread"
     collector = qapp.findChild(GuiThreadCollector)
     assert collector is not None
     gc.collect()  # what the collector's timer does, on this (the GUI) thread
