@@ -25,6 +25,12 @@ from mendicant_desktop.core.inference import Engine
 from mendicant_desktop.core.metadata import Metadata, encode_metadata
 from mendicant_desktop.core.preprocess import load_image, preprocess
 
+#: How far a gate figure of the same INT8 file may move between x86 CPUs with other features (VNNI or not). The
+#: 7-bit model's probabilities differ by up to 0.04 between a VNNI CPU and an emulated AVX2 one
+#: (benchmarks/results/int8_cpu_emulation.json). The margin is an allowance, not a measurement: a CPU on which the
+#: gate's AUROCs move further fails here, and that is worth knowing.
+CROSS_CPU_MARGIN = 0.01
+
 
 @pytest.fixture(scope="module")
 def card(bundled_card) -> dict:
@@ -123,18 +129,22 @@ def test_gate_passes_on_the_bundled_model_and_reproduces_the_card(bundled_card, 
     res = run_gate(cfg, bundled_card.parent / card["file"], teacher,
                    expected_split_sha=card["provenance"]["splits"]["sha256"], n_boot=0)  # fmt: skip
     failed = [c for c in res["checks"] if not c["met"]]
-    # Every check but latency (a property of this CPU: INT8 is no faster than FP32 without VNNI) has the outcome
-    # the card recorded: the same file on the same images computes the same outputs on every x86 CPU.
-    recorded = {c["name"]: c["met"] for c in card["metrics"]["gate"]["checks"]}
-    here = {c["name"]: c["met"] for c in res["checks"]}
+    # Every check but latency (a property of the CPU: INT8 is no faster than FP32 without VNNI) has the outcome the
+    # card recorded. On a CPU with the build machine's features the same file gives the same outputs; on another
+    # (VNNI or not) the 7-bit INT8 kernels differ slightly, so there a check within CROSS_CPU_MARGIN of its bound
+    # may come out either way, and the AUROCs may move by up to that margin.
+    same_cpu = describe_cpu() == card["provenance"]["build"]["cpu_summary"]
+    margin = 0.005 if same_cpu else CROSS_CPU_MARGIN
+    recorded = {c["name"]: c for c in card["metrics"]["gate"]["checks"]}
+    here = {c["name"]: c for c in res["checks"]}
     assert set(here) == set(recorded)
-    changed = [n for n in here if here[n] != recorded[n] and not n.startswith("latency")]
+    changed = [n for n, c in here.items() if c["met"] != recorded[n]["met"] and not n.startswith("latency")
+               and (same_cpu or abs(recorded[n]["value"] - recorded[n]["bound"]) > margin)]
     assert changed == [], f"on {describe_cpu()} these checks differ from the card's: {changed}"
-    # The card's gate-split figures reproduce here within 0.005 (same file, same images; INT8 kernels exact).
     for q, fig in card["metrics"]["validation"].items():
         if fig.get("auroc") is not None:
-            assert abs(res["candidate"]["metrics"][q]["auroc"] - fig["auroc"]) <= 0.005, q
-    for q, fig in card["metrics"]["teacher_fp32_validation"].items():
+            assert abs(res["candidate"]["metrics"][q]["auroc"] - fig["auroc"]) <= margin, q
+    for q, fig in card["metrics"]["teacher_fp32_validation"].items():  # FP32: no INT8 kernels involved
         if fig.get("auroc") is not None:
             assert abs(res["teacher"]["metrics"][q]["auroc"] - fig["auroc"]) <= 0.005, q
     if failed and card["metrics"]["gate"].get("shipped_despite_failure"):
