@@ -124,6 +124,11 @@ def test_ship_refuses_a_gate_result_missing_a_limit_or_on_another_split() -> Non
     assert "lacks the limit max_size_mb" in " ".join(validate_result(missing, _Cfg, split_sha="s", model_sha="m"))
     fewer = {**res, "checks": checks[:-1]}
     assert "lacks checks" in " ".join(validate_result(fewer, _Cfg, split_sha="s", model_sha="m"))
+    computed = {**res, "probabilities": {"candidate": "computed", "teacher": "computed"}}
+    assert validate_result(computed, _Cfg, split_sha="s", model_sha="m") == []
+    given = {**res, "probabilities": {"candidate": "computed", "teacher": "given"}}  # the test suite's shortcut
+    assert validate_result(given, _Cfg, split_sha="s", model_sha="m") == [
+        "the gate was run on probabilities passed in, not computed by it"]
 
 
 def test_agreement_is_gated() -> None:
