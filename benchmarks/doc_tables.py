@@ -219,7 +219,7 @@ def card_gate(d: dict[str, Any]) -> str:
     for c in gate["checks"]:
         if c.get("kind") != "limit":
             continue
-        note = f" ({c['note']})" if c.get("note") else ""
+        note = f" ({_cell(c['note'])})" if c.get("note") else ""
         lines.append(f"| {_cell(c['name'])} | {_fig(c['value'])} | {c['op']} {_fig(c['bound'])}{note} | "
                      f"{'met' if c['met'] else '**missed**'} |")
     lines += ["", "| product target | measured | target | outcome |", "|---|---|---|---|"]
@@ -227,7 +227,7 @@ def card_gate(d: dict[str, Any]) -> str:
         lines.append(f"| {_cell(c['name'])} | {_fig(c['value'])} | {c['op']} {_fig(c['bound'])} | "
                      f"{'met' if c['met'] else '**missed**'} |")
     lat = m["latency"]
-    lines += ["", f"Latency (batch 1, {lat['threads']} threads, {lat['rounds']} rounds, this CPU): INT8 p50 "
+    lines += ["", f"Latency (batch 1, {lat['threads']} threads, {lat['rounds']} rounds, on the gate's CPU): INT8 p50 "
               f"{lat['candidate']['p50_ms']:.0f} ms against the FP32 teacher's {lat['teacher']['p50_ms']:.0f} ms "
               f"(ratio {lat['ratio_p50']:.2f})."]
     return "\n".join(lines) + "\n"

@@ -135,16 +135,17 @@ def target_checks(ev_c: dict[str, Any], size_mb: float, lat_ratio: float, target
 def run_gate(cfg: Any, candidate: str | os.PathLike, teacher: str | os.PathLike, *,
              expected_split_sha: str | None = None, log: Callable[[str], None] = print,
              n_boot: int = 1000, teacher_probs: np.ndarray | None = None,
-             candidate_probs: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+             candidate_probs: np.ndarray | None = None, split: SplitData | None = None) -> dict[str, Any]:  # fmt: skip
     """Score both models on the gate split and return the gate result (see the module docstring).
 
     ``teacher_probs`` / ``candidate_probs``: probabilities already computed on the gate rows (``sd.rows("gate")``
     order), used instead of scoring that model again: the test suite passes the FP32 teacher's committed ones, which
     any x86 CPU reproduces to 1e-5, and the INT8 ones it computed for another test. Latency always runs both files.
+    ``split``: the already loaded split (saves re-hashing every image); by default it is loaded from ``cfg``.
     """
     t0 = time.perf_counter()
     candidate, teacher = Path(candidate), Path(teacher)
-    sd = load_split(cfg)
+    sd = split if split is not None else load_split(cfg)
     if expected_split_sha is not None and expected_split_sha != sd.sha256:
         raise RuntimeError(f"gate: the split manifest {sd.sha256[:12]} differs from the build's "
                            f"{expected_split_sha[:12]}: the data or the split rule changed; rebuild")  # fmt: skip

@@ -29,14 +29,13 @@ INTERVAL_MS = 1000
 def due_generation(counts: tuple[int, int, int], threshold: tuple[int, int, int]) -> int | None:
     """The generation CPython's automatic collection would collect now (None: none is due).
 
-    Generation ``g`` is due when its count and those of all younger generations exceed their thresholds.
+    CPython's rule (``gc_collect_generations``): nothing happens until generation 0's count exceeds its threshold;
+    then the oldest generation whose count exceeds its own threshold is collected. (CPython also defers a full
+    collection while few objects await one, a figure Python code cannot read; this never defers.)
     """
-    gen = None
-    for g, (c, t) in enumerate(zip(counts, threshold, strict=True)):
-        if c <= t:
-            break
-        gen = g
-    return gen
+    if counts[0] <= threshold[0]:
+        return None
+    return max(g for g in range(len(counts)) if counts[g] > threshold[g])
 
 
 def collect_due(threshold: tuple[int, int, int]) -> int | None:
@@ -54,12 +53,10 @@ class GuiThreadCollector(QObject):
         super().__init__(parent)
         #: the thresholds automatic collection would have used (gc.get_threshold() before we disabled it)
         self.threshold: tuple[int, int, int] = gc.get_threshold()
-        self._was_enabled = gc.isenabled()
-        gc.disable()
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self.check)
-        self._timer.start()
+        self.start()
 
     def check(self) -> int | None:
         """Collect the oldest generation whose count crossed its threshold, as CPython would; returns it.
@@ -71,17 +68,31 @@ class GuiThreadCollector(QObject):
             raise RuntimeError("GuiThreadCollector.check() must run on the GUI thread")
         return collect_due(self.threshold)
 
+    def start(self) -> None:
+        """(Re)start: automatic collection off, the timer on."""
+        gc.disable()
+        self._timer.start()
+
+    @property
+    def active(self) -> bool:
+        return self._timer.isActive()
+
     def stop(self) -> None:
-        """Stop the timer and give collection back to CPython (as it was before)."""
+        """Stop the timer at quit after one last collection here. Automatic collection stays off: a model load
+        or a scoring job may still be running on a pool thread, and a collection there is what this prevents."""
         self._timer.stop()
-        if self._was_enabled:
-            gc.enable()
+        gc.collect()
 
 
-def install_gui_thread_collector(app: QCoreApplication) -> GuiThreadCollector:
-    """The application's one collector, made on first call (idempotent); it lives as the app's child."""
+def install_gui_thread_collector(app: QCoreApplication) -> GuiThreadCollector | None:
+    """The application's one collector, made on first call (idempotent; restarted if it was stopped); it lives as
+    the app's child. Only the GUI thread installs it: called on another thread, it does nothing (returns None)."""
+    if QThread.currentThread() != app.thread():
+        return None
     existing = app.findChild(GuiThreadCollector)
     if existing is not None:
+        if not existing.active:
+            existing.start()
         return existing
     collector = GuiThreadCollector(app)
     app.aboutToQuit.connect(collector.stop)

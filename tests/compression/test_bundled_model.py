@@ -177,7 +177,7 @@ def test_gate_passes_on_the_bundled_model_and_reproduces_the_card(bundled_card, 
         f"this FP32 counterpart does not give the fixture's probabilities: {regen}")
     p_int8 = np.stack([gate_int8[r] for r in relpaths])
     res = run_gate(cfg, bundled_card.parent / card["file"], teacher, expected_split_sha=sd.sha256, n_boot=0,
-                   teacher_probs=p_fp32, candidate_probs=p_int8)
+                   teacher_probs=p_fp32, candidate_probs=p_int8, split=sd)
     assert res["probabilities"] == {"candidate": "given", "teacher": "given"}
     failed = [c for c in res["checks"] if not c["met"]]
     # Every check but latency (a property of the CPU: INT8 is no faster than FP32 without VNNI) has the outcome the

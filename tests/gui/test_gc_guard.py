@@ -18,7 +18,8 @@ import pytest
     ((701, 0, 0), (700, 10, 10), 0),
     ((701, 11, 10), (700, 10, 10), 1),
     ((701, 11, 11), (700, 10, 10), 2),
-    ((701, 3, 99), (700, 10, 10), 0),  # gen 2 is due only through gen 1
+    ((701, 3, 99), (700, 10, 10), 2),  # the oldest generation over its threshold, whatever the middle one says
+    ((701, 11, 0), (700, 10, 10), 1),
 ])
 def test_due_generation_follows_cpython(counts, threshold, expected):
     from mendicant_desktop.gui.gc_guard import due_generation
@@ -92,3 +93,24 @@ def test_one_collector_per_app_and_it_refuses_other_threads(qapp):
     t.join()
     assert len(errors) == 1 and "GUI thread" in str(errors[0])
     assert first.check() in (None, 0, 1, 2)  # on the GUI thread it runs
+    assert _install_off_thread(qapp) is None  # only the GUI thread installs
+
+
+def _install_off_thread(app):
+    from mendicant_desktop.gui.gc_guard import install_gui_thread_collector
+
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(install_gui_thread_collector(app)))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def test_stop_at_quit_keeps_collection_off_and_a_later_install_restarts(qapp):
+    """At quit a worker may still run Python: stopping must not hand collection back to CPython."""
+    from mendicant_desktop.gui.gc_guard import install_gui_thread_collector
+
+    collector = install_gui_thread_collector(qapp)
+    collector.stop()
+    assert not collector.active and not gc.isenabled()
+    assert install_gui_thread_collector(qapp) is collector and collector.active and not gc.isenabled()
