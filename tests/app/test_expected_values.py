@@ -66,8 +66,9 @@ def test_awkward_inputs_give_the_fixed_rows(tmp_path, engine, fixture):
     files = ev.awkward_inputs(tmp_path)
     rows = [ev.portable(r, tmp_path) for r in ev.score(engine, list(files.values()), None)]
     assert [r["image"] for r in rows] == [r["image"] for r in fixture["awkward_inputs"]]
+    other_tol = _other_cpu_tol(engine)
     for got, want in zip(rows, fixture["awkward_inputs"], strict=True):
-        _compare(got, want, same_cpu, exact_sha=False, other_tol=_other_cpu_tol(engine))
+        _compare(got, want, same_cpu, exact_sha=False, other_tol=other_tol)
         data = files[got["image"]].read_bytes()
         assert got["sha256"] == (hashlib.sha256(data).hexdigest() if data else None)
     by = {r["image"]: r for r in rows}
@@ -83,8 +84,9 @@ def test_real_images_give_the_fixed_rows(shared_data, engine, fixture):
     paths = [shared_data / ds / "images" / name for ds, name in ev.REAL_IMAGES]
     rows = [ev.portable(r, shared_data) for r in ev.score(engine, paths, ev.pad_metadata_csv())]
     assert [r["image"] for r in rows] == [r["image"] for r in fixture["real_images"]]
+    other_tol = _other_cpu_tol(engine)
     for got, want in zip(rows, fixture["real_images"], strict=True):
-        _compare(got, want, same_cpu, exact_sha=True, other_tol=_other_cpu_tol(engine))
+        _compare(got, want, same_cpu, exact_sha=True, other_tol=other_tol)
     mel = next(r for r in rows if r["image"].endswith("PAT_109_868_113.jpg"))  # a biopsied melanoma
     assert mel["risk"] == "high" and mel["meta_site"] == "head-or-neck" and mel["meta_age"] == 82.0
 

@@ -30,13 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "bundled_gate_fp32.json"
 
 
-def bundled_card_path() -> Path:
-    cards = sorted((REPO / "resources" / "models").glob("*.json"))
-    if len(cards) != 1:
-        raise SystemExit(f"expected one model card in resources/models, found {len(cards)}")
-    return cards[0]
-
-
 def build(card_path: Path, backbone: Path, work: Path, *, threads: int = 2) -> dict[str, Any]:
     """The fixture's content: the FP32 counterpart of ``card_path``'s model scored on the gate split."""
     from compression.adapt import fp32_counterpart, library_versions, load_split, ort_probs
@@ -70,11 +63,12 @@ def read(path: Path = FIXTURE) -> tuple[dict[str, Any], list[str], np.ndarray]:
 
 
 def main() -> int:
+    from mendicant_desktop.core.bundle import default_model_card
     from tests.compression._tiny import fp32_reference_or_skip
 
     backbone = fp32_reference_or_skip(export=True)
     with tempfile.TemporaryDirectory() as tmp:
-        data = build(bundled_card_path(), Path(backbone), Path(tmp))
+        data = build(default_model_card(), Path(backbone), Path(tmp))
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     FIXTURE.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
     print(f"wrote {FIXTURE.relative_to(REPO)}: {len(data['rows'])} gate images, {data['model']['name']} "
