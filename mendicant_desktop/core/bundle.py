@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +140,9 @@ class ModelCard:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ModelVerificationError(f"model card {p.name} is not valid JSON: {exc}") from None
-        return cls.from_dict(data, source=p.name)
+        # an older card may hold bare NaN tokens: read them as missing (None), so nothing downstream (METRICS.json,
+        # the API's JSON responses) has to re-encode a NaN it cannot write
+        return cls.from_dict(strict_json(data), source=p.name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -261,7 +265,24 @@ def make_card(
     return card
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float (also numpy floats) replaced by ``None``, recursively.
+
+    Python's ``json`` writes NaN as a bare ``NaN`` token, which is not JSON: a strict reader (a browser, jq, the
+    audit's own ``allow_nan=False`` METRICS.json) rejects the whole file. An AUROC that cannot be computed (a group
+    with no images) is *missing*, and ``null`` says exactly that.
+    """
+    if isinstance(obj, Mapping):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    return obj
+
+
 def write_card(card: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a model card as strict JSON (a non-finite metric becomes ``null``; see :func:`strict_json`)."""
     p = Path(path)
-    p.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    p.write_text(json.dumps(strict_json(card), indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     return p

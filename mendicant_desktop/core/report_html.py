@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import audit as core_audit
+from .bundle import strict_json
 from .explain import GroupSaliency
 from .saliency import colormap_lut, overlay, upsample_cam
 
@@ -667,4 +668,5 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
             "min_group_n": core_audit.MIN_GROUP_N,
             "groups": {k: v.to_dict() for k, v in report.saliency.items()},
         }
-    return d
+    # strict JSON: a model card written before cards were strict carries NaN for a group it could not score
+    return strict_json(d)

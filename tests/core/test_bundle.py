@@ -86,3 +86,37 @@ def test_bundled_model_verifies(bundled_card):
     assert b.card.size_bytes == len(b.model_bytes)
     metrics = b.card.metrics
     assert metrics, "the shipped card must carry measured metrics"
+
+
+def _reject_constant(token: str):
+    raise ValueError(f"not strict JSON: {token}")
+
+
+def test_write_card_writes_strict_json(tmp_path):
+    """A group the build could not score (n = 0) is written as null, never as Python's bare NaN token."""
+    import numpy as np
+
+    from mendicant_desktop.core.bundle import write_card
+
+    card = {"metrics": {"groups": {"V-VI": {"n": 0, "auroc": float("nan")}, "I-II": {"n": 40, "auroc": 0.75}},
+                        "ci": [np.float32("inf"), np.float64(0.5)], "note": "NaN stays text"}}
+    text = write_card(card, tmp_path / "card.json").read_text(encoding="utf-8")
+    back = json.loads(text, parse_constant=_reject_constant)
+    assert back["metrics"]["groups"] == {"V-VI": {"n": 0, "auroc": None}, "I-II": {"n": 40, "auroc": 0.75}}
+    assert back["metrics"]["ci"] == [None, 0.5]
+    assert back["metrics"]["note"] == "NaN stays text"
+
+
+def test_audit_metrics_json_is_strict_with_a_card_holding_nan():
+    """The bundled 0.3.0 card once held NaN: ``--audit --json`` (allow_nan=False) then died after scoring
+    every image. METRICS.json embeds the card's metrics, so report_dict must make them strict."""
+    from mendicant_desktop.core.report_html import AuditReport, report_dict
+
+    card = {"name": "m", "threshold": 0.3, "metrics": {"validation": {"groups": {"V-VI": {"auroc": float("nan")}}}}}
+    d = report_dict(AuditReport(result=None, model_card=card))
+    out = json.loads(json.dumps(d, allow_nan=False), parse_constant=_reject_constant)
+    assert out["model_card"]["metrics"]["validation"]["groups"]["V-VI"]["auroc"] is None
+
+
+def test_bundled_card_is_strict_json(bundled_card):
+    json.loads(bundled_card.read_text(encoding="utf-8"), parse_constant=_reject_constant)
