@@ -9,9 +9,12 @@ product's own command, so the figures are what a user gets), keeps the two METRI
 ``docs/fitzpatrick17k_audit.md`` from it (never edit it by hand). ``--from-metrics`` takes two METRICS.json that
 ``--audit`` already wrote instead of running it again; ``--render-only`` regenerates the doc from the JSON.
 
-Caveats the doc repeats: every image of the set is used (the model never trained on Fitzpatrick17k; the skin-type
-estimator did, on its train split, but here it only fills the 83 empty FST labels); the labels file's FST comes
-from the data set's annotators, not from clinicians in a clinic.
+Which images: with ``--split gate`` (the default) only the Fitzpatrick17k images of the bundled model's gate split
+(``compression.adapt.load_split``; the card's split manifest must match), because the adapted model's head was
+trained on this set's train split and selected on its select split: auditing every image would mix training images
+in and overstate it. ``--split all`` audits every image,
+which is fair only for a model that never trained on Fitzpatrick17k. The labels file's FST comes from the data set's
+annotators, not from clinicians in a clinic; the engine's estimate fills the empty labels.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ COMPARISONS = (("headline", "Malignant vs the rest (headline)"),
                ("malignant_vs_benign_neoplasm", "Malignant vs benign neoplasms (non-neoplastic conditions left out)"))
 
 
-def run_audit_cli(data: Path, grouping: str, out_dir: Path, model: str | None, n_boot: int) -> dict[str, Any]:
+def run_audit_cli(data: Path, grouping: str, out_dir: Path, model: str | None, n_boot: int,
+                  labels: Path | None = None) -> dict[str, Any]:
     root = data / "fitzpatrick17k_clinical"
     js = out_dir / f"metrics_{grouping}.json"
-    cmd = [sys.executable, "-m", "mendicant_desktop", "--audit", str(root / "labels.csv"), "--images",
+    cmd = [sys.executable, "-m", "mendicant_desktop", "--audit", str(labels or root / "labels.csv"), "--images",
            str(root / "images"), "--out", str(out_dir / f"report_{grouping}.html"), "--json", str(js),
            "--fst-grouping", grouping, "--no-explain", "--quiet", "--n-boot", str(n_boot)]
     if model:
@@ -50,6 +54,40 @@ def run_audit_cli(data: Path, grouping: str, out_dir: Path, model: str | None, n
     if proc.returncode not in (0, 3):
         raise SystemExit(f"--audit failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(js.read_text(encoding="utf-8"))
+
+
+def gate_labels(data: Path, card_path: Path, out: Path) -> dict[str, Any]:
+    """Write the labels.csv rows of the gate split's Fitzpatrick17k images to ``out``; describe the subset.
+
+    The split is recomputed by the build's own rule (``compression.adapt.load_split`` with the committed config) and
+    must have the manifest hash the card records, so these are exactly the images training and selection never read.
+    """
+    import csv
+    import os
+
+    from compression.adapt import load_split
+    from compression.config import load_config
+
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    want = ((card.get("provenance") or {}).get("splits") or {}).get("sha256")
+    if not want:
+        raise SystemExit(f"{card_path.name} records no split manifest: audit it with --split all")
+    os.environ["MENDICANT_SHARED_DATA"] = str(data.resolve())
+    sd = load_split(load_config())
+    if sd.sha256 != want:
+        raise SystemExit(f"the split manifest {sd.sha256[:12]} is not the card's {want[:12]}: the data or the rule changed")
+    names = {sd.records[i].image for i in sd.rows("gate") if sd.records[i].dataset == "fitz"}
+    src = data / "fitzpatrick17k_clinical" / "labels.csv"
+    with src.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if r["image"] in names]
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return {"split": "gate", "manifest_sha256": sd.sha256, "n_rows": len(rows), "of_rows": sum(1 for _ in
+            src.open(encoding="utf-8")) - 1}
 
 
 def _keep(m: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +142,16 @@ def _chance_text(r: dict[str, Any]) -> str:
     return (f"The AUROC interval includes 0.5 (no evidence of better than chance) for: {', '.join(at_chance)}.")
 
 
+def _subset_text(sub: dict[str, Any]) -> str:
+    if sub.get("split") == "gate":
+        return (f"**Which images:** the {sub['n_rows']} of {sub['of_rows']} images in the bundled model's gate split "
+                f"(split manifest `{sub['manifest_sha256'][:12]}`, by `duplicate_group`), which training and model "
+                "selection never read. The model's head was trained on this data set's train split, so an audit of "
+                "every image would include its training images and overstate it.")
+    return ("**Which images:** every image of the set. That is a fair test only of a model that never trained on "
+            "Fitzpatrick17k.")
+
+
 def render(res: dict[str, Any]) -> str:
     t = res["runs"]["type"]
     card = t["model_card"]
@@ -127,7 +175,9 @@ def render(res: dict[str, Any]) -> str:
         "",
         "Fitzpatrick17k is web-atlas clinical photography of 21 conditions, many of which the 7-class model has no "
         "class for (Kaposi sarcoma, mycosis fungoides, inflammatory diseases): malignant vs the rest is a fair "
-        "question to ask of it, a 7-class accuracy is not. The model never trained on it.",
+        "question to ask of it, a 7-class accuracy is not.",
+        "",
+        _subset_text(res.get("subset") or {"split": "all"}),
         "",
     ]
     for key, title in COMPARISONS:
@@ -148,21 +198,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--from-metrics", nargs=2, type=Path, metavar=("TYPE.json", "DDI.json"))
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--split", choices=("gate", "all"), default="gate",
+                    help="gate: only the bundled model's gate-split images (default); all: every image")
     a = ap.parse_args(argv)
     if a.render_only:
         res = json.loads(RESULTS.read_text(encoding="utf-8"))
     else:
+        subset: dict[str, Any] = {"split": "all"}
         if a.from_metrics:
+            if a.split != "all":
+                raise SystemExit("--from-metrics does not know which images were audited: pass --split all")
             runs = {g: json.loads(p.read_text(encoding="utf-8")) for g, p in zip(("type", "ddi"), a.from_metrics)}
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                runs = {g: run_audit_cli(a.data, g, Path(tmp), a.model, a.n_boot) for g in ("type", "ddi")}
+                labels = None
+                if a.split == "gate":
+                    from mendicant_desktop.core.bundle import default_model_card
+
+                    card = Path(a.model) if a.model else default_model_card()
+                    labels = Path(tmp) / "labels_gate.csv"
+                    subset = gate_labels(a.data, card, labels)
+                runs = {g: run_audit_cli(a.data, g, Path(tmp), a.model, a.n_boot, labels) for g in ("type", "ddi")}
         for g, m in runs.items():
             if m.get("grouping") != g:
                 raise SystemExit(f"the {g} metrics file has grouping {m.get('grouping')!r}")
         res = {"generated_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "code_commit": git_commit(short=True), "cpu_features": cpu_features(),
-               "runs": {g: _keep(m) for g, m in runs.items()}}
+               "subset": subset, "runs": {g: _keep(m) for g, m in runs.items()}}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     DOC.write_text(render(res), encoding="utf-8")
